@@ -1,0 +1,7 @@
+"""Errors the user can act on: the CLI prints their message on one line and exits non-zero."""
+
+
+class CsmError(Exception):
+    """A failure caused by input or environment, with a message that says what to do next."""
+
+    exit_code = 1

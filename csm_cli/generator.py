@@ -1,0 +1,206 @@
+"""The streaming generator: text in, 24 kHz chunks out as soon as each is decoded. The CLI is built on it."""
+
+import secrets
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import CODEC_CARDINALITY, FRAME_RATE, seconds_to_frames
+from .checkpoint import (
+    MODEL_FILES,
+    TOKENIZER_FILES,
+    load_model,
+    read_config,
+    resolve_hub_file,
+    resolve_repo,
+)
+from .codec import Codec
+from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
+from .errors import CsmError
+from .model import CSM
+from .progress import LoadProgress
+from .prompt import Segment, TextTokenizer, audio_rows, frame_row, text_rows
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise CsmError(f"unknown torch device {device!r} (try cpu, cuda or cuda:1)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CsmError(f"{device} was asked for but torch sees no CUDA GPU")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CsmError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+class Speech(Iterator[np.ndarray]):
+    """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
+    shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe."""
+
+    def __init__(self, chunks: Iterator[np.ndarray], frames: list[torch.Tensor], seed: int) -> None:
+        self._chunks = chunks
+        self._frames = frames
+        self.seed = seed
+
+    def __next__(self) -> np.ndarray:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    @property
+    def codes(self) -> np.ndarray:
+        if not self._frames:
+            return np.zeros((0, 0), dtype=np.int64)
+        return torch.stack(self._frames, dim=1).cpu().numpy()
+
+
+class StreamingGenerator:
+    def __init__(self, model: CSM, tokenizer: TextTokenizer, codec: Codec) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.codec = codec
+        self.device = model.audio_head.device
+        self._rng = torch.Generator(device=self.device)
+        self._active: Speech | None = None
+
+    @classmethod
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        codec: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        tokenizer: str = DEFAULT_TOKENIZER,
+        progress: LoadProgress | None = None,
+    ) -> "StreamingGenerator":
+        """Loads from a hub id or a local directory. Cheap checks (config, tokenizer, codec) come before the
+        weights, so a wrong option fails in seconds."""
+        from moshi.models import loaders
+
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        with progress or LoadProgress(enabled=False) as shown:
+            model_dir = resolve_repo(model, MODEL_FILES, shown)
+            read_config(model_dir)
+            has_tokenizer = (model_dir / "tokenizer.json").is_file()
+            tokenizer_dir = model_dir if has_tokenizer else resolve_repo(tokenizer, TOKENIZER_FILES, shown)
+            text_tokenizer = TextTokenizer(tokenizer_dir)
+            codec_path = Path(codec) if codec else resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, shown)
+            mimi = Codec.load(codec_path, torch_device)
+            csm = load_model(model_dir, torch_device, torch_dtype, shown)
+        return cls(csm, text_tokenizer, mimi)
+
+    def encode_segment(self, segment: Segment) -> Segment:
+        """The segment with its audio encoded to codes once, so it can be reused as context."""
+        if segment.codes is not None or segment.audio is None:
+            return segment
+        return Segment(segment.speaker, segment.text, codes=self.codec.encode(segment.audio).cpu().numpy())
+
+    def prompt_rows(self, text: str, speaker: int, context: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context segments (text rows, then audio rows) and the new text's rows -> tokens, mask [S, C+1]."""
+        parts = []
+        for segment in context:
+            parts.append(text_rows(self.tokenizer.encode(segment.speaker, segment.text)))
+            encoded = self.encode_segment(segment)
+            if encoded.codes is not None:
+                parts.append(audio_rows(self._context_codes(encoded.codes)))
+        parts.append(text_rows(self.tokenizer.encode(speaker, text)))
+        tokens = torch.cat([t for t, _ in parts]).to(self.device)
+        mask = torch.cat([m for _, m in parts]).to(self.device)
+        return tokens, mask
+
+    def _context_codes(self, codes: np.ndarray) -> torch.Tensor:
+        codes = torch.as_tensor(codes, dtype=torch.long)
+        if codes.ndim != 2 or codes.shape[0] != self.model.args.num_codebooks:
+            raise CsmError(f"context codes must have shape [{self.model.args.num_codebooks}, frames], got "
+                           f"{list(codes.shape)}")
+        if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < CODEC_CARDINALITY:
+            raise CsmError(f"context codes must lie in 0..{CODEC_CARDINALITY - 1}")
+        return codes
+
+    def stream(
+        self,
+        text: str,
+        speaker: int = 0,
+        context: Sequence[Segment] = (),
+        temperature: float = 0.9,
+        topk: int = 50,
+        seed: int | None = None,
+        max_seconds: float = 30,
+        chunk_frames: int = 1,
+    ) -> Speech:
+        """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio.
+        The model has one set of caches: starting a stream ends the one before it."""
+        if not text.strip():
+            raise CsmError("the text is empty: give something to say")
+        if speaker < 0:
+            raise CsmError(f"speaker must be a non-negative integer, got {speaker}")
+        if temperature <= 0:
+            raise CsmError(f"temperature must be positive, got {temperature}")
+        if topk < 1:
+            raise CsmError(f"topk must be at least 1, got {topk}")
+        if chunk_frames < 1:
+            raise CsmError(f"chunk_frames must be at least 1, got {chunk_frames}")
+        max_frames = seconds_to_frames(max_seconds)
+        if max_frames < 1:
+            raise CsmError(f"max_seconds must allow at least one 80 ms frame, got {max_seconds}")
+        if self._active is not None:
+            self._active.close()
+        tokens, mask = self.prompt_rows(text.strip(), speaker, context)
+        room = self.model.max_seq_len - len(tokens)
+        if max_frames > room:
+            fits = f"at most {room / FRAME_RATE:.1f}" if room > 0 else "no"
+            raise CsmError(
+                f"the prompt takes {len(tokens)} of the model's {self.model.max_seq_len} positions, leaving room for "
+                f"{fits} seconds of speech but {max_seconds:g} were asked for: shorten the context or the text, "
+                "or lower --max-seconds"
+            )
+        seed = secrets.randbits(63) if seed is None else seed
+        frames: list[torch.Tensor] = []
+        chunks = self._chunks(self._frames(tokens, mask, max_frames, temperature, topk, seed), frames, chunk_frames)
+        self._active = Speech(chunks, frames, seed)
+        return self._active
+
+    def _frames(self, tokens: torch.Tensor, mask: torch.Tensor, max_frames: int, temperature: float, topk: int,
+                seed: int) -> Iterator[torch.Tensor]:
+        """Codes [C] of each frame until the all-zero end-of-speech frame or the frame budget."""
+        self.model.reset_caches()
+        self._rng.manual_seed(seed)
+        positions = torch.arange(len(tokens), device=self.device)
+        rows, rows_mask = tokens.unsqueeze(0), mask.unsqueeze(0)
+        for _ in range(max_frames):
+            codes = self.model.frame_step(rows, rows_mask, positions, topk, temperature, self._rng)  # [1, C]
+            if not codes.any():
+                return
+            yield codes[0]
+            rows, rows_mask = frame_row(codes)
+            positions = positions[-1:] + 1
+
+    def _chunks(self, frames: Iterator[torch.Tensor], generated: list[torch.Tensor],
+                chunk_frames: int) -> Iterator[np.ndarray]:
+        with self.codec.streaming():
+            pending: list[torch.Tensor] = []
+            for codes in frames:
+                generated.append(codes)
+                pending.append(codes)
+                if len(pending) == chunk_frames:
+                    yield self.codec.decode_chunk(torch.stack(pending, dim=1))
+                    pending.clear()
+            if pending:
+                yield self.codec.decode_chunk(torch.stack(pending, dim=1))

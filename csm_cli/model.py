@@ -1,0 +1,232 @@
+"""CSM in plain PyTorch: a Llama backbone that predicts codebook 0 of each frame and a small Llama depth decoder
+that predicts codebooks 1..31 from it.
+
+Shapes: B batch, S new positions, P cache positions, D model dim, H heads, K kv heads, E head dim, C codebooks,
+V audio vocabulary. KV caches are allocated once by `setup()` and reset in place; positions are passed explicitly,
+so `frame_step` runs on fixed shapes with no host synchronisation (what a CUDA graph needs).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CsmArgs, RopeScaling, TransformerArgs
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies [E/2], with Llama-3 scaling when the checkpoint asks for it."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling is None:
+        return inv_freq.float()
+    old_len = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_len / scaling.low_freq_factor
+    high_freq_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, smoothed)
+    return torch.where(wavelen < high_freq_wavelen, inv_freq, scaled).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x [B, H, S, E] with cos/sin [S, E], computed in float32."""
+    x32 = x.float()
+    x1, x2 = x32.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x32 * cos + rotated * sin).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.type_as(x)
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch: int, positions: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        shape = (batch, kv_heads, positions, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+    def reset(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+
+
+class Attention(nn.Module):
+    def __init__(self, args: TransformerArgs) -> None:
+        super().__init__()
+        self.args = args
+        e = args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.num_heads * e, bias=False)
+        self.k_proj = nn.Linear(args.dim, args.num_kv_heads * e, bias=False)
+        self.v_proj = nn.Linear(args.dim, args.num_kv_heads * e, bias=False)
+        self.o_proj = nn.Linear(args.num_heads * e, args.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                input_pos: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        e = self.args.head_dim
+        q = self.q_proj(x).view(b, s, -1, e).transpose(1, 2)  # [B, H, S, E]
+        k = self.k_proj(x).view(b, s, -1, e).transpose(1, 2)  # [B, K, S, E]
+        v = self.v_proj(x).view(b, s, -1, e).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        assert self.cache is not None, "call setup() before running the model"
+        k, v = self.cache.update(input_pos, k, v)  # [B, K, P, E]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, S, E]
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
+        self.w2 = nn.Linear(hidden, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: TransformerArgs) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attn = Attention(args)
+        self.mlp_norm = RMSNorm(args.dim, args.norm_eps)
+        self.mlp = FeedForward(args.dim, args.intermediate_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                input_pos: torch.Tensor) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), cos, sin, mask, input_pos)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class Transformer(nn.Module):
+    """A Llama decoder without token embeddings or output head: hidden states in, hidden states out."""
+
+    def __init__(self, args: TransformerArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+
+    def setup(self, positions: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Allocate the KV caches, RoPE tables and causal mask for `positions` positions, once."""
+        a = self.args
+        inv_freq = rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling)
+        angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)  # [P, E/2]
+        angles = torch.cat((angles, angles), dim=-1)  # [P, E]
+        self.register_buffer("rope_cos", angles.cos().to(device), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().to(device), persistent=False)
+        causal = torch.ones(positions, positions, dtype=torch.bool, device=device).tril()
+        self.register_buffer("causal_mask", causal, persistent=False)
+        for layer in self.layers:
+            layer.attn.cache = KVCache(1, positions, a.num_kv_heads, a.head_dim, dtype, device)
+
+    def reset_caches(self) -> None:
+        for layer in self.layers:
+            layer.attn.cache.reset()
+
+    def forward(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """h [B, S, D] at positions input_pos [S] -> [B, S, D]."""
+        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]
+        mask = self.causal_mask[input_pos]  # [S, P]
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, input_pos)
+        return self.norm(h)
+
+
+def sample_topk(logits: torch.Tensor, topk: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Top-k sampling as the reference does it, without a host sync: argmax(probs / Exp(1)). [B, V] -> [B, 1]."""
+    logits = logits.float() / temperature
+    threshold = torch.topk(logits, topk, dim=-1).values[..., -1:]
+    logits = logits.masked_fill(logits < threshold, -float("inf"))
+    probs = torch.softmax(logits, dim=-1)
+    noise = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / noise, dim=-1, keepdim=True)
+
+
+class CSM(nn.Module):
+    def __init__(self, args: CsmArgs) -> None:
+        super().__init__()
+        self.args = args
+        b, d = args.backbone, args.decoder
+        self.text_embeddings = nn.Embedding(args.text_vocab_size, b.dim)
+        self.audio_embeddings = nn.Embedding(args.audio_vocab_size * args.num_codebooks, b.dim)
+        self.backbone = Transformer(b)
+        self.projection = nn.Linear(b.dim, d.dim, bias=False)
+        self.codebook0_head = nn.Linear(b.dim, args.audio_vocab_size, bias=False)
+        self.decoder = Transformer(d)
+        self.audio_head = nn.Parameter(torch.empty(args.num_codebooks - 1, d.dim, args.audio_vocab_size))
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.args.backbone.max_seq_len
+
+    def setup(self) -> None:
+        """Allocate caches and position tables on the model's device, in its dtype, once per loaded model."""
+        dtype, device = self.audio_head.dtype, self.audio_head.device
+        self.backbone.setup(self.max_seq_len, dtype, device)
+        self.decoder.setup(self.args.num_codebooks, dtype, device)
+        offsets = torch.arange(self.args.num_codebooks, device=device) * self.args.audio_vocab_size
+        self.register_buffer("codebook_offsets", offsets, persistent=False)
+        self.register_buffer("decoder_positions", torch.arange(self.args.num_codebooks, device=device),
+                             persistent=False)
+
+    def reset_caches(self) -> None:
+        self.backbone.reset_caches()
+
+    def embed_rows(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Prompt rows [B, S, C+1] (C audio columns, then the text column) -> masked sum of embeddings [B, S, D]."""
+        text = self.text_embeddings(tokens[..., -1:])  # [B, S, 1, D]
+        audio = self.audio_embeddings(tokens[..., :-1] + self.codebook_offsets)  # [B, S, C, D]
+        embeds = torch.cat((audio, text), dim=-2)
+        return (embeds * mask.unsqueeze(-1)).sum(dim=-2)
+
+    def embed_codes(self, codebook: int, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, 1] of one codebook -> [B, 1, D]."""
+        return self.audio_embeddings(codes + codebook * self.args.audio_vocab_size)
+
+    def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Rows [B, S, C+1] at positions [S] -> the backbone's last hidden state [B, D]."""
+        h = self.backbone(self.embed_rows(tokens, mask), input_pos)
+        return h[:, -1]
+
+    def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, codebook: int) -> torch.Tensor:
+        """Backbone-space inputs [B, S, D] at decoder positions [S] -> logits [B, V] of `codebook` (1..C-1)."""
+        out = self.decoder(self.projection(h), positions)[:, -1]
+        return out @ self.audio_head[codebook - 1]
+
+    @torch.inference_mode()
+    def frame_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor, topk: int,
+                   temperature: float, generator: torch.Generator) -> torch.Tensor:
+        """One frame: backbone over rows [B, S, C+1] at [S], then 31 depth-decoder passes -> codes [B, C]."""
+        last_h = self.backbone_step(tokens, mask, input_pos)
+        code = sample_topk(self.codebook0_head(last_h), topk, temperature, generator)
+        codes = [code]
+        h = torch.stack((last_h, self.embed_codes(0, code)[:, 0]), dim=1)  # [B, 2, D]
+        positions = self.decoder_positions[:2]
+        for codebook in range(1, self.args.num_codebooks):
+            logits = self.decoder_logits(h, positions, codebook)
+            code = sample_topk(logits, topk, temperature, generator)
+            codes.append(code)
+            h = self.embed_codes(codebook, code)
+            positions = self.decoder_positions[codebook + 1: codebook + 2]
+        return torch.cat(codes, dim=1)

@@ -1,0 +1,67 @@
+"""Session fixtures: tiny random checkpoints in both layouts, a tiny tokenizer and a random Mimi, built once."""
+
+from pathlib import Path
+
+import pytest
+from checkpoints import (
+    TINY_FLAVORS,
+    build_transformers_model,
+    save_original_layout,
+    save_random_mimi,
+    save_tokenizer,
+    save_transformers_layout,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_flavors():
+    """The original layout names torchtune flavors; the tiny ones are known to in-process tests."""
+    from csm_cli import config
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "FLAVORS", {**config.FLAVORS, **TINY_FLAVORS})
+        yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hf_model(tokenizer_dir):
+    """The transformers reference model with the tiny random weights every checkpoint here holds."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
+    return build_transformers_model(vocab)
+
+
+@pytest.fixture(scope="session")
+def transformers_dir(tmp_path_factory, hf_model) -> Path:
+    directory = tmp_path_factory.mktemp("csm-transformers")
+    save_transformers_layout(hf_model, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def original_dir(tmp_path_factory, hf_model) -> Path:
+    directory = tmp_path_factory.mktemp("csm-original")
+    save_original_layout(hf_model, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mimi_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mimi") / "mimi.safetensors"
+    save_random_mimi(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def generator(transformers_dir, mimi_file):
+    from csm_cli.generator import StreamingGenerator
+
+    return StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu")

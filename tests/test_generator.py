@@ -1,0 +1,139 @@
+"""The Python API: chunks as they are decoded, chunk sizes, interruption and errors."""
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from csm_cli import Segment, StreamingGenerator
+from csm_cli.audio import SAMPLES_PER_FRAME
+from csm_cli.errors import CsmError
+
+TEXT = "Hello there. How are you today?"
+SETTINGS = {"speaker": 0, "seed": 7, "max_seconds": 1.0}
+
+
+@pytest.fixture(scope="module")
+def fresh_output(transformers_dir, mimi_file) -> np.ndarray:
+    """What a freshly loaded generator says for TEXT with SETTINGS."""
+    fresh = StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu")
+    return np.concatenate(list(fresh.stream(TEXT, **SETTINGS)))
+
+
+def test_chunks_arrive_one_frame_at_a_time(generator):
+    speech = generator.stream(TEXT, **SETTINGS)
+    frames_when_yielded = [speech.codes.shape[1] for _ in speech]
+    assert len(frames_when_yielded) > 3
+    assert frames_when_yielded == list(range(1, len(frames_when_yielded) + 1))
+
+
+def test_chunks_are_whole_frames_of_float32(generator, fresh_output):
+    chunks = list(generator.stream(TEXT, **SETTINGS))
+    assert all(c.dtype == np.float32 and c.shape == (SAMPLES_PER_FRAME,) for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), fresh_output)
+
+
+def test_larger_chunks_give_the_same_audio(generator, fresh_output):
+    chunks = list(generator.stream(TEXT, **SETTINGS, chunk_frames=4))
+    assert all(len(c) == 4 * SAMPLES_PER_FRAME for c in chunks[:-1])
+    assert 0 < len(chunks[-1]) <= 4 * SAMPLES_PER_FRAME
+    np.testing.assert_allclose(np.concatenate(chunks), fresh_output, atol=1e-5)
+
+
+def test_starting_a_stream_ends_the_previous_one(generator, fresh_output):
+    first = generator.stream(TEXT, **SETTINGS)
+    next(first)
+    second = generator.stream(TEXT, **SETTINGS)
+    assert next(first, None) is None
+    np.testing.assert_array_equal(np.concatenate(list(second)), fresh_output)
+
+
+@pytest.mark.parametrize("stop", ["close", "break", "exception"])
+def test_an_abandoned_stream_leaves_the_generator_as_fresh(generator, fresh_output, stop):
+    speech = generator.stream(TEXT, **SETTINGS)
+    with pytest.raises(RuntimeError) if stop == "exception" else nullcontext():
+        for i, _ in enumerate(speech):
+            if i == 2:
+                if stop == "close":
+                    speech.close()
+                elif stop == "exception":
+                    raise RuntimeError("the consumer failed")
+                break
+    np.testing.assert_array_equal(np.concatenate(list(generator.stream(TEXT, **SETTINGS))), fresh_output)
+
+
+def test_same_seed_same_speech_and_topk_1_is_deterministic(generator):
+    first = np.concatenate(list(generator.stream(TEXT, speaker=1, seed=3, max_seconds=0.5)))
+    second = np.concatenate(list(generator.stream(TEXT, speaker=1, seed=3, max_seconds=0.5)))
+    np.testing.assert_array_equal(first, second)
+    greedy_codes = []
+    for seed in (1, 2):
+        speech = generator.stream(TEXT, topk=1, seed=seed, max_seconds=0.5)
+        list(speech)
+        greedy_codes.append(speech.codes)
+    np.testing.assert_array_equal(greedy_codes[0], greedy_codes[1])
+
+
+def test_an_error_inside_generation_surfaces_and_the_generator_stays_usable(generator, fresh_output, monkeypatch):
+    def failing_decode(codes):
+        raise RuntimeError("decoder fault")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(generator.codec, "decode_chunk", failing_decode)
+        with pytest.raises(RuntimeError, match="decoder fault"):
+            list(generator.stream(TEXT, **SETTINGS))
+    np.testing.assert_array_equal(np.concatenate(list(generator.stream(TEXT, **SETTINGS))), fresh_output)
+
+
+def test_prompt_rows_follow_the_reference_layout(generator):
+    codes = np.arange(32 * 3).reshape(32, 3) % 2048
+    tokens, mask = generator.prompt_rows("Fine.", 0, [Segment(speaker=1, text="Hi.", codes=codes)])
+    context_ids = generator.tokenizer.encode(1, "Hi.")
+    new_ids = generator.tokenizer.encode(0, "Fine.")
+    tok = generator.tokenizer
+    assert context_ids[0] == new_ids[0] == tok.bos_id and context_ids[-1] == new_ids[-1] == tok.eos_id
+    n = len(context_ids)
+    assert tokens.shape == (n + 4 + len(new_ids), 33)
+    assert tokens[:n, -1].tolist() == context_ids and mask[:n].sum(1).tolist() == [1] * n and mask[:n, -1].all()
+    assert not tokens[:n, :-1].any()
+    audio, audio_mask = tokens[n : n + 4], mask[n : n + 4]
+    assert torch.equal(audio[:3, :-1], torch.as_tensor(codes).T) and not audio[3].any()
+    assert audio_mask[:, :-1].all() and not audio_mask[:, -1].any()
+    assert tokens[n + 4 :, -1].tolist() == new_ids
+
+
+def test_context_audio_is_encoded_with_mimi(generator):
+    audio = np.random.default_rng(0).standard_normal(3 * SAMPLES_PER_FRAME).astype(np.float32) * 0.1
+    segment = generator.encode_segment(Segment(speaker=1, text="Hi.", audio=audio))
+    assert segment.codes.shape == (32, 3)
+    with_audio, _ = generator.prompt_rows("Fine.", 0, [Segment(speaker=1, text="Hi.", audio=audio)])
+    with_codes, _ = generator.prompt_rows("Fine.", 0, [segment])
+    assert torch.equal(with_audio, with_codes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"text": "   "}, "text is empty"),
+        ({"speaker": -1}, "non-negative"),
+        ({"temperature": 0}, "temperature must be positive"),
+        ({"topk": 0}, "topk must be at least 1"),
+        ({"chunk_frames": 0}, "chunk_frames"),
+        ({"max_seconds": 0.01}, "at least one 80 ms frame"),
+        ({"max_seconds": 200}, "lower --max-seconds"),
+        ({"context": [Segment(1, "Hi.", codes=np.full((32, 2), 4000))]}, "must lie in 0..2047"),
+        ({"context": [Segment(1, "Hi.", codes=np.zeros((8, 2), dtype=int))]}, "shape"),
+    ],
+)
+def test_bad_arguments_raise_before_any_audio(generator, kwargs, message):
+    arguments = {"text": TEXT, **kwargs}
+    with pytest.raises(CsmError, match=message):
+        generator.stream(**arguments)
+
+
+@pytest.mark.parametrize(("frames", "room"), [(2000, "at most 2.1"), (2040, "no")])
+def test_context_that_fills_the_window_says_what_to_shorten(generator, frames, room):
+    long_context = [Segment(1, "Hi.", codes=np.zeros((32, frames), dtype=int))]
+    with pytest.raises(CsmError, match=f"leaving room for {room} seconds.*shorten the context"):
+        generator.stream(TEXT, context=long_context)

@@ -1,0 +1,85 @@
+"""Parity with the reference implementation in transformers, on the same tiny random weights (Llama-3 RoPE scaling
+set), for a prompt with text and context audio."""
+
+import numpy as np
+import pytest
+import torch
+
+from csm_cli.prompt import Segment
+
+CONTEXT_FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def prompt(generator):
+    codes = np.random.default_rng(0).integers(0, 2048, size=(32, CONTEXT_FRAMES))
+    context = [Segment(speaker=1, text="How are you today?", codes=codes)]
+    return generator.prompt_rows("I am fine, thank you.", 0, context)
+
+
+def reference_embeds(hf_model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """transformers' own merge: text positions take text embeddings, audio positions the sum of codebook ones."""
+    text_row = mask[:, -1]
+    embeds = torch.empty(len(tokens), hf_model.config.hidden_size)
+    embeds[text_row] = hf_model.embed_text_tokens(tokens[text_row, -1])
+    embeds[~text_row] = hf_model.backbone_model.embed_tokens(tokens[~text_row, :-1].unsqueeze(0))[0]
+    return embeds.unsqueeze(0)
+
+
+def reference_greedy(hf_model, embeds: torch.Tensor, frames: int) -> torch.Tensor:
+    """Greedy frames with transformers' backbone, heads and depth decoder, recomputed without caches. [T, 32]"""
+    out = []
+    for _ in range(frames):
+        h = hf_model.backbone_model(inputs_embeds=embeds).last_hidden_state[:, -1]
+        codes = [hf_model.lm_head(h).argmax(-1)]
+        for _ in range(1, 32):
+            inputs = torch.stack([torch.zeros_like(codes[0]), *codes], dim=1)  # position 0 holds h
+            logits = hf_model.depth_decoder(input_ids=inputs, backbone_last_hidden_state=h).logits[:, -1]
+            codes.append(logits.argmax(-1))
+        frame = torch.stack(codes, dim=1)  # [1, 32]
+        out.append(frame[0])
+        embeds = torch.cat([embeds, hf_model.backbone_model.embed_tokens(frame.unsqueeze(1))], dim=1)
+    return torch.stack(out)
+
+
+@torch.inference_mode()
+def test_backbone_logits_match_transformers(generator, hf_model, prompt):
+    tokens, mask = prompt
+    model = generator.model
+    model.reset_caches()
+    h = model.backbone(model.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), torch.arange(len(tokens)))
+    ours = model.codebook0_head(h)
+    theirs = hf_model(inputs_embeds=reference_embeds(hf_model, tokens, mask)).logits
+    assert ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_depth_decoder_logits_match_transformers(generator, hf_model, prompt):
+    tokens, mask = prompt
+    h = hf_model.backbone_model(inputs_embeds=reference_embeds(hf_model, tokens, mask)).last_hidden_state[:, -1]
+    codes = torch.randint(0, 2048, (1, 31), generator=torch.Generator().manual_seed(1))
+    inputs = torch.cat([torch.zeros(1, 1, dtype=torch.long), codes], dim=1)
+    theirs = hf_model.depth_decoder(input_ids=inputs, backbone_last_hidden_state=h).logits  # [1, 31, V]
+
+    model = generator.model
+    embedded = [model.embed_codes(i, codes[:, i : i + 1]) for i in range(31)]
+    decoder_inputs = torch.cat([h.unsqueeze(1), *embedded], dim=1)  # [1, 32, D]
+    out = model.decoder(model.projection(decoder_inputs), torch.arange(32))
+    ours = torch.stack([out[:, p] @ model.audio_head[p - 1] for p in range(1, 32)], dim=1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_greedy_codes_match_transformers(generator, hf_model, prompt):
+    frames = 12
+    tokens, mask = prompt
+    theirs = reference_greedy(hf_model, reference_embeds(hf_model, tokens, mask), frames)
+    codes = np.random.default_rng(0).integers(0, 2048, size=(32, CONTEXT_FRAMES))
+    speech = generator.stream(
+        "I am fine, thank you.", speaker=0, context=[Segment(1, "How are you today?", codes=codes)],
+        topk=1, max_seconds=frames / 12.5,
+    )
+    list(speech)
+    assert speech.codes.shape == (32, frames)
+    np.testing.assert_array_equal(speech.codes.T, theirs.numpy())
