@@ -1,0 +1,167 @@
+"""`csm say` end to end, through typer's runner and as a subprocess where the environment matters."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from fake_hub import failing_hub
+from typer.testing import CliRunner
+
+from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from csm_cli.cli import app
+
+runner = CliRunner()
+
+
+def model_args(model_dir: Path, mimi_file: Path) -> list[str]:
+    return ["--model", str(model_dir), "--codec", str(mimi_file)]
+
+
+def assert_one_line_error(stderr: str, message: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("csm: error: ") and message in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+def assert_valid_speech(path: Path) -> int:
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.subtype) == (SAMPLE_RATE, 1, "PCM_16")
+    assert info.frames > 0 and info.frames % SAMPLES_PER_FRAME == 0
+    return info.frames
+
+
+def test_say_renders_a_wav_of_whole_frames(tmp_path, transformers_dir, mimi_file):
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "Hello there.", "--speaker", "0", "--out", str(out), "--no-play",
+                                 "--seed", "1", "--max-seconds", "1", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    assert assert_valid_speech(out) <= SAMPLE_RATE
+
+
+def test_say_with_the_original_layout_and_a_tokenizer_directory(tmp_path, original_dir, tokenizer_dir, mimi_file):
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "Hello.", "--out", str(out), "--no-play", "--max-seconds", "0.5",
+                                 "--tokenizer", str(tokenizer_dir), *model_args(original_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    assert_valid_speech(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["say", ""], "the text is empty"),
+        (["say", "  \t "], "the text is empty"),
+        (["say", "Hi", "--speaker", "-1"], "--speaker must be a non-negative integer, got '-1'"),
+        (["say", "Hi", "--speaker", "abc"], "--speaker must be a non-negative integer"),
+        (["say", "Hi", "--speaker", "1.5"], "--speaker must be a non-negative integer"),
+        (["say", "Hi", "--model", "/no/such/model"], "directory /no/such/model does not exist"),
+        (["say", "Hi", "--max-seconds", "200"], "lower --max-seconds"),
+        (["say", "Hi", "--temperature", "0"], "temperature must be positive"),
+        (["say", "Hi", "--dtype", "float8"], "unknown dtype 'float8'"),
+        (["say", "Hi", "--model-device", "tpu:9"], "unknown torch device"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, transformers_dir, mimi_file, args, message):
+    out = tmp_path / "speech.wav"
+    full = [*args, "--out", str(out), "--no-play"]
+    if "--model" not in args:
+        full += model_args(transformers_dir, mimi_file)
+    result = runner.invoke(app, full)
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("out", "message"), [
+    ("missing-dir/speech.wav", "does not exist"),
+    (".", "it is a directory"),
+])
+def test_unwritable_out_fails_before_loading(tmp_path, out, message):
+    result = runner.invoke(app, ["say", "Hi", "--out", str(tmp_path / out), "--no-play", "--model", "/unused"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, message)
+
+
+def test_a_codec_that_is_not_mimi(tmp_path, transformers_dir):
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"\x00" * 64)
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "Hi", "--out", str(out), "--no-play", *model_args(transformers_dir, bogus)])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "is not a Mimi checkpoint")
+    assert not out.exists()
+
+
+def test_no_play_needs_out():
+    result = runner.invoke(app, ["say", "Hi", "--no-play"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "--no-play needs --out")
+
+
+# Subprocesses: the hub's settings are read from the environment when huggingface_hub is imported.
+
+def run_csm(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    return subprocess.run([sys.executable, "-m", "csm_cli", *args], env={**clean, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def put_in_hub_cache(cache: Path, repo_id: str, files: list[Path]) -> None:
+    """The Hugging Face cache's layout: refs/main names a commit whose snapshot holds the files."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for file in files:
+        shutil.copy(file, snapshot / file.name)
+
+
+def test_default_model_and_codec_load_from_the_hub_cache_offline(tmp_path, transformers_dir, mimi_file):
+    from moshi.models import loaders
+
+    cache = tmp_path / "hub"
+    put_in_hub_cache(cache, "sesame/csm-1b", list(transformers_dir.iterdir()))
+    mimi_copy = tmp_path / loaders.MIMI_NAME
+    shutil.copy(mimi_file, mimi_copy)
+    put_in_hub_cache(cache, loaders.DEFAULT_REPO, [mimi_copy])
+    out = tmp_path / "speech.wav"
+    result = run_csm(["say", "Hello.", "--out", str(out), "--no-play", "--max-seconds", "0.5"],
+                     {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_valid_speech(out)
+
+
+def test_offline_with_nothing_cached(tmp_path):
+    result = run_csm(["say", "Hello.", "--out", str(tmp_path / "x.wav"), "--no-play"],
+                     {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}, tmp_path)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "HF_HUB_OFFLINE is set and sesame/csm-1b is not in the Hugging Face cache")
+    assert not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.parametrize(("status", "code", "message"), [
+    (401, "GatedRepo", "sesame/csm-1b is gated: accept its terms at https://huggingface.co/sesame/csm-1b, "
+                       "then log in with `hf auth login` or set HF_TOKEN"),
+    (404, "RepoNotFound", "sesame/csm-1b is neither a local directory nor a model on the Hugging Face hub"),
+])
+def test_hub_refusals_say_what_to_do(tmp_path, status, code, message):
+    with failing_hub(status, code) as endpoint:
+        result = run_csm(["say", "Hello.", "--out", str(tmp_path / "x.wav"), "--no-play"],
+                         {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_ENDPOINT": endpoint}, tmp_path)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, message)
+
+
+def test_help_does_not_import_torch():
+    probe = "import sys; from csm_cli.cli import app; print('torch' in sys.modules, 'moshi' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+    help_text = subprocess.run([sys.executable, "-m", "csm_cli", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "say" in help_text.stdout
