@@ -1,0 +1,116 @@
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csm_cli.audio import SAMPLES_PER_FRAME
+from csm_cli.errors import CsmError
+from csm_cli.pcm import (
+    SIGPIPE_EXIT_STATUS,
+    OutputClosed,
+    RawPcmWriter,
+    numbered_path,
+    prepare_out_dir,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0], dtype=np.float32)
+
+
+def test_s16_is_clipped_16_bit_little_endian() -> None:
+    stream = io.BytesIO()
+    RawPcmWriter(stream, "s16").write(SAMPLES)
+    data = stream.getvalue()
+    assert len(data) == 2 * len(SAMPLES)
+    assert np.frombuffer(data, "<i2").tolist() == [0, 16384, -16384, 32767, -32767, 32767, -32767]
+
+
+def test_f32_is_unclipped_32_bit_little_endian_float() -> None:
+    stream = io.BytesIO()
+    writer = RawPcmWriter(stream, "f32")
+    writer.write(SAMPLES)
+    writer.write(SAMPLES[:2])
+    data = stream.getvalue()
+    assert len(data) == 4 * (len(SAMPLES) + 2)
+    np.testing.assert_array_equal(np.frombuffer(data, "<f4"), np.concatenate([SAMPLES, SAMPLES[:2]]))
+
+
+def test_each_chunk_reaches_the_reader_when_written() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    with os.fdopen(write_fd, "wb") as pipe:  # buffered: 8 KiB would stay in the buffer without a flush
+        RawPcmWriter(pipe, "s16").write(np.zeros(SAMPLES_PER_FRAME, dtype=np.float32))
+        assert len(os.read(read_fd, 1 << 16)) == 2 * SAMPLES_PER_FRAME
+    os.close(read_fd)
+
+
+def test_closed_reader_raises_output_closed() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    with os.fdopen(write_fd, "wb", buffering=0) as pipe, pytest.raises(OutputClosed):
+        RawPcmWriter(pipe).write(SAMPLES)
+
+
+_ENDLESS_WRITER = """
+import numpy as np
+from csm_cli.pcm import OutputClosed, RawPcmWriter, exit_for_closed_output
+
+writer = RawPcmWriter()
+try:
+    while True:
+        writer.write(np.zeros(1920, dtype=np.float32))
+except OutputClosed:
+    exit_for_closed_output()
+"""
+
+
+def test_closed_pipe_ends_the_program_quietly_with_sigpipe_status() -> None:
+    # Buffered stdout, as for most users: the chunk whose flush failed is still buffered at exit.
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _ENDLESS_WRITER],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert writer.stdout is not None
+    assert writer.stderr is not None
+    head = subprocess.run(["head", "-c", "1000"], stdin=writer.stdout, capture_output=True, timeout=30, check=True)
+    writer.stdout.close()
+    writer.wait(timeout=30)
+    assert head.stdout == bytes(1000)
+    assert writer.stderr.read() == b""
+    assert writer.returncode == SIGPIPE_EXIT_STATUS == 141
+
+
+def test_numbered_path_sorts_in_speaking_order() -> None:
+    assert numbered_path(Path("out"), 1) == Path("out/0001.wav")
+    assert numbered_path(Path("out"), 123, width=2) == Path("out/123.wav")
+
+
+def test_prepare_out_dir_creates_missing_directories(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b"
+    assert prepare_out_dir(directory) == directory
+    assert directory.is_dir()
+    assert prepare_out_dir(directory) == directory
+    assert list(directory.iterdir()) == []
+
+
+def test_prepare_out_dir_refuses_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "taken.wav"
+    path.write_bytes(b"")
+    with pytest.raises(CsmError, match="is a file"):
+        prepare_out_dir(path)
+    with pytest.raises(CsmError, match="cannot write files"):
+        prepare_out_dir(path / "below")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where nobody can create files")
+def test_prepare_out_dir_refuses_a_directory_without_write_access() -> None:
+    with pytest.raises(CsmError, match="cannot write files in output directory /proc"):
+        prepare_out_dir(Path("/proc"))
