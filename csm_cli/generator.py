@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import CODEC_CARDINALITY, FRAME_RATE, seconds_to_frames
+from .audio import CODEC_CARDINALITY, FRAME_RATE, SAMPLES_PER_FRAME, seconds_to_frames
 from .checkpoint import (
     MODEL_FILES,
     TOKENIZER_FILES,
@@ -111,6 +111,15 @@ class StreamingGenerator:
         if segment.codes is not None or segment.audio is None:
             return segment
         return Segment(segment.speaker, segment.text, codes=self.codec.encode(segment.audio).cpu().numpy())
+
+    def segment_rows(self, segment: Segment) -> int:
+        """How many of the model's positions a segment takes in a prompt: its text rows, then its audio rows."""
+        text = len(self.tokenizer.encode(segment.speaker, segment.text))
+        if segment.codes is not None:
+            return text + segment.codes.shape[1] + 1
+        if segment.audio is not None:
+            return text + -(-len(segment.audio) // SAMPLES_PER_FRAME) + 1
+        return text
 
     def prompt_rows(self, text: str, speaker: int, context: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
         """Context segments (text rows, then audio rows) and the new text's rows -> tokens, mask [S, C+1]."""

@@ -1,0 +1,148 @@
+"""A conversation: utterances spoken one after another, each generated with what was said before as context.
+
+Voice prompts stay at the start of the context; spoken utterances follow, oldest first, and the oldest are
+dropped whole when the context and the next generation would not fit the model's window.
+"""
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import FRAME_RATE, SAMPLE_RATE, seconds_to_frames
+from .errors import CsmError
+from .generator import StreamingGenerator
+from .pcm import numbered_path
+from .prompt import Segment
+from .script import parse_line, split_utterances
+from .wav import WavWriter
+
+# Slower than most speech, so that an utterance of max_seconds * WORDS_PER_SECOND words fits its frame budget.
+WORDS_PER_SECOND = 2.0
+
+
+@dataclass(frozen=True)
+class Utterance:
+    speaker: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each utterance is generated."""
+
+    temperature: float = 0.9
+    topk: int = 50
+    seed: int | None = None
+    max_seconds: float = 30.0
+    chunk_frames: int = 1
+
+
+def utterances(lines: Iterable[str], default_speaker: int, max_seconds: float,
+               warn: Callable[[str], None]) -> Iterator[Utterance]:
+    """Each line's speaker tag read, and text too long for one generation split at sentence boundaries."""
+    max_words = max(1, int(max_seconds * WORDS_PER_SECOND))
+    for raw in lines:
+        line = parse_line(raw, default_speaker)
+        if line.warning:
+            warn(line.warning)
+        for text in split_utterances(line.text, max_words):
+            yield Utterance(line.speaker, text)
+
+
+@dataclass
+class SpokenLine:
+    """When one utterance was generated (monotonic seconds) and where its samples lie in the output."""
+
+    index: int
+    speaker: int
+    text: str
+    generation_started: float
+    first_chunk: float | None = None
+    generation_ended: float | None = None
+    start_sample: int = 0
+    end_sample: int = 0
+
+    def to_dict(self, origin: float) -> dict[str, Any]:
+        """Times in seconds since `origin`; where the line's audio lies, in seconds into the output."""
+
+        def since(moment: float | None) -> float | None:
+            return None if moment is None else round(moment - origin, 4)
+
+        return {
+            "index": self.index, "speaker": self.speaker, "text": self.text,
+            "generation_started_s": since(self.generation_started), "first_chunk_s": since(self.first_chunk),
+            "generation_ended_s": since(self.generation_ended),
+            "audio_start_s": self.start_sample / SAMPLE_RATE, "audio_end_s": self.end_sample / SAMPLE_RATE,
+        }
+
+
+class Conversation:
+    def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
+                 memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None) -> None:
+        self.generator = generator
+        self.settings = settings
+        self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
+        self.memory = memory
+        self.history: deque[Segment] = deque()
+        self.pause = np.zeros(round(pause_seconds * SAMPLE_RATE), dtype=np.float32)
+        self.out_dir = out_dir
+        self.lines: list[SpokenLine] = []
+        self.samples = 0
+
+    def context_for(self, utterance: Utterance) -> list[Segment]:
+        """Voice prompts, then as many of the latest utterances as fit with `utterance` and its frame budget."""
+        rows = self.generator.segment_rows
+        budget = (self.generator.model.max_seq_len - rows(Segment(utterance.speaker, utterance.text))
+                  - seconds_to_frames(self.settings.max_seconds))
+        prompt_rows = sum(rows(prompt) for prompt in self.prompts)
+        if prompt_rows > budget:
+            raise CsmError(
+                f"the voice prompts take {prompt_rows} of the model's {self.generator.model.max_seq_len} positions "
+                f"and only {max(budget, 0)} are left beside the text and --max-seconds "
+                f"{self.settings.max_seconds:g}: cut at least {(prompt_rows - budget) / FRAME_RATE:.1f} s of prompt "
+                "audio, or lower --max-seconds"
+            )
+        history_rows = sum(rows(segment) for segment in self.history)
+        while self.history and prompt_rows + history_rows > budget:
+            history_rows -= rows(self.history.popleft())
+        return [*self.prompts, *self.history]
+
+    def speak(self, script: Iterable[Utterance]) -> Iterator[np.ndarray]:
+        """Chunks of every utterance in turn, with a pause between utterances."""
+        for index, utterance in enumerate(script):
+            if index and len(self.pause):
+                self.samples += len(self.pause)
+                yield self.pause
+            yield from self._speak_one(index, utterance)
+
+    def _speak_one(self, index: int, utterance: Utterance) -> Iterator[np.ndarray]:
+        line = SpokenLine(index, utterance.speaker, utterance.text, time.monotonic(), start_sample=self.samples,
+                          end_sample=self.samples)
+        self.lines.append(line)
+        seed = None if self.settings.seed is None else self.settings.seed + index
+        speech = self.generator.stream(
+            utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
+            temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
+            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames,
+        )
+        wav = WavWriter(numbered_path(self.out_dir, index + 1)) if self.out_dir else None
+        try:
+            for chunk in speech:
+                if line.first_chunk is None:
+                    line.first_chunk = time.monotonic()
+                if wav:
+                    wav.write(chunk)
+                self.samples += len(chunk)
+                line.end_sample = self.samples
+                yield chunk
+        finally:
+            if wav:
+                wav.close()
+        line.generation_ended = time.monotonic()
+        if self.memory:
+            self.history.append(Segment(utterance.speaker, utterance.text, codes=speech.codes))

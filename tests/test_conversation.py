@@ -1,0 +1,92 @@
+"""Utterances from lines, conversation memory and its trimming at the window, pauses and per-line files."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME, seconds_to_frames
+from csm_cli.conversation import Conversation, Settings, Utterance, utterances
+from csm_cli.errors import CsmError
+from csm_cli.prompt import Segment
+
+SHORT = Settings(seed=5, max_seconds=0.4)
+
+
+def test_lines_become_utterances_with_speakers_and_warnings():
+    warnings: list[str] = []
+    lines = ["1: Hello there.", "How are you?", "S2: hi", "0: " + " ".join(f"w{i}." for i in range(7))]
+    script = list(utterances(lines, default_speaker=3, max_seconds=1.5, warn=warnings.append))
+    assert script[:3] == [Utterance(1, "Hello there."), Utterance(3, "How are you?"), Utterance(3, "S2: hi")]
+    assert len(warnings) == 1 and "'S2:' is not a speaker tag" in warnings[0]
+    long_line = script[3:]
+    assert [u.speaker for u in long_line] == [0, 0, 0]
+    assert " ".join(u.text for u in long_line).split() == [f"w{i}." for i in range(7)]
+    assert all(len(u.text.split()) <= 3 for u in long_line)
+
+
+def test_segment_rows_count_what_the_prompt_holds(generator):
+    segments = [Segment(1, "Hi there.", codes=np.zeros((32, 7), dtype=int)),
+                Segment(0, "Fine.", audio=np.ones(3 * SAMPLES_PER_FRAME + 5, dtype=np.float32) * 0.1),
+                Segment(2, "No audio.")]
+    tokens, _ = generator.prompt_rows("Next.", 0, segments)
+    assert len(tokens) == sum(map(generator.segment_rows, segments)) + generator.segment_rows(Segment(0, "Next."))
+
+
+def test_each_spoken_line_joins_the_context_of_the_next(generator):
+    conversation = Conversation(generator, SHORT)
+    chunks = list(conversation.speak([Utterance(0, "Hello there."), Utterance(1, "How are you?")]))
+    assert [(s.speaker, s.text) for s in conversation.history] == [(0, "Hello there."), (1, "How are you?")]
+    first, second = conversation.history
+    spoken = [conversation.lines[i] for i in (0, 1)]
+    assert first.codes.shape[1] * SAMPLES_PER_FRAME == spoken[0].end_sample - spoken[0].start_sample
+    audio = np.concatenate(chunks)
+    assert len(audio) == conversation.samples == spoken[1].end_sample
+    pause = spoken[1].start_sample - spoken[0].end_sample
+    assert pause == round(0.2 * SAMPLE_RATE) and not audio[spoken[0].end_sample : spoken[1].start_sample].any()
+    assert conversation.context_for(Utterance(0, "Next.")) == [first, second]
+
+
+def test_no_memory_keeps_only_the_voice_prompts(generator):
+    prompt = Segment(1, "Hi.", codes=np.ones((32, 4), dtype=int))
+    conversation = Conversation(generator, SHORT, prompts=[prompt], memory=False)
+    list(conversation.speak([Utterance(0, "Hello there."), Utterance(1, "Bye.")]))
+    assert not conversation.history
+    assert conversation.context_for(Utterance(0, "Next.")) == [prompt]
+
+
+def test_the_oldest_segments_are_dropped_whole_exactly_at_the_window(generator):
+    settings = Settings(max_seconds=4.0)
+    prompt = Segment(1, "Voice.", codes=np.ones((32, 100), dtype=int))
+    conversation = Conversation(generator, settings, prompts=[prompt])
+    history = [Segment(i % 2, f"Line {i}.", codes=np.full((32, 300 + i), i, dtype=int)) for i in range(8)]
+    conversation.history.extend(history)
+    utterance = Utterance(0, "And now?")
+    context = conversation.context_for(utterance)
+
+    def used(segments) -> int:
+        return len(generator.prompt_rows(utterance.text, utterance.speaker, segments)[0]) + seconds_to_frames(4.0)
+
+    kept = context[1:]
+    assert context[0] is prompt and kept == history[-len(kept):] and 0 < len(kept) < len(history)
+    assert used(context) <= generator.model.max_seq_len
+    assert used([prompt, history[-len(kept) - 1], *kept]) > generator.model.max_seq_len
+    assert list(conversation.history) == kept
+
+
+def test_voice_prompts_longer_than_the_window_say_how_much_to_cut(generator):
+    prompt = Segment(1, "Voice.", codes=np.ones((32, 2100), dtype=int))
+    conversation = Conversation(generator, Settings(max_seconds=2.0), prompts=[prompt])
+    utterance = Utterance(0, "Hi.")
+    free = generator.model.max_seq_len - generator.segment_rows(Segment(0, "Hi.")) - seconds_to_frames(2.0)
+    excess_seconds = (generator.segment_rows(prompt) - free) / 12.5
+    with pytest.raises(CsmError, match=rf"cut at least {excess_seconds:.1f} s of prompt audio, or lower --max"):
+        conversation.context_for(utterance)
+
+
+def test_out_dir_gets_one_numbered_wav_per_utterance(generator, tmp_path):
+    conversation = Conversation(generator, SHORT, out_dir=tmp_path)
+    list(conversation.speak([Utterance(0, "One."), Utterance(1, "Two."), Utterance(0, "Three.")]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0001.wav", "0002.wav", "0003.wav"]
+    for line in conversation.lines:
+        frames = sf.info(str(tmp_path / f"{line.index + 1:04d}.wav")).frames
+        assert frames == line.end_sample - line.start_sample
