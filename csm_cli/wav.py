@@ -10,7 +10,6 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .errors import CsmError
 
-_HEADER_BYTES = 44
 _BYTES_PER_SAMPLE = 2
 
 
@@ -21,18 +20,22 @@ def to_pcm16(samples: np.ndarray) -> bytes:
 
 class WavWriter:
     """Appends float32 chunks to a mono WAV file and rewrites the header sizes after each one,
-    so that an interrupted run leaves a playable file holding every chunk written so far."""
+    so that an interrupted run leaves a playable file holding every chunk written so far.
+    The file is created with the first chunk: a run that fails before any audio leaves none."""
 
     def __init__(self, path: Path | str, sample_rate: int = SAMPLE_RATE) -> None:
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.samples_written = 0
+        self._file: BinaryIO | None = None
+
+    def _open(self) -> BinaryIO:
         try:
-            self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         except OSError as e:
             raise CsmError(f"cannot write {self.path}: {e.strerror}") from None
-        self._file.write(self._header(0))
-        self._file.flush()
+        file.write(self._header(0))
+        return file
 
     def _header(self, data_bytes: int) -> bytes:
         byte_rate = self.sample_rate * _BYTES_PER_SAMPLE
@@ -43,6 +46,8 @@ class WavWriter:
         )
 
     def write(self, samples: np.ndarray) -> None:
+        if self._file is None:
+            self._file = self._open()
         self._file.seek(0, 2)
         self._file.write(to_pcm16(samples))
         self.samples_written += len(samples)
@@ -51,7 +56,8 @@ class WavWriter:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> Self:
         return self

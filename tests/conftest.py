@@ -12,6 +12,8 @@ from checkpoints import (
     save_transformers_layout,
 )
 
+pytest_plugins = ["pulse"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_flavors():
