@@ -5,13 +5,18 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .errors import CsmError
+
+if TYPE_CHECKING:
+    from .generator import StreamingGenerator
+    from .prompt import Segment
 
 app = typer.Typer(
     help="Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated.",
@@ -40,12 +45,16 @@ def csm() -> None:
     """Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated."""
 
 
+EagerOption = Annotated[bool, typer.Option("--eager", help="Run every frame eagerly, without CUDA graphs.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130."""
+    """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
+    quietly as a closed pipe does."""
+    from .pcm import OutputClosed, exit_for_closed_output
+
     try:
         yield
     except CsmError as e:
@@ -54,11 +63,13 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         print("csm: interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
+    except OutputClosed:
+        exit_for_closed_output()
 
 
-def parse_speaker(value: str) -> int:
+def parse_speaker(value: str, option: str = "--speaker") -> int:
     if not value.strip().isdigit():
-        raise CsmError(f"--speaker must be a non-negative integer, got {value!r}")
+        raise CsmError(f"{option} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
@@ -73,16 +84,141 @@ def check_writable(path: Path) -> None:
         raise CsmError(f"cannot write {path}: permission denied")
 
 
+def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], default_speaker: int) -> list["Segment"]:
+    """--context FILE --context-text TEXT [--context-speaker N], each repeatable, read before the model loads."""
+    from .prompt import Segment
+    from .voice import load_voice_prompt
+
+    if len(texts) != len(files):
+        raise CsmError(f"give one --context-text per --context file ({len(files)} files, {len(texts)} texts)")
+    if speakers and len(speakers) != len(files):
+        raise CsmError(f"give one --context-speaker per --context file, or none ({len(files)} files, "
+                       f"{len(speakers)} speakers)")
+    ids = [parse_speaker(s, "--context-speaker") for s in speakers] or [default_speaker] * len(files)
+    return [
+        Segment(speaker, text, audio=load_voice_prompt(path))
+        for path, text, speaker in zip(files, texts, ids, strict=True)
+    ]
+
+
 @app.command()
 def say(
-    text: Annotated[str, typer.Argument(help="What to say.")],
+    text: Annotated[
+        str | None, typer.Argument(help="What to say; '-' or nothing reads lines from standard input.")
+    ] = None,
     speaker: Annotated[str, typer.Option(help="Speaker id, a non-negative integer.")] = "0",
-    out: Annotated[Path | None, typer.Option(help="Also write the audio to this 24 kHz mono WAV file.")] = None,
-    play: Annotated[bool, typer.Option(help="Play through the sound card (--no-play: only write --out).")] = True,
+    out: Annotated[
+        str | None, typer.Option(help="Also record to this 24 kHz mono WAV file; '-' writes raw PCM to stdout.")
+    ] = None,
+    pcm_format: Annotated[str, typer.Option("--format", help="Raw PCM for --out -: s16 (16-bit LE) or f32.")] = "s16",
+    out_dir: Annotated[Path | None, typer.Option(help="Write one numbered WAV per utterance here.")] = None,
+    play: Annotated[
+        bool | None, typer.Option(help="Play through the sound card [default: yes, unless --out -].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="Output device name or index (see `csm devices`).")] = None,
+    pause: Annotated[float, typer.Option(help="Seconds of silence between utterances.")] = 0.2,
+    memory: Annotated[bool, typer.Option(help="Keep what was said as context for what follows.")] = True,
+    context: Annotated[list[Path] | None, typer.Option(help="Voice prompt audio file (repeatable).")] = None,
+    context_text: Annotated[list[str] | None, typer.Option(help="What is said in each --context file.")] = None,
+    context_speaker: Annotated[
+        list[str] | None, typer.Option(help="Speaker of each --context file [default: --speaker].")
+    ] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
     topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
     seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible speech.")] = None,
-    max_seconds: Annotated[float, typer.Option(help="Most seconds of speech to generate.")] = 30.0,
+    max_seconds: Annotated[float, typer.Option(help="Most seconds of speech per utterance.")] = 30.0,
+    model: ModelOption = DEFAULT_MODEL,
+    codec: CodecOption = None,
+    tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
+    model_device: ModelDeviceOption = None,
+    dtype: DtypeOption = None,
+    eager: EagerOption = False,
+    stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Say TEXT, or each line of standard input as it arrives."""
+    with user_errors():
+        from .generator import Settings
+        from .pcm import prepare_out_dir
+        from .say import Output, expected_seconds, say
+        from .script import read_lines
+
+        speaker_id = parse_speaker(speaker)
+        from_stdin = text is None or text == "-"
+        if not from_stdin and not text.strip():
+            raise CsmError("the text is empty: give something to say")
+        if pcm_format not in ("s16", "f32"):
+            raise CsmError(f"--format must be s16 or f32, got {pcm_format!r}")
+        if out is not None and out_dir is not None:
+            raise CsmError("choose --out FILE.wav for the whole run or --out-dir DIR for one file per utterance")
+        raw = out == "-"
+        play = not raw if play is None else play
+        if not play and out is None and out_dir is None:
+            raise CsmError("--no-play needs --out or --out-dir: otherwise the speech goes nowhere")
+        if out is not None and not raw:
+            check_writable(Path(out))
+        if pause < 0:
+            raise CsmError(f"--pause must not be negative, got {pause:g}")
+        settings = Settings(temperature, topk, seed, max_seconds)
+        prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
+        output = Output(
+            play=play, device=device, wav=None if out is None or raw else Path(out),
+            raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
+            quiet=quiet, stats=stats,
+        )
+        say(
+            read_lines(sys.stdin) if from_stdin else [text],
+            load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet),
+            speaker=speaker_id, settings=settings, prompts=prompts, memory=memory, pause_seconds=pause,
+            output=output, expected_seconds=None if from_stdin else expected_seconds(text),
+        )
+
+
+def load_generator(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
+                   eager: bool, quiet: bool) -> "StreamingGenerator":
+    from .generator import StreamingGenerator
+    from .progress import LoadProgress
+
+    return StreamingGenerator.load(model, codec=codec, device=model_device, dtype=dtype, tokenizer=tokenizer,
+                                   progress=LoadProgress(enabled=not quiet), fast=not eager)
+
+
+@app.command()
+def devices() -> None:
+    """List the audio output devices (for --device)."""
+    with user_errors():
+        from rich.console import Console
+
+        from .playback import output_devices, render_device_table
+
+        found = output_devices()
+        if not found:
+            raise CsmError("no audio output device found: write files with --out FILE --no-play")
+        Console().print(render_device_table(found))
+
+
+
+
+class CompareWith(StrEnum):
+    eager = "eager"
+
+
+@app.command()
+def bench(
+    frames: Annotated[int, typer.Option(help="Frames of 80 ms per text; end of speech is ignored.")] = 125,
+    context_seconds: Annotated[
+        float, typer.Option(help="Seconds of context (random audio codes) before each text.")
+    ] = 0.0,
+    random_weights: Annotated[bool, typer.Option(
+        "--random-weights",
+        help="Full-size CSM-1B and Mimi with random weights, to measure speed without the checkpoint "
+             "(--model and --codec are not used; token ids are synthetic when no tokenizer is at hand).",
+    )] = False,
+    compare: Annotated[
+        CompareWith | None, typer.Option(help="Also run this path in the same process and print the ratio.")
+    ] = None,
+    eager: EagerOption = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
     codec: CodecOption = None,
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
@@ -90,36 +226,26 @@ def say(
     dtype: DtypeOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Say TEXT."""
+    """Measure speed on fixed texts and seeds: time to first audio, time per frame, real-time factor."""
     with user_errors():
-        speaker_id = parse_speaker(speaker)
-        if not text.strip():
-            raise CsmError("the text is empty: give something to say")
-        if out is None and not play:
-            raise CsmError("--no-play needs --out FILE.wav: otherwise the speech goes nowhere")
-        if out is not None:
-            check_writable(out)
-        if play:
-            raise CsmError("playback is not available yet: use --out FILE.wav --no-play")
-        from .generator import StreamingGenerator
-        from .progress import LoadProgress
-        from .wav import WavWriter
+        import json
 
-        generator = StreamingGenerator.load(
-            model, codec=codec, device=model_device, dtype=dtype, tokenizer=tokenizer,
-            progress=LoadProgress(enabled=not quiet),
+        from rich.console import Console
+
+        from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
+        from .progress import LoadProgress
+
+        options = BenchOptions(frames, context_seconds, fast=not eager, compare_eager=compare is CompareWith.eager)
+        report = run_bench(
+            lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, random_weights,
+                                   LoadProgress(enabled=not quiet)),
+            RANDOM_WEIGHTS if random_weights else model,
+            options,
         )
-        speech = generator.stream(
-            text, speaker=speaker_id, temperature=temperature, topk=topk, seed=seed, max_seconds=max_seconds
-        )
-        assert out is not None
-        with WavWriter(out) as wav:
-            try:
-                for chunk in speech:
-                    wav.write(chunk)
-            except Exception:
-                out.unlink(missing_ok=True)
-                raise
+        if json_output:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            Console().print(render_table(report))
 
 
 def main() -> None:

@@ -44,13 +44,13 @@ class Codec:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """A whole sequence of codes [C, T] at once -> T * 1920 samples."""
-        return self._to_samples(self.mimi.decode(self._valid(codes)))
+        return self._to_samples(self.mimi.decode(self.mimi_input(codes)))
 
     @torch.inference_mode()
     def decode_chunk(self, codes: torch.Tensor) -> np.ndarray:
         """Codes [C, n] of the next n frames -> n * 1920 samples, continuing the stream's state."""
         assert self.mimi.is_streaming, "decode_chunk is only valid inside Codec.streaming()"
-        return self._to_samples(self.mimi.decode(self._valid(codes)))
+        return self._to_samples(self.mimi.decode(self.mimi_input(codes)))
 
     @contextmanager
     def streaming(self) -> Iterator[None]:
@@ -58,8 +58,9 @@ class Codec:
         with self.mimi.streaming(1):
             yield
 
-    def _valid(self, codes: torch.Tensor) -> torch.Tensor:
-        # The model's vocabulary has 3 codes past Mimi's 2048; a trained model does not emit them.
+    def mimi_input(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [C, n] -> Mimi's input [1, C, n] on its device, clamped to Mimi's 2048 codes (the model's vocabulary
+        has 3 more, which a trained model does not emit)."""
         return codes.to(self.device).clamp(max=CODEC_CARDINALITY - 1).unsqueeze(0)
 
     @staticmethod

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .audio import FRAME_RATE, SAMPLE_RATE, seconds_to_frames
+from .audio import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 from .errors import CsmError
-from .generator import StreamingGenerator
+from .generator import Settings, StreamingGenerator
 from .pcm import numbered_path
 from .prompt import Segment
 from .script import parse_line, split_utterances
@@ -29,17 +29,6 @@ WORDS_PER_SECOND = 2.0
 class Utterance:
     speaker: int
     text: str
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How each utterance is generated."""
-
-    temperature: float = 0.9
-    topk: int = 50
-    seed: int | None = None
-    max_seconds: float = 30.0
-    chunk_frames: int = 1
 
 
 def utterances(lines: Iterable[str], default_speaker: int, max_seconds: float,
@@ -89,7 +78,7 @@ class Conversation:
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
         self.history: deque[Segment] = deque()
-        self.pause = np.zeros(round(pause_seconds * SAMPLE_RATE), dtype=np.float32)
+        self.pause = np.zeros(round(pause_seconds * FRAME_RATE) * SAMPLES_PER_FRAME, dtype=np.float32)
         self.out_dir = out_dir
         self.lines: list[SpokenLine] = []
         self.samples = 0
@@ -98,7 +87,7 @@ class Conversation:
         """Voice prompts, then as many of the latest utterances as fit with `utterance` and its frame budget."""
         rows = self.generator.segment_rows
         budget = (self.generator.model.max_seq_len - rows(Segment(utterance.speaker, utterance.text))
-                  - seconds_to_frames(self.settings.max_seconds))
+                  - self.settings.max_frames)
         prompt_rows = sum(rows(prompt) for prompt in self.prompts)
         if prompt_rows > budget:
             raise CsmError(
@@ -113,14 +102,12 @@ class Conversation:
         return [*self.prompts, *self.history]
 
     def speak(self, script: Iterable[Utterance]) -> Iterator[np.ndarray]:
-        """Chunks of every utterance in turn, with a pause between utterances."""
+        """Chunks of every utterance in turn. The pause between utterances (whole frames) leads the first chunk of
+        the next one, so that no silence is sent before the next utterance has audio."""
         for index, utterance in enumerate(script):
-            if index and len(self.pause):
-                self.samples += len(self.pause)
-                yield self.pause
-            yield from self._speak_one(index, utterance)
+            yield from self._speak_one(index, utterance, self.pause if index else self.pause[:0])
 
-    def _speak_one(self, index: int, utterance: Utterance) -> Iterator[np.ndarray]:
+    def _speak_one(self, index: int, utterance: Utterance, lead_in: np.ndarray) -> Iterator[np.ndarray]:
         line = SpokenLine(index, utterance.speaker, utterance.text, time.monotonic(), start_sample=self.samples,
                           end_sample=self.samples)
         self.lines.append(line)
@@ -133,10 +120,12 @@ class Conversation:
         wav = WavWriter(numbered_path(self.out_dir, index + 1)) if self.out_dir else None
         try:
             for chunk in speech:
-                if line.first_chunk is None:
-                    line.first_chunk = time.monotonic()
                 if wav:
                     wav.write(chunk)
+                if line.first_chunk is None:
+                    line.first_chunk = time.monotonic()
+                    line.start_sample = self.samples + len(lead_in)
+                    chunk = np.concatenate([lead_in, chunk])
                 self.samples += len(chunk)
                 line.end_sample = self.samples
                 yield chunk

@@ -2,12 +2,14 @@
 
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from .audio import CODEC_CARDINALITY, FRAME_RATE, SAMPLES_PER_FRAME, seconds_to_frames
+from .audio import FRAME_RATE, SAMPLES_PER_FRAME, seconds_to_frames
 from .checkpoint import (
     MODEL_FILES,
     TOKENIZER_FILES,
@@ -19,10 +21,12 @@ from .checkpoint import (
 from .codec import Codec
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .errors import CsmError
+from .graphs import FrameGraphs
 from .model import CSM
 from .progress import LoadProgress
-from .prompt import Segment, TextTokenizer, audio_rows, frame_row, text_rows
+from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
 
+T = TypeVar("T")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -48,6 +52,31 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How an utterance is generated; invalid values raise CsmError when the settings are made."""
+
+    temperature: float = 0.9
+    topk: int = 50
+    seed: int | None = None
+    max_seconds: float = 30.0
+    chunk_frames: int = 1
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise CsmError(f"temperature must be positive, got {self.temperature:g}")
+        if self.topk < 1:
+            raise CsmError(f"topk must be at least 1, got {self.topk}")
+        if self.chunk_frames < 1:
+            raise CsmError(f"chunk_frames must be at least 1, got {self.chunk_frames}")
+        if self.max_frames < 1:
+            raise CsmError(f"max_seconds must allow at least one 80 ms frame, got {self.max_seconds:g}")
+
+    @property
+    def max_frames(self) -> int:
+        return seconds_to_frames(self.max_seconds)
+
+
 class Speech(Iterator[np.ndarray]):
     """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
     shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe."""
@@ -71,13 +100,18 @@ class Speech(Iterator[np.ndarray]):
 
 
 class StreamingGenerator:
-    def __init__(self, model: CSM, tokenizer: TextTokenizer, codec: Codec) -> None:
+    def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True) -> None:
+        """`fast` replays each frame as CUDA graphs on a CUDA device (captured here, in seconds); on a CPU, or
+        with fast=False, every frame runs eagerly."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
         self.device = model.audio_head.device
         self._rng = torch.Generator(device=self.device)
         self._active: Speech | None = None
+        default = Settings()
+        self.graphs = (FrameGraphs(model, codec, self._rng, default.topk, default.temperature)
+                       if fast and self.device.type == "cuda" else None)
 
     @classmethod
     def load(
@@ -88,6 +122,7 @@ class StreamingGenerator:
         dtype: str | torch.dtype | None = None,
         tokenizer: str = DEFAULT_TOKENIZER,
         progress: LoadProgress | None = None,
+        fast: bool = True,
     ) -> "StreamingGenerator":
         """Loads from a hub id or a local directory. Cheap checks (config, tokenizer, codec) come before the
         weights, so a wrong option fails in seconds."""
@@ -104,7 +139,7 @@ class StreamingGenerator:
             codec_path = Path(codec) if codec else resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, shown)
             mimi = Codec.load(codec_path, torch_device)
             csm = load_model(model_dir, torch_device, torch_dtype, shown)
-        return cls(csm, text_tokenizer, mimi)
+        return cls(csm, text_tokenizer, mimi, fast=fast)
 
     def encode_segment(self, segment: Segment) -> Segment:
         """The segment with its audio encoded to codes once, so it can be reused as context."""
@@ -139,8 +174,9 @@ class StreamingGenerator:
         if codes.ndim != 2 or codes.shape[0] != self.model.args.num_codebooks:
             raise CsmError(f"context codes must have shape [{self.model.args.num_codebooks}, frames], got "
                            f"{list(codes.shape)}")
-        if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < CODEC_CARDINALITY:
-            raise CsmError(f"context codes must lie in 0..{CODEC_CARDINALITY - 1}")
+        vocabulary = self.model.args.audio_vocab_size
+        if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < vocabulary:
+            raise CsmError(f"context codes must lie in 0..{vocabulary - 1}")
         return codes
 
     def stream(
@@ -153,22 +189,18 @@ class StreamingGenerator:
         seed: int | None = None,
         max_seconds: float = 30,
         chunk_frames: int = 1,
+        *,
+        stop_at_end: bool = True,
     ) -> Speech:
         """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio.
-        The model has one set of caches: starting a stream ends the one before it."""
+        The model has one set of caches: starting a stream ends the one before it. stop_at_end=False generates
+        all of `max_seconds` whatever the model says (for benchmarks)."""
         if not text.strip():
             raise CsmError("the text is empty: give something to say")
         if speaker < 0:
             raise CsmError(f"speaker must be a non-negative integer, got {speaker}")
-        if temperature <= 0:
-            raise CsmError(f"temperature must be positive, got {temperature}")
-        if topk < 1:
-            raise CsmError(f"topk must be at least 1, got {topk}")
-        if chunk_frames < 1:
-            raise CsmError(f"chunk_frames must be at least 1, got {chunk_frames}")
-        max_frames = seconds_to_frames(max_seconds)
-        if max_frames < 1:
-            raise CsmError(f"max_seconds must allow at least one 80 ms frame, got {max_seconds}")
+        settings = Settings(temperature, topk, seed, max_seconds, chunk_frames)
+        max_frames = settings.max_frames
         if self._active is not None:
             self._active.close()
         tokens, mask = self.prompt_rows(text.strip(), speaker, context)
@@ -182,20 +214,26 @@ class StreamingGenerator:
             )
         seed = secrets.randbits(63) if seed is None else seed
         frames: list[torch.Tensor] = []
-        chunks = self._chunks(self._frames(tokens, mask, max_frames, temperature, topk, seed), frames, chunk_frames)
+        if self.graphs is None:
+            eager = self._frames(tokens, mask, max_frames, temperature, topk, seed, stop_at_end)
+            chunks = self._chunks(eager, frames, chunk_frames)
+        else:
+            decoded = self.graphs.frames(tokens, mask, max_frames, topk, temperature, seed, stop_at_end)
+            chunks = self._decoded_chunks(decoded, frames, chunk_frames)
         self._active = Speech(chunks, frames, seed)
         return self._active
 
     def _frames(self, tokens: torch.Tensor, mask: torch.Tensor, max_frames: int, temperature: float, topk: int,
-                seed: int) -> Iterator[torch.Tensor]:
-        """Codes [C] of each frame until the all-zero end-of-speech frame or the frame budget."""
+                seed: int, stop_at_end: bool) -> Iterator[torch.Tensor]:
+        """Codes [C] of each frame until the all-zero end-of-speech frame (unless `stop_at_end` is False) or the
+        frame budget."""
         self.model.reset_caches()
         self._rng.manual_seed(seed)
         positions = torch.arange(len(tokens), device=self.device)
         rows, rows_mask = tokens.unsqueeze(0), mask.unsqueeze(0)
         for _ in range(max_frames):
             codes = self.model.frame_step(rows, rows_mask, positions, topk, temperature, self._rng)  # [1, C]
-            if not codes.any():
+            if stop_at_end and not codes.any():
                 return
             yield codes[0]
             rows, rows_mask = frame_row(codes)
@@ -204,12 +242,26 @@ class StreamingGenerator:
     def _chunks(self, frames: Iterator[torch.Tensor], generated: list[torch.Tensor],
                 chunk_frames: int) -> Iterator[np.ndarray]:
         with self.codec.streaming():
-            pending: list[torch.Tensor] = []
-            for codes in frames:
-                generated.append(codes)
-                pending.append(codes)
-                if len(pending) == chunk_frames:
-                    yield self.codec.decode_chunk(torch.stack(pending, dim=1))
-                    pending.clear()
-            if pending:
-                yield self.codec.decode_chunk(torch.stack(pending, dim=1))
+            for group in _groups(frames, chunk_frames):
+                generated.extend(group)
+                yield self.codec.decode_chunk(torch.stack(group, dim=1))
+
+    @staticmethod
+    def _decoded_chunks(frames: Iterator[tuple[torch.Tensor, np.ndarray]], generated: list[torch.Tensor],
+                        chunk_frames: int) -> Iterator[np.ndarray]:
+        """Chunks of the fast path, whose frames come decoded."""
+        for group in _groups(frames, chunk_frames):
+            generated.extend(codes for codes, _ in group)
+            yield np.concatenate([samples for _, samples in group])
+
+
+def _groups(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    """Consecutive groups of `size` items, the last possibly shorter."""
+    group: list[T] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group

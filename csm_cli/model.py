@@ -218,7 +218,12 @@ class CSM(nn.Module):
     def frame_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor, topk: int,
                    temperature: float, generator: torch.Generator) -> torch.Tensor:
         """One frame: backbone over rows [B, S, C+1] at [S], then 31 depth-decoder passes -> codes [B, C]."""
-        last_h = self.backbone_step(tokens, mask, input_pos)
+        return self.sample_frame(self.backbone_step(tokens, mask, input_pos), topk, temperature, generator)
+
+    def sample_frame(self, last_h: torch.Tensor, topk: int, temperature: float,
+                     generator: torch.Generator) -> torch.Tensor:
+        """The backbone's last hidden state [B, D] -> codebook 0 from its head, then codebooks 1..C-1 from the depth
+        decoder -> codes [B, C]. Fixed shapes and no host synchronisation: the fast path replays it as a CUDA graph."""
         code = sample_topk(self.codebook0_head(last_h), topk, temperature, generator)
         codes = [code]
         h = torch.stack((last_h, self.embed_codes(0, code)[:, 0]), dim=1)  # [B, 2, D]

@@ -8,6 +8,7 @@ A row is C+1 wide: C audio columns (one code per codebook) and one text column, 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,12 @@ class Segment:
     text: str
     audio: np.ndarray | None = None
     codes: np.ndarray | None = None
+
+
+class Tokenizer(Protocol):
+    """What the generator asks of a tokenizer: one text segment's ids, BOS and EOS included."""
+
+    def encode(self, speaker: int, text: str) -> list[int]: ...
 
 
 class TextTokenizer:

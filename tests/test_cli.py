@@ -45,7 +45,7 @@ def test_say_renders_a_wav_of_whole_frames(tmp_path, transformers_dir, mimi_file
 
 def test_say_with_the_original_layout_and_a_tokenizer_directory(tmp_path, original_dir, tokenizer_dir, mimi_file):
     out = tmp_path / "speech.wav"
-    result = runner.invoke(app, ["say", "Hello.", "--out", str(out), "--no-play", "--max-seconds", "0.5",
+    result = runner.invoke(app, ["say", "Hello.", "--out", str(out), "--no-play", "--max-seconds", "0.5", "--eager",
                                  "--tokenizer", str(tokenizer_dir), *model_args(original_dir, mimi_file)])
     assert result.exit_code == 0, result.stderr
     assert_valid_speech(out)

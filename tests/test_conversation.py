@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME, seconds_to_frames
-from csm_cli.conversation import Conversation, Settings, Utterance, utterances
+from csm_cli.audio import SAMPLES_PER_FRAME, seconds_to_frames
+from csm_cli.conversation import Conversation, Utterance, utterances
 from csm_cli.errors import CsmError
+from csm_cli.generator import Settings
 from csm_cli.prompt import Segment
 
 SHORT = Settings(seed=5, max_seconds=0.4)
@@ -42,7 +43,7 @@ def test_each_spoken_line_joins_the_context_of_the_next(generator):
     audio = np.concatenate(chunks)
     assert len(audio) == conversation.samples == spoken[1].end_sample
     pause = spoken[1].start_sample - spoken[0].end_sample
-    assert pause == round(0.2 * SAMPLE_RATE) and not audio[spoken[0].end_sample : spoken[1].start_sample].any()
+    assert pause == 2 * SAMPLES_PER_FRAME and not audio[spoken[0].end_sample : spoken[1].start_sample].any()
     assert conversation.context_for(Utterance(0, "Next.")) == [first, second]
 
 

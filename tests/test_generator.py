@@ -122,7 +122,7 @@ def test_context_audio_is_encoded_with_mimi(generator):
         ({"chunk_frames": 0}, "chunk_frames"),
         ({"max_seconds": 0.01}, "at least one 80 ms frame"),
         ({"max_seconds": 200}, "lower --max-seconds"),
-        ({"context": [Segment(1, "Hi.", codes=np.full((32, 2), 4000))]}, "must lie in 0..2047"),
+        ({"context": [Segment(1, "Hi.", codes=np.full((32, 2), 2051))]}, "must lie in 0..2050"),
         ({"context": [Segment(1, "Hi.", codes=np.zeros((8, 2), dtype=int))]}, "shape"),
     ],
 )

@@ -1,0 +1,333 @@
+"""`csm bench`: load once, then speak a fixed set of texts with fixed seeds for a fixed number of frames (end of
+speech ignored), the way a listener gets them: each chunk goes into a ring that a simulated sound card drains at
+real-time pace from the first chunk on.
+
+- time to first audio: from the text handed to `StreamingGenerator.stream` to its first chunk in the ring;
+- per frame: between consecutive chunks (one frame each) arriving in the ring, Mimi's decode included;
+- Mimi per frame: the same codes decoded again, alone; real-time factor: per frame (p50) / 80 ms.
+"""
+
+import math
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.table import Table
+
+from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
+from .checkpoint import TOKENIZER_FILES, resolve_repo
+from .codec import Codec
+from .config import CSM_1B, CsmArgs
+from .errors import CsmError
+from .generator import StreamingGenerator, resolve_device, resolve_dtype
+from .model import CSM
+from .progress import LoadProgress
+from .prompt import Segment, TextTokenizer, Tokenizer
+from .ring import RingBuffer
+
+TEXTS = (
+    "The quick brown fox jumps over the lazy dog while the morning sun climbs slowly above the quiet hills.",
+    "Please remember to bring an umbrella tomorrow, because the forecast says heavy rain will arrive after lunch.",
+    "Streaming speech means that the first words play while the rest of the sentence is still being generated.",
+)
+CONTEXT_TEXT = "This is what was said before, so that the model keeps the same voice, pace and mood from here on."
+SEED = 1234  # text i is spoken with seed SEED + i
+WARMUP_FRAMES = 4
+CONSUMER_BLOCK_S = 0.01  # the simulated sound card takes 10 ms at a time
+POLL_S = 0.001
+CHARS_PER_TOKEN = 4  # Llama-3's tokenizer on English text, roughly
+RANDOM_WEIGHTS = "random, CSM-1B shapes"
+
+
+class SyntheticTokenizer:
+    """Token ids for random weights when no tokenizer is at hand: as many as Llama-3's tokenizer gives for English
+    (about one per 4 characters) plus BOS and EOS, drawn from the vocabulary, the same for the same text."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def encode(self, speaker: int, text: str) -> list[int]:
+        tagged = f"[{speaker}]{text}"
+        rng = np.random.default_rng(zlib.crc32(tagged.encode()))
+        return rng.integers(0, self.vocab_size, math.ceil(len(tagged) / CHARS_PER_TOKEN) + 2).tolist()
+
+
+def random_model(args: CsmArgs, device: torch.device, dtype: torch.dtype, seed: int = 0) -> CSM:
+    """A CSM of `args`' shapes with random weights (normal, std 0.02; norms at one), ready to generate."""
+    with torch.device("meta"):
+        model = CSM(args)
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim > 1:
+                parameter.normal_(0.0, 0.02, generator=generator)
+            else:
+                parameter.fill_(1.0)
+    model.eval().requires_grad_(False)
+    model.setup()
+    return model
+
+
+def load_random_weights(args: CsmArgs, tokenizer: str, device: str | None, dtype: str | None,
+                        progress: LoadProgress) -> StreamingGenerator:
+    """An eager generator with a random model of `args`' shapes and a random Mimi; the tokenizer if it can be had
+    (cached or downloadable), else synthetic token ids."""
+    from moshi.models import loaders
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    with progress as shown:
+        try:
+            text_tokenizer: Tokenizer = TextTokenizer(resolve_repo(tokenizer, TOKENIZER_FILES, shown))
+        except CsmError:
+            text_tokenizer = SyntheticTokenizer(args.text_vocab_size)
+    mimi = loaders.get_mimi(None, device=torch_device, num_codebooks=NUM_CODEBOOKS)
+    return StreamingGenerator(random_model(args, torch_device, torch_dtype), text_tokenizer, Codec(mimi), fast=False)
+
+
+def load_for_bench(model: str, codec: Path | None, tokenizer: str, device: str | None, dtype: str | None,
+                   random_weights: bool, progress: LoadProgress) -> StreamingGenerator:
+    """The eager generator the bench starts from: a checkpoint's, or full-size random weights."""
+    if random_weights:
+        return load_random_weights(CSM_1B, tokenizer, device, dtype, progress)
+    return StreamingGenerator.load(model, codec=codec, device=device, dtype=dtype, tokenizer=tokenizer,
+                                   progress=progress, fast=False)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    frames: int = 125
+    context_seconds: float = 0.0
+    fast: bool = True  # CUDA graphs where the device has them
+    compare_eager: bool = False
+
+    def __post_init__(self) -> None:
+        if self.frames < 2:
+            raise CsmError(f"--frames must be at least 2 (the time per frame needs two), got {self.frames}")
+        if self.context_seconds < 0:
+            raise CsmError(f"--context-seconds must not be negative, got {self.context_seconds:g}")
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float
+    p95: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Percentiles":
+        return cls(float(np.percentile(values, 50)), float(np.percentile(values, 95)))
+
+
+@dataclass(frozen=True)
+class PathFigures:
+    """What one generation path measured over every text."""
+
+    path: str  # "cuda-graphs" or "eager"
+    warmup_s: float  # graph capture (if any) and a first, short utterance
+    time_to_first_audio_ms: Percentiles
+    steady_ms_per_frame: Percentiles
+    mimi_ms_per_frame: float  # p50
+    realtime_factor: float  # ms per frame (p50) / 80 ms
+    underruns: int  # gaps of the simulated real-time consumer, all texts together
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    device: str
+    dtype: str
+    torch: str
+    weights: str
+    synthetic_tokens: bool
+    texts: int
+    frames: int
+    context_seconds: float
+    load_s: float
+    peak_gpu_memory_mib: float | None  # None on a CPU
+    figures: PathFigures
+    eager: PathFigures | None  # --compare eager
+
+    def speedup(self) -> dict[str, float] | None:
+        """Eager over this path, for the time to first audio and the time per frame (p50)."""
+        if self.eager is None:
+            return None
+        return {
+            "time_to_first_audio": self.eager.time_to_first_audio_ms.p50 / self.figures.time_to_first_audio_ms.p50,
+            "steady_ms_per_frame": self.eager.steady_ms_per_frame.p50 / self.figures.steady_ms_per_frame.p50,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON: this path's figures at the top level, the eager ones and the speedup under `compare`."""
+        setup = {name: value for name, value in asdict(self).items() if name not in ("figures", "eager")}
+        compare = None if self.eager is None else {"eager": asdict(self.eager), "speedup": self.speedup()}
+        return {**setup, **asdict(self.figures), "compare": compare}
+
+
+class RealtimeConsumer(threading.Thread):
+    """A simulated sound card: from the first sample in the ring on, it takes 10 ms blocks at real-time pace and
+    counts an underrun each time the ring runs dry before the producer is done. Once the producer is done no
+    underrun can follow, so it stops there rather than play the rest."""
+
+    def __init__(self, ring: RingBuffer) -> None:
+        super().__init__(name="csm-bench-consumer", daemon=True)
+        self.ring = ring
+        self.underruns = 0
+
+    def run(self) -> None:
+        ring = self.ring
+        while ring.fill == 0 and not ring.closed:
+            time.sleep(POLL_S)
+        block = np.empty(round(SAMPLE_RATE * CONSUMER_BLOCK_S), dtype=np.float32)
+        started = time.perf_counter()
+        blocks = 0
+        starved = False
+        while not ring.closed:
+            count = ring.read_into(block)
+            if count < len(block) and not ring.closed:
+                if count or not starved:
+                    self.underruns += 1
+                starved = True
+            else:
+                starved = False
+            blocks += 1
+            time.sleep(max(0.0, started + blocks * CONSUMER_BLOCK_S - time.perf_counter()))
+
+
+@dataclass(frozen=True)
+class _Run:
+    first_audio_s: float
+    frame_intervals_s: np.ndarray
+    codes: np.ndarray  # [C, T]
+    underruns: int
+
+
+def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequence[Segment], frames: int) -> _Run:
+    ring = RingBuffer(frames)  # room for every frame: the producer never waits for the consumer
+    consumer = RealtimeConsumer(ring)
+    consumer.start()
+    arrivals: list[float] = []
+    started = time.perf_counter()
+    try:
+        # half a frame over, so that rounding cannot lose the last frame
+        speech = generator.stream(text, context=context, seed=seed, max_seconds=(frames + 0.5) * FRAME_SECONDS,
+                                  stop_at_end=False)
+        for chunk in speech:
+            ring.write(chunk)
+            arrivals.append(time.perf_counter())
+    finally:
+        ring.close()
+        consumer.join()
+    return _Run(arrivals[0] - started, np.diff(arrivals), speech.codes, consumer.underruns)
+
+
+def mimi_ms_per_frame(generator: StreamingGenerator, codes: np.ndarray) -> float:
+    """Median time to decode one frame of `codes` [C, T] in a stream, with the decoder the generator uses."""
+    decoder = generator.codec if generator.graphs is None else generator.graphs.mimi
+    frames = torch.as_tensor(codes)
+    times = []
+    with decoder.streaming():
+        for i in range(frames.shape[1]):
+            started = time.perf_counter()
+            decoder.decode_chunk(frames[:, i : i + 1])
+            times.append(time.perf_counter() - started)
+    return 1000 * float(np.median(times))
+
+
+def context_segments(seconds: float) -> list[Segment]:
+    """`seconds` of context as random audio codes (timing does not depend on what they say)."""
+    if seconds == 0:
+        return []
+    shape = (NUM_CODEBOOKS, seconds_to_frames(seconds))
+    return [Segment(1, CONTEXT_TEXT, codes=np.random.default_rng(SEED).integers(0, CODEC_CARDINALITY, shape))]
+
+
+def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) -> PathFigures:
+    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text."""
+    started = time.perf_counter()
+    generator = make()
+    context = context_segments(options.context_seconds)
+    longest = max(len(generator.prompt_rows(text, 0, context)[0]) for text in TEXTS)
+    if longest + options.frames > generator.model.max_seq_len:
+        raise CsmError(f"{options.context_seconds:g} s of context and {options.frames} frames need "
+                       f"{longest + options.frames} positions, more than the model's {generator.model.max_seq_len}: "
+                       "lower --context-seconds or --frames")
+    _speak(generator, TEXTS[0], SEED, context, WARMUP_FRAMES)
+    warmup_s = time.perf_counter() - started
+    runs = [_speak(generator, text, SEED + i, context, options.frames) for i, text in enumerate(TEXTS)]
+    per_frame = Percentiles.of(1000 * np.concatenate([run.frame_intervals_s for run in runs]))
+    return PathFigures(
+        path="eager" if generator.graphs is None else "cuda-graphs",
+        warmup_s=warmup_s,
+        time_to_first_audio_ms=Percentiles.of([1000 * run.first_audio_s for run in runs]),
+        steady_ms_per_frame=per_frame,
+        mimi_ms_per_frame=mimi_ms_per_frame(generator, runs[-1].codes),
+        realtime_factor=per_frame.p50 / (1000 * FRAME_SECONDS),
+        underruns=sum(run.underruns for run in runs),
+    )
+
+
+def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions) -> BenchReport:
+    """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked."""
+    started = time.perf_counter()
+    loaded = load()
+    load_s = time.perf_counter() - started
+    device = loaded.device
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    figures = bench_path(lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast),
+                         options)
+    eager = bench_path(lambda: loaded, options) if options.compare_eager else None
+    return BenchReport(
+        device=torch.cuda.get_device_name(device) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
+        dtype=str(loaded.model.audio_head.dtype).removeprefix("torch."),
+        torch=torch.__version__,
+        weights=weights,
+        synthetic_tokens=isinstance(loaded.tokenizer, SyntheticTokenizer),
+        texts=len(TEXTS),
+        frames=options.frames,
+        context_seconds=options.context_seconds,
+        load_s=load_s,
+        peak_gpu_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
+        figures=figures,
+        eager=eager,
+    )
+
+
+def render_table(report: BenchReport) -> Table:
+    tokens = ", synthetic token ids" if report.synthetic_tokens else ""
+    memory = "-" if report.peak_gpu_memory_mib is None else f"{report.peak_gpu_memory_mib:,.0f} MiB"
+    table = Table(
+        title=f"csm bench: {report.device}, {report.dtype}, torch {report.torch}",
+        caption=(f"weights: {report.weights}{tokens}; {report.texts} texts x {report.frames} frames, end of speech "
+                 f"ignored; {report.context_seconds:g} s of context; load {report.load_s:.1f} s; "
+                 f"peak GPU memory {memory}"),
+    )
+    table.add_column("")
+    paths = [report.figures] if report.eager is None else [report.figures, report.eager]
+    for figures in paths:
+        table.add_column(figures.path, justify="right")
+    speedup = report.speedup()
+    if speedup is not None:
+        table.add_column(f"eager / {report.figures.path}", justify="right")
+
+    def row(name: str, cell: Callable[[PathFigures], str], ratio: str | None = None) -> None:
+        extra = [] if speedup is None else ["" if ratio is None else f"{speedup[ratio]:.1f}x"]
+        table.add_row(name, *[cell(figures) for figures in paths], *extra)
+
+    def p50_p95(values: Percentiles, digits: int) -> str:
+        return f"{values.p50:.{digits}f} / {values.p95:.{digits}f} ms"
+
+    row("warm-up incl. capture", lambda f: f"{f.warmup_s:.2f} s")
+    row("first audio p50 / p95", lambda f: p50_p95(f.time_to_first_audio_ms, 0), "time_to_first_audio")
+    row("per frame p50 / p95", lambda f: p50_p95(f.steady_ms_per_frame, 1), "steady_ms_per_frame")
+    row("Mimi per frame", lambda f: f"{f.mimi_ms_per_frame:.2f} ms")
+    row("real-time factor", lambda f: f"{f.realtime_factor:.3f}")
+    row("underruns", lambda f: str(f.underruns))
+    return table

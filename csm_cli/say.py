@@ -1,0 +1,105 @@
+"""`csm say`: a conversation's chunks sent where they are asked to go: the sound card, a WAV file, raw PCM on
+stdout, one WAV per line. Everything here runs after the options have been checked."""
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .conversation import Conversation, utterances
+from .generator import Settings, StreamingGenerator
+from .pcm import PcmFormat, RawPcmWriter
+from .prompt import Segment
+from .wav import WavWriter
+
+# Speech runs at about 2.5 words a second: how long the player expects one text to last.
+WORDS_PER_SECOND_SPOKEN = 2.5
+
+
+@dataclass(frozen=True)
+class Output:
+    play: bool
+    device: str | None = None
+    wav: Path | None = None
+    raw: PcmFormat | None = None  # raw PCM on stdout in this format
+    out_dir: Path | None = None
+    quiet: bool = False
+    stats: bool = False
+
+
+def warn(message: str) -> None:
+    print(f"csm: warning: {message}", file=sys.stderr)
+
+
+def flag_waits(lines: Iterable[str], waiting: threading.Event) -> Iterator[str]:
+    """The lines, with `waiting` set whenever the next one is asked for (the player clears it with audio)."""
+    source = iter(lines)
+    while True:
+        waiting.set()
+        line = next(source, None)
+        if line is None:
+            return
+        yield line
+
+
+def say(lines: Iterable[str], *, load: Callable[[], StreamingGenerator], speaker: int, settings: Settings,
+        prompts: list[Segment], memory: bool, pause_seconds: float, output: Output,
+        expected_seconds: float | None = None) -> None:
+    """Speaks `lines`; with `expected_seconds` None they come from a live source (stdin) that may block."""
+    generator = load()
+    conversation = Conversation(generator, settings, prompts, memory, pause_seconds, output.out_dir)
+    waiting = threading.Event()
+    if expected_seconds is None:
+        lines = flag_waits(lines, waiting)
+    chunks = conversation.speak(utterances(lines, speaker, settings.max_seconds, warn))
+    sink = WavWriter(output.wav) if output.wav else RawPcmWriter(fmt=output.raw) if output.raw else None
+    started = time.monotonic()
+    playback = None
+    try:
+        if output.play:
+            playback = _play(chunks, sink.write if sink else None, output, expected_seconds, waiting)
+        else:
+            for chunk in chunks:
+                if sink:
+                    sink.write(chunk)
+    finally:
+        if isinstance(sink, WavWriter):
+            sink.close()
+    _report(conversation, started, playback, output)
+
+
+def _play(chunks: Iterator[np.ndarray], record: Callable[[np.ndarray], None] | None, output: Output,
+          expected_seconds: float | None, waiting: threading.Event) -> dict[str, Any]:
+    from .playback import play
+    from .status import StatusDisplay, summary
+
+    with StatusDisplay(quiet=output.quiet) as status:
+        stats = play(chunks, device=output.device, record=record, on_status=status,
+                     expected_seconds=expected_seconds, waiting=waiting)
+    if not output.quiet:
+        print(summary(stats), file=sys.stderr)
+    return stats.to_dict()
+
+
+def _report(conversation: Conversation, started: float, playback: dict[str, Any] | None, output: Output) -> None:
+    seconds = conversation.samples / SAMPLE_RATE
+    if not output.quiet and playback is None:
+        elapsed = time.monotonic() - started
+        rtf = f"{elapsed / seconds:.2f}" if seconds else "-"
+        print(f"{seconds:.1f} s of speech in {len(conversation.lines)} utterances, RTF {rtf}", file=sys.stderr)
+    if output.stats:
+        record = {"seconds": seconds, "playback": playback,
+                  "utterances": [line.to_dict(started) for line in conversation.lines]}
+        print(json.dumps(record), file=sys.stderr)
+
+
+def expected_seconds(text: str) -> float:
+    """About how long a text takes to say, for the player's start policy."""
+    return len(text.split()) / WORDS_PER_SECOND_SPOKEN

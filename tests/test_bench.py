@@ -1,0 +1,130 @@
+"""`csm bench` on the CPU with the tiny checkpoint, and the random-weights path with tiny shapes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from checkpoints import BACKBONE, DECODER
+from rich.console import Console
+from test_cli import assert_one_line_error, model_args
+from typer.testing import CliRunner
+
+from csm_cli.bench import (
+    RANDOM_WEIGHTS,
+    BenchOptions,
+    BenchReport,
+    PathFigures,
+    Percentiles,
+    SyntheticTokenizer,
+    load_random_weights,
+    random_model,
+    render_table,
+    run_bench,
+)
+from csm_cli.cli import app
+from csm_cli.config import CsmArgs
+from csm_cli.progress import LoadProgress
+from csm_cli.prompt import TextTokenizer
+
+runner = CliRunner()
+TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)
+FIGURES = {"path", "warmup_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
+           "realtime_factor", "underruns"}
+SETUP = {"device", "dtype", "torch", "weights", "synthetic_tokens", "texts", "frames", "context_seconds", "load_s",
+         "peak_gpu_memory_mib"}
+
+
+def assert_sane_figures(figures: dict) -> None:
+    assert set(figures) >= FIGURES
+    assert figures["path"] == "eager"
+    for name in ("warmup_s", "mimi_ms_per_frame", "realtime_factor"):
+        assert isinstance(figures[name], float) and figures[name] > 0, name
+    for name in ("time_to_first_audio_ms", "steady_ms_per_frame"):
+        assert 0 < figures[name]["p50"] <= figures[name]["p95"], name
+    assert figures["realtime_factor"] == pytest.approx(figures["steady_ms_per_frame"]["p50"] / 80)
+    assert isinstance(figures["underruns"], int) and figures["underruns"] >= 0
+
+
+def test_bench_json_has_every_figure(transformers_dir, mimi_file):
+    result = runner.invoke(app, ["bench", "--frames", "20", "--json", "-q", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == SETUP | FIGURES | {"compare"}
+    assert_sane_figures(report)
+    assert report["device"].startswith("cpu") and report["dtype"] == "float32"
+    assert report["torch"] == torch.__version__ and report["weights"] == str(transformers_dir)
+    assert (report["frames"], report["texts"], report["context_seconds"]) == (20, 3, 0.0)
+    assert report["load_s"] > 0 and report["synthetic_tokens"] is False
+    assert report["peak_gpu_memory_mib"] is None and report["compare"] is None
+
+
+def test_bench_compares_with_eager_and_takes_context(transformers_dir, mimi_file):
+    result = runner.invoke(app, ["bench", "--frames", "2", "--context-seconds", "1", "--compare", "eager", "--json",
+                                 "-q", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["context_seconds"] == 1.0
+    assert_sane_figures(report["compare"]["eager"])
+    assert set(report["compare"]["speedup"]) == {"time_to_first_audio", "steady_ms_per_frame"}
+    assert all(ratio > 0 for ratio in report["compare"]["speedup"].values())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--frames", "1"], "--frames must be at least 2"),
+    (["--context-seconds", "-1"], "--context-seconds must not be negative"),
+    (["--frames", "100", "--context-seconds", "160"], "lower --context-seconds or --frames"),
+])
+def test_bad_bench_options_are_one_line(transformers_dir, mimi_file, args, message):
+    result = runner.invoke(app, ["bench", *args, "-q", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, message)
+
+
+def test_the_table_shows_both_paths_and_the_ratio():
+    def figures(path: str, scale: float) -> PathFigures:
+        return PathFigures(path, 1.5, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
+                           0.05 * scale, 0)
+
+    report = BenchReport("NVIDIA H100", "bfloat16", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
+                         figures("cuda-graphs", 1), figures("eager", 10))
+    console = Console(width=200, record=True)
+    console.print(render_table(report))
+    text = console.export_text()
+    for expected in ("NVIDIA H100", "cuda-graphs", "eager / cuda-graphs", "10.0x", "40 / 50 ms", "4.0 / 5.0 ms",
+                     "synthetic token ids", "5,000 MiB", "20 s of context"):
+        assert expected in text, expected
+    assert report.to_dict()["compare"]["speedup"] == {"time_to_first_audio": 10.0, "steady_ms_per_frame": 10.0}
+
+
+def test_synthetic_token_ids_are_steady_and_as_many_as_a_real_tokenizer_gives():
+    tokenizer = SyntheticTokenizer(128_256)
+    text = "The quick brown fox jumps over the lazy dog while the morning sun climbs slowly above the quiet hills."
+    ids = tokenizer.encode(0, text)
+    assert ids == tokenizer.encode(0, text) != tokenizer.encode(1, text)
+    assert 20 <= len(ids) <= 40 and all(0 <= i < 128_256 for i in ids)
+
+
+def test_random_model_has_the_shapes_and_generates():
+    model = random_model(TINY, torch.device("cpu"), torch.float32)
+    assert model.audio_head.shape == (31, DECODER.dim, 2051)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert 0.015 < model.audio_head.std() < 0.025 and bool((model.backbone.norm.weight == 1).all())
+    tokens = torch.zeros(1, 5, 33, dtype=torch.long)
+    mask = torch.zeros(1, 5, 33, dtype=torch.bool)
+    mask[..., -1] = True
+    codes = model.frame_step(tokens, mask, torch.arange(5), 50, 0.9, torch.Generator().manual_seed(0))
+    assert codes.shape == (1, 32)
+
+
+def test_random_weights_take_a_tokenizer_when_there_is_one(tokenizer_dir):
+    generator = load_random_weights(TINY, str(tokenizer_dir), "cpu", None, LoadProgress(enabled=False))
+    assert isinstance(generator.tokenizer, TextTokenizer) and generator.graphs is None
+
+
+def test_random_weights_bench_with_synthetic_token_ids(tmp_path):
+    generator = load_random_weights(TINY, str(tmp_path / "no-tokenizer"), "cpu", None, LoadProgress(enabled=False))
+    assert isinstance(generator.tokenizer, SyntheticTokenizer)
+    report = run_bench(lambda: generator, RANDOM_WEIGHTS, BenchOptions(frames=2))
+    assert report.weights == RANDOM_WEIGHTS and report.synthetic_tokens
+    assert report.figures.path == "eager" and np.isfinite(report.figures.realtime_factor)

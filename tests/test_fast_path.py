@@ -1,0 +1,164 @@
+"""The fast path on the CPU: the eager path stays what it was, and the fast path's orchestration (prefill, one frame
+queued ahead, end of speech read a frame late, Mimi's state swapped in and out) yields the eager codes when each
+graph is replayed as a plain call. What CUDA graphs add is tested on a GPU in test_graphs.py."""
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from csm_cli import graphs
+from csm_cli.generator import StreamingGenerator
+from csm_cli.model import CSM
+from csm_cli.prompt import Segment, frame_row
+
+TEXT = "Hello there. How are you today?"
+CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(0).integers(0, 2048, (32, 4)))]
+
+
+def reference_codes(model: CSM, tokens: torch.Tensor, mask: torch.Tensor, seed: int, frames: int) -> np.ndarray:
+    """CSM.frame_step called directly: the prompt, then each frame fed back, until an all-zero frame."""
+    model.reset_caches()
+    rng = torch.Generator().manual_seed(seed)
+    positions = torch.arange(len(tokens))
+    rows, rows_mask = tokens.unsqueeze(0), mask.unsqueeze(0)
+    out = []
+    for _ in range(frames):
+        codes = model.frame_step(rows, rows_mask, positions, 50, 0.9, rng)
+        if not codes.any():
+            break
+        out.append(codes[0])
+        rows, rows_mask = frame_row(codes)
+        positions = positions[-1:] + 1
+    return torch.stack(out, dim=1).numpy()
+
+
+def test_on_a_cpu_the_generator_never_builds_graphs_and_its_codes_are_frame_steps(
+        transformers_dir, mimi_file, monkeypatch):
+    def no_graphs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("FrameGraphs built on a CPU")
+
+    monkeypatch.setattr("csm_cli.generator.FrameGraphs", no_graphs)
+    generator = StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu")
+    assert generator.graphs is None
+    speech = generator.stream(TEXT, context=CONTEXT, seed=5, max_seconds=0.8)
+    list(speech)
+    tokens, mask = generator.prompt_rows(TEXT, 0, CONTEXT)
+    np.testing.assert_array_equal(speech.codes, reference_codes(generator.model, tokens, mask, 5, 10))
+
+
+@pytest.fixture
+def ends_at_fourth_frame(monkeypatch) -> list[int]:
+    """The model says end of speech (an all-zero frame) at its fourth sampled frame; clear the returned list of
+    sampled frames before each stream."""
+    sampled: list[int] = []
+    real_sample_frame = CSM.sample_frame
+
+    def sample_frame(model: CSM, last_h: torch.Tensor, *args: object) -> torch.Tensor:
+        sampled.append(1)
+        codes = real_sample_frame(model, last_h, *args)
+        return codes * 0 if len(sampled) == 4 else codes
+
+    monkeypatch.setattr(CSM, "sample_frame", sample_frame)
+    return sampled
+
+
+def test_stop_at_end_false_generates_the_whole_budget(generator, ends_at_fourth_frame):
+    lengths = []
+    for stop_at_end in (True, False):
+        ends_at_fourth_frame.clear()
+        speech = generator.stream(TEXT, seed=2, max_seconds=0.8, stop_at_end=stop_at_end)
+        chunks = list(speech)
+        assert len(chunks) == speech.codes.shape[1]
+        lengths.append(len(chunks))
+    assert lengths == [3, 10]
+
+
+class _Replay:
+    """A 'graph' that replays its step as a plain call."""
+
+    def __init__(self, step) -> None:
+        self.replay = step
+
+
+class _Event:
+    def record(self, stream: object = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.fixture
+def simulated(generator, monkeypatch) -> StreamingGenerator:
+    """A generator on the fast path whose graphs are plain calls and whose CUDA-only pieces are stand-ins."""
+    def capture(step, pool, rng=None):
+        with torch.inference_mode():
+            for _ in range(graphs.WARMUP_RUNS):
+                step()
+        return _Replay(torch.inference_mode()(step))
+
+    real_zeros = torch.zeros
+    monkeypatch.setattr(graphs, "capture", capture)
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, 0))
+    fast = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
+    with monkeypatch.context() as unpinned:
+        unpinned.setattr(torch, "zeros", lambda *shape, pin_memory=False, **kw: real_zeros(*shape, **kw))
+        fast.graphs = graphs.FrameGraphs(fast.model, fast.codec, fast._rng, 50, 0.9)
+    return fast
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"seed": 7},
+    {"seed": 11, "context": CONTEXT, "chunk_frames": 3},
+    {"seed": 5, "topk": 10, "temperature": 0.7},
+    {"seed": 9, "max_seconds": 0.08},
+])
+def test_the_fast_path_yields_the_eager_codes_and_audio(generator, simulated, kwargs):
+    settings = {"max_seconds": 0.64, **kwargs}
+    eager = generator.stream(TEXT, **settings)
+    eager_audio = np.concatenate(list(eager))
+    fast = simulated.stream(TEXT, **settings)
+    fast_audio = np.concatenate(list(fast))
+    np.testing.assert_array_equal(fast.codes, eager.codes)
+    np.testing.assert_allclose(fast_audio, eager_audio, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop_at_end", [True, False])
+def test_the_fast_path_reads_the_end_of_speech_a_frame_late_but_stops_where_eager_does(
+        generator, simulated, ends_at_fourth_frame, stop_at_end):
+    codes = []
+    for speaker in (generator, simulated):
+        ends_at_fourth_frame.clear()
+        speech = speaker.stream(TEXT, seed=2, max_seconds=0.64, stop_at_end=stop_at_end)
+        list(speech)
+        codes.append(speech.codes)
+    np.testing.assert_array_equal(codes[1], codes[0])
+    assert codes[0].shape[1] == (3 if stop_at_end else 8)
+
+
+def test_an_abandoned_fast_stream_leaves_mimi_and_the_model_as_fresh(generator, simulated):
+    first = simulated.stream(TEXT, seed=4, max_seconds=0.64)
+    first_audio = np.concatenate(list(first))
+    abandoned = simulated.stream(TEXT, seed=4, max_seconds=0.64)
+    next(abandoned)
+    next(abandoned)
+    abandoned.close()
+    assert all(part._streaming_state is None for part in simulated.graphs.mimi._parts)
+    again = simulated.stream(TEXT, seed=4, max_seconds=0.64)
+    np.testing.assert_array_equal(np.concatenate(list(again)), first_audio)
+    list(generator.stream(TEXT, seed=4, max_seconds=0.16))  # Mimi still streams on the eager path
+
+
+def test_graphed_mimi_decodes_like_the_codec(generator, simulated):
+    codes = torch.randint(0, 2048, (32, 6), generator=torch.Generator().manual_seed(0))
+    with generator.codec.streaming():
+        want = np.concatenate([generator.codec.decode_chunk(codes[:, i : i + 1]) for i in range(6)])
+    mimi = simulated.graphs.mimi
+    with mimi.streaming():
+        got = np.concatenate([mimi.decode_chunk(codes[:, i : i + 2]) for i in range(0, 6, 2)])
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -1,0 +1,232 @@
+"""`csm say` with text on standard input: lines spoken as they arrive, raw PCM out, files per line, voice
+prompts. Playback itself is covered in test_playback.py."""
+
+import itertools
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from pulse import aligned, similarity
+from typer.testing import CliRunner
+
+from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from csm_cli.cli import app
+
+runner = CliRunner()
+PAUSE_SAMPLES = 2 * SAMPLES_PER_FRAME  # --pause 0.2 in whole frames
+
+
+@pytest.fixture
+def model(transformers_dir, mimi_file) -> list[str]:
+    return ["--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--seed", "3"]
+
+
+def csm_process(args: list[str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.Popen([sys.executable, "-m", "csm_cli", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def read_some(stream, timeout: float) -> bytes:
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    ready = selector.select(timeout)
+    selector.close()
+    return os.read(stream.fileno(), 1 << 16) if ready else b""
+
+
+def test_each_line_is_spoken_as_it_arrives(model):
+    process = csm_process(["say", "--out", "-", "--stats", "-q", *model])
+    process.stdin.write(b"Hello there.\n")
+    process.stdin.flush()
+    first = read_some(process.stdout, timeout=60)
+    assert first, "no audio for the first line before the second was written"
+    process.stdin.write(b"\n   \n1: How are you?\n")
+    process.stdin.close()
+    rest = process.stdout.read()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    stats = json.loads(stderr.strip().splitlines()[-1])
+    lines = stats["utterances"]
+    assert [(u["speaker"], u["text"]) for u in lines] == [(0, "Hello there."), (1, "How are you?")]
+    samples = (len(first) + len(rest)) // 2
+    assert samples == round(stats["seconds"] * SAMPLE_RATE)
+    assert samples - PAUSE_SAMPLES == sum(round((u["audio_end_s"] - u["audio_start_s"]) * SAMPLE_RATE) for u in lines)
+    assert all(round((u["audio_end_s"] - u["audio_start_s"]) * SAMPLE_RATE) % SAMPLES_PER_FRAME == 0 for u in lines)
+
+
+def test_raw_pcm_formats_hold_the_same_samples(model):
+    s16 = runner.invoke(app, ["say", "Hello there.", "--out", "-", "-q", *model])
+    f32 = runner.invoke(app, ["say", "Hello there.", "--out", "-", "--format", "f32", "-q", *model])
+    assert s16.exit_code == 0 and f32.exit_code == 0, s16.stderr + f32.stderr
+    assert s16.stderr == "" and f32.stderr == ""
+    ints = np.frombuffer(s16.stdout_bytes, dtype="<i2")
+    floats = np.frombuffer(f32.stdout_bytes, dtype="<f4")
+    assert len(ints) == len(floats) > 0 and len(ints) % SAMPLES_PER_FRAME == 0
+    np.testing.assert_array_equal(ints, (np.clip(floats, -1, 1) * 32767).round().astype(np.int16))
+
+
+def test_a_closed_pipe_ends_quietly(model):
+    text = " ".join(["Hello there, how are you today?"] * 4)
+    process = subprocess.Popen(
+        f"{sys.executable} -m csm_cli say '{text}' --out - -q {' '.join(model)} | head -c 1000 >/dev/null; "
+        'echo "${PIPESTATUS[0]}" >&2',
+        shell=True, executable="/bin/bash", stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": ""},
+    )
+    _, stderr = process.communicate(timeout=120)
+    assert stderr.decode().split() == ["141"]
+
+
+def test_out_dir_numbers_one_wav_per_line(tmp_path, model):
+    result = runner.invoke(app, ["say", "--out-dir", str(tmp_path / "lines"), "--no-play", "-q", *model],
+                           input="One.\n\n0: Two.\nThree.\n")
+    assert result.exit_code == 0, result.stderr
+    files = sorted((tmp_path / "lines").iterdir())
+    assert [f.name for f in files] == ["0001.wav", "0002.wav", "0003.wav"]
+    assert all(sf.info(str(f)).frames % SAMPLES_PER_FRAME == 0 for f in files)
+
+
+def test_stdin_run_records_one_wav(tmp_path, model):
+    out = tmp_path / "run.wav"
+    result = runner.invoke(app, ["say", "-", "--out", str(out), "--no-play", "--stats", "-q", *model],
+                           input="One.\nTwo.\n")
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads(result.stderr.strip().splitlines()[-1])
+    assert sf.info(str(out)).frames == round(stats["seconds"] * SAMPLE_RATE)
+    assert len(stats["utterances"]) == 2
+
+
+def test_an_unknown_speaker_tag_is_spoken_with_a_warning(tmp_path, model):
+    result = runner.invoke(app, ["say", "--speaker", "2", "--out", str(tmp_path / "x.wav"), "--no-play", "--stats",
+                                 "-q", *model], input="S1: hello there\n")
+    assert result.exit_code == 0, result.stderr
+    warning, stats = result.stderr.strip().splitlines()
+    assert warning.startswith("csm: warning: 'S1:' is not a speaker tag")
+    assert [(u["speaker"], u["text"]) for u in json.loads(stats)["utterances"]] == [(2, "S1: hello there")]
+
+
+def write_voice(path: Path, rate: int, channels: int, seconds: float = 0.5) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    sf.write(str(path), np.stack([tone] * channels, axis=1) if channels > 1 else tone, rate)
+    return path
+
+
+def test_voice_prompts_of_any_rate_and_channels_are_used(tmp_path, model):
+    stereo = write_voice(tmp_path / "stereo.wav", 44_100, 2)
+    mono = write_voice(tmp_path / "mono.flac", 16_000, 1)
+    args = ["say", "Hello.", "--out", str(tmp_path / "x.wav"), "--no-play", "-q",
+            "--context", str(stereo), "--context-text", "A tone.", "--context-speaker", "1",
+            "--context", str(mono), "--context-text", "Another tone.", "--context-speaker", "0", *model]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert sf.info(str(tmp_path / "x.wav")).frames > 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--context", "missing.wav", "--context-text", "hi", "--out", "a.wav"], "voice prompt missing.wav does not exist"),
+    (["--context", "x.wav", "--out", "a.wav"], "give one --context-text per --context file"),
+    (["--out", "a.wav", "--out-dir", "d"], "choose --out FILE.wav for the whole run or --out-dir"),
+    (["--out", "-", "--format", "u8"], "--format must be s16 or f32"),
+    (["--pause", "-1", "--out", "a.wav"], "--pause must not be negative"),
+])
+def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["say", "Hi", "--no-play", "--model", "/no/model", *extra])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"csm: error: {result.stderr.strip()[12:]}"]
+    assert message in result.stderr
+
+
+# Playback through a real PulseAudio null sink (tests/pulse.py), in subprocesses with the server's environment.
+
+TAIL_SAMPLES = SAMPLE_RATE // 10
+
+
+def run_say(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "csm_cli", "say", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_say_plays_exactly_what_it_records(pulse_server, tmp_path, model):
+    out = tmp_path / "said.wav"
+    with pulse_server.record_monitor(tmp_path / "monitor.raw") as monitor:
+        result = run_say(["Hello there.", "--out", str(out), "--stats", *model], pulse_server.env)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stderr.strip().splitlines()[-1])
+    assert stats["playback"]["underruns"] == 0
+    said, rate = sf.read(str(out), dtype="float32")
+    assert rate == SAMPLE_RATE and len(said) % SAMPLES_PER_FRAME == 0
+    heard = aligned(monitor.samples(), said)
+    assert similarity(heard, said) >= 0.999
+    assert similarity(heard[-TAIL_SAMPLES:], said[-TAIL_SAMPLES:]) >= 0.999
+
+
+def test_the_next_line_is_generated_while_the_current_one_plays(pulse_server, tmp_path, transformers_dir, mimi_file):
+    lines = "Hello there.\nHow are you?\nI am fine.\n"
+    args = ["--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--seed", "1",
+            "--stats", "-q"]
+    process = subprocess.run([sys.executable, "-m", "csm_cli", "say", *args], input=lines, capture_output=True,
+                             text=True, env={**os.environ, **pulse_server.env}, timeout=120)
+    assert process.returncode == 0, process.stderr
+    stats = json.loads(process.stderr.strip().splitlines()[-1])
+    first_audio = stats["playback"]["time_to_first_audio_s"]
+    utterances = stats["utterances"]
+    assert len(utterances) == 3
+    for current, following in itertools.pairwise(utterances):
+        # the current line cannot have finished playing before the stream reached its last sample
+        assert following["generation_started_s"] < first_audio + current["audio_end_s"]
+
+
+def test_ctrl_c_stops_playback_and_leaves_a_valid_wav(pulse_server, tmp_path, transformers_dir, mimi_file):
+    out = tmp_path / "interrupted.wav"
+    args = ["say", "One two three four five six seven eight nine ten.", "--out", str(out), "-q",
+            "--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "20"]
+    process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args], env={**os.environ, **pulse_server.env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (not out.exists() or out.stat().st_size < 44 + 2 * SAMPLE_RATE) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.exists(), "playback never started"
+    process.send_signal(signal.SIGINT)
+    interrupted_at = time.monotonic()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert time.monotonic() - interrupted_at < 5
+    assert stderr.strip() == "csm: interrupted"
+    info = sf.info(str(out))
+    assert info.frames >= SAMPLE_RATE and out.stat().st_size == 44 + 2 * info.frames
+
+
+def test_playing_without_a_sound_device_suggests_a_file(tmp_path, model):
+    result = run_say(["Hello.", *model], {"PULSE_SERVER": f"unix:{tmp_path / 'nobody'}"})
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr)
+    assert "no audio output device found" in result.stderr and "--out FILE --no-play" in result.stderr
+
+
+def test_an_unknown_device_is_named(pulse_server, model):
+    result = run_say(["Hello.", "--device", "no such card", *model], pulse_server.env)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr)
+    assert "unknown output device 'no such card'" in result.stderr
+
+
+def test_devices_are_listed(pulse_server):
+    result = subprocess.run([sys.executable, "-m", "csm_cli", "devices"], env={**os.environ, **pulse_server.env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pulse" in result.stdout and "default" in result.stdout
+
+
+def assert_one_line_error(stderr: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("csm: error: ") and "Traceback" not in stderr, stderr
