@@ -157,6 +157,10 @@ def say(
             raise CsmError("--no-play needs --out or --out-dir: otherwise the speech goes nowhere")
         if out is not None and not raw:
             check_writable(Path(out))
+        if play:
+            from .playback import check_output_device
+
+            check_output_device(device)
         if pause < 0:
             raise CsmError(f"--pause must not be negative, got {pause:g}")
         settings = Settings(temperature, topk, seed, max_seconds)

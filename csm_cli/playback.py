@@ -104,6 +104,11 @@ def _output_device(sd: ModuleType, device: int | str | None) -> dict[str, Any]:
         raise CsmError(f"unknown output device {device!r} ({reason}): see `csm devices`, {NO_PLAY_HINT}") from None
 
 
+def check_output_device(device: int | str | None) -> None:
+    """Fails with what to do when play() would find no such output device: checked before the model loads."""
+    _output_device(_sounddevice(), device)
+
+
 def output_devices() -> list[dict[str, Any]]:
     """The devices PortAudio can play to, for ``csm devices``."""
     sd = _sounddevice()

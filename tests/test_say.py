@@ -206,15 +206,15 @@ def test_ctrl_c_stops_playback_and_leaves_a_valid_wav(pulse_server, tmp_path, tr
     assert info.frames >= SAMPLE_RATE and out.stat().st_size == 44 + 2 * info.frames
 
 
-def test_playing_without_a_sound_device_suggests_a_file(tmp_path, model):
-    result = run_say(["Hello.", *model], {"PULSE_SERVER": f"unix:{tmp_path / 'nobody'}"})
+def test_playing_without_a_sound_device_suggests_a_file_before_loading(tmp_path):
+    result = run_say(["Hello.", "--model", "/no/model"], {"PULSE_SERVER": f"unix:{tmp_path / 'nobody'}"})
     assert result.returncode == 1
     assert_one_line_error(result.stderr)
     assert "no audio output device found" in result.stderr and "--out FILE --no-play" in result.stderr
 
 
-def test_an_unknown_device_is_named(pulse_server, model):
-    result = run_say(["Hello.", "--device", "no such card", *model], pulse_server.env)
+def test_an_unknown_device_is_named_before_loading(pulse_server):
+    result = run_say(["Hello.", "--device", "no such card", "--model", "/no/model"], pulse_server.env)
     assert result.returncode == 1
     assert_one_line_error(result.stderr)
     assert "unknown output device 'no such card'" in result.stderr
