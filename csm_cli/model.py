@@ -207,7 +207,7 @@ class CSM(nn.Module):
     def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """Rows [B, S, C+1] at positions [S] -> the backbone's last hidden state [B, D]."""
         h = self.backbone(self.embed_rows(tokens, mask), input_pos)
-        return h[:, -1]
+        return h[:, -1].contiguous()  # as the fast path's buffer holds it, so the heads see the same layout
 
     def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, codebook: int) -> torch.Tensor:
         """Backbone-space inputs [B, S, D] at decoder positions [S] -> logits [B, V] of `codebook` (1..C-1)."""
