@@ -168,7 +168,7 @@ def say(
         output = Output(
             play=play, device=device, wav=None if out is None or raw else Path(out),
             raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
-            quiet=quiet, stats=stats,
+            quiet=quiet, stats=stats, live_status=not (from_stdin and sys.stdin.isatty()),
         )
         say(
             read_lines(sys.stdin) if from_stdin else [text],

@@ -225,6 +225,7 @@ class _Player:
         self.wake = threading.Event()  # set when a chunk is in the ring, a worker ends or the stream finishes
         self.finished = threading.Event()  # set by PortAudio when the stream has stopped
         self.generated_samples = 0
+        self.timed_samples = 0  # of the chunks whose generation time was measured
         self.generation_s = 0.0
         self.first_chunk_at: float | None = None
 
@@ -237,12 +238,14 @@ class _Player:
                 if chunk is None:
                     return
                 arrived = time.monotonic()
-                self.generation_s += arrived - started
                 assert chunk.dtype == np.float32 and chunk.ndim == 1, (chunk.dtype, chunk.shape)
                 assert len(chunk) % SAMPLES_PER_FRAME == 0, len(chunk)
                 if self.first_chunk_at is None:
                     self.first_chunk_at = arrived
                 self.generated_samples += len(chunk)
+                if not self.waiting.is_set():  # a wait for input is not generation: leave it out of the speed
+                    self.generation_s += arrived - started
+                    self.timed_samples += len(chunk)
                 if not self.ring.write(chunk, self.stop):
                     return
                 self.waiting.clear()
@@ -267,19 +270,21 @@ class _Player:
             else:
                 time.sleep(RECORD_POLL_S)
 
-    def ready_to_start(self) -> bool:
+    def can_play(self) -> bool:
+        """Whether to start (or resume after a wait for input): what is buffered can play through, or all that is
+        coming for now is buffered (the source ended, or waits for input)."""
         if self.ring.fill == 0:
             return False
-        return self.ring.closed or preroll_satisfied(
+        return self.ring.closed or self.waiting.is_set() or preroll_satisfied(
             buffered_s=self.ring.fill_seconds,
-            generated_s=self.generated_samples / SAMPLE_RATE,
+            generated_s=self.timed_samples / SAMPLE_RATE,
             elapsed_s=self.generation_s,
             expected_total_s=self._expected_seconds,
             capacity_s=self.ring.capacity / SAMPLE_RATE,
         )
 
     def realtime_factor(self) -> float | None:
-        return self.generation_s * SAMPLE_RATE / self.generated_samples if self.generated_samples else None
+        return self.generation_s * SAMPLE_RATE / self.timed_samples if self.timed_samples else None
 
     def status(self, state: PlaybackState, callback: _Callback) -> PlaybackStatus:
         return PlaybackStatus(
@@ -371,10 +376,10 @@ def play(
             if stream_started_at is None:
                 if player.ring.drained:
                     break  # the stream ended before any audio
-                if player.ready_to_start():
+                if player.can_play():
                     stream.start()
                     stream_started_at = time.monotonic()
-            elif callback.holding and not player.waiting.is_set() and player.ready_to_start():
+            elif callback.holding and player.can_play():
                 callback.holding = False
             if time.monotonic() >= next_status_at:
                 next_status_at = time.monotonic() + STATUS_INTERVAL_S
@@ -382,6 +387,7 @@ def play(
                     state: PlaybackState = (
                         "buffering" if stream_started_at is None
                         else "draining" if player.ring.closed
+                        else "buffering" if callback.holding and player.ring.fill
                         else "waiting" if callback.holding
                         else "speaking"
                     )

@@ -32,6 +32,7 @@ class Output:
     out_dir: Path | None = None
     quiet: bool = False
     stats: bool = False
+    live_status: bool = True  # an updating status line where stderr is a terminal; off while the user types lines
 
 
 def warn(message: str) -> None:
@@ -77,10 +78,13 @@ def say(lines: Iterable[str], *, load: Callable[[], StreamingGenerator], speaker
 
 def _play(chunks: Iterator[np.ndarray], record: Callable[[np.ndarray], None] | None, output: Output,
           expected_seconds: float | None, waiting: threading.Event) -> dict[str, Any]:
+    from rich.console import Console
+
     from .playback import play
     from .status import StatusDisplay, summary
 
-    with StatusDisplay(quiet=output.quiet) as status:
+    console = None if output.live_status else Console(stderr=True, force_terminal=False)
+    with StatusDisplay(console, quiet=output.quiet) as status:
         stats = play(chunks, device=output.device, record=record, on_status=status,
                      expected_seconds=expected_seconds, waiting=waiting)
     if not output.quiet:

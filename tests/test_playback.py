@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,34 @@ def test_underruns_are_counted_and_recorded_as_the_silence_played(pulse_server):
     handed_over = np.concatenate(recorded)
     assert len(handed_over) > len(speech)
     np.testing.assert_array_equal(handed_over[handed_over != 0], speech)
+
+
+def test_waiting_for_input_is_a_pause_and_a_buffered_line_plays_while_the_source_waits_again(pulse_server):
+    """A line source on stdin, generating slower than real time: each line waits in the ring until it can play
+    through, or until the source waits for the user's next line; the ring running dry meanwhile is a pause (no
+    underrun, nothing recorded), and the time spent waiting is not generation time."""
+    first, second = _test_signal(0.32, seed=1), _test_signal(0.48, seed=2)
+    waiting = threading.Event()
+    second_heard = threading.Event()
+    heard: list[np.ndarray] = []
+
+    def record(samples: np.ndarray) -> None:
+        heard.append(samples)
+        if np.isin(second[-SAMPLES_PER_FRAME:], np.concatenate(heard)).all():
+            second_heard.set()
+
+    def lines() -> Iterator[np.ndarray]:
+        yield from _chunks(first, frames_per_chunk=(1,), seconds_per_frame=0.12)
+        waiting.set()
+        time.sleep(0.5)  # the user types the next line
+        yield from _chunks(second, frames_per_chunk=(1,), seconds_per_frame=0.12)
+        waiting.set()
+        assert second_heard.wait(5.0), "the second line stayed in the ring while the source waited"
+
+    stats = play(lines(), record=record, waiting=waiting)
+    assert stats.underruns == 0
+    np.testing.assert_array_equal(np.concatenate(heard), np.concatenate([first, second]))
+    assert stats.realtime_factor is not None and 1.4 < stats.realtime_factor < 1.8  # 0.12 s per 80 ms frame
 
 
 def test_slow_generation_waits_long_enough_to_play_without_a_gap(pulse_server):
