@@ -316,6 +316,14 @@ def _raise_worker_error(*workers: _Worker | None) -> None:
             raise worker.error
 
 
+def _start(sd: ModuleType, stream: Any, device_name: str) -> None:
+    try:
+        stream.start()
+    except sd.PortAudioError as e:
+        reason = " ".join(str(e).split())
+        raise CsmError(f"output device {device_name!r} did not start ({reason}), {NO_PLAY_HINT}") from None
+
+
 def play(
     chunks: Iterator[np.ndarray],
     *,
@@ -377,7 +385,7 @@ def play(
                 if player.ring.drained:
                     break  # the stream ended before any audio
                 if player.can_play():
-                    stream.start()
+                    _start(sd, stream, info["name"])
                     stream_started_at = time.monotonic()
             elif callback.holding and player.can_play():
                 callback.holding = False
