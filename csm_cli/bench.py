@@ -27,6 +27,7 @@ from .config import CSM_1B, CsmArgs
 from .errors import CsmError
 from .generator import StreamingGenerator, resolve_device, resolve_dtype
 from .model import CSM
+from .playback import Underruns
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer
 from .ring import RingBuffer
@@ -177,7 +178,7 @@ class RealtimeConsumer(threading.Thread):
     def __init__(self, ring: RingBuffer) -> None:
         super().__init__(name="csm-bench-consumer", daemon=True)
         self.ring = ring
-        self.underruns = 0
+        self.underruns = Underruns()
 
     def run(self) -> None:
         ring = self.ring
@@ -186,15 +187,12 @@ class RealtimeConsumer(threading.Thread):
         block = np.empty(round(SAMPLE_RATE * CONSUMER_BLOCK_S), dtype=np.float32)
         started = time.perf_counter()
         blocks = 0
-        starved = False
         while not ring.closed:
             count = ring.read_into(block)
             if count < len(block) and not ring.closed:
-                if count or not starved:
-                    self.underruns += 1
-                starved = True
+                self.underruns.short_block(count)
             else:
-                starved = False
+                self.underruns.full_block()
             blocks += 1
             time.sleep(max(0.0, started + blocks * CONSUMER_BLOCK_S - time.perf_counter()))
 
@@ -223,7 +221,7 @@ def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequenc
     finally:
         ring.close()
         consumer.join()
-    return _Run(arrivals[0] - started, np.diff(arrivals), speech.codes, consumer.underruns)
+    return _Run(arrivals[0] - started, np.diff(arrivals), speech.codes, consumer.underruns.count)
 
 
 def mimi_ms_per_frame(generator: StreamingGenerator, codes: np.ndarray) -> float:

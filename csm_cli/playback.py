@@ -142,6 +142,24 @@ def render_device_table(devices: list[dict[str, Any]]) -> Table:
     return table
 
 
+class Underruns:
+    """Underruns as a listener hears them: one per gap in the audio, however many blocks the gap lasts; a block that
+    plays some samples before running dry starts a new gap."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._in_gap = False
+
+    def short_block(self, samples: int) -> None:
+        """A block ran dry after `samples` samples."""
+        if samples or not self._in_gap:
+            self.count += 1
+        self._in_gap = True
+
+    def full_block(self) -> None:
+        self._in_gap = False
+
+
 class _Callback:
     """PortAudio's stream callback: copies from the play ring, or silence, and taps what it hands over.
     Runs on the audio thread, so it only copies into preallocated arrays and counts."""
@@ -155,9 +173,8 @@ class _Callback:
         self.holding = False  # silence while the source waits for input, until the player resumes
         self.tail_samples_left = 0  # set from the stream's latency before it starts
         self.played_samples = 0
-        self.underruns = 0
+        self.underruns = Underruns()
         self.samples_not_recorded = 0
-        self._starved = False
 
     def __call__(self, outdata: np.ndarray, frames: int, when: Any, flags: Any) -> None:
         out = outdata[:, 0]
@@ -177,11 +194,9 @@ class _Callback:
                 handed = count
                 self.holding = True
             else:
-                if count or not self._starved:
-                    self.underruns += 1
-                self._starved = True
+                self.underruns.short_block(count)
         else:
-            self._starved = False
+            self.underruns.full_block()
         if self._tap is not None:
             self.samples_not_recorded += handed - self._tap.try_write(out[:handed])
         if ended and self.tail_samples_left <= 0:
@@ -303,7 +318,7 @@ class _Player:
             time_to_first_audio_s=None if stream_started_at is None else stream_started_at - play_started_at,
             seconds_generated=self.generated_samples / SAMPLE_RATE,
             seconds_played=callback.played_samples / SAMPLE_RATE,
-            underruns=callback.underruns,
+            underruns=callback.underruns.count,
             realtime_factor=self.realtime_factor(),
             preroll_wait_s=preroll_wait_s,
             samples_not_recorded=callback.samples_not_recorded,
