@@ -1,7 +1,6 @@
 """Playback status on stderr: one updating line on a terminal, an occasional plain line otherwise, nothing when
-quiet; and the summary printed at the end (``--stats`` prints it as JSON)."""
+quiet; and the summary printed at the end."""
 
-import json
 import time
 from types import TracebackType
 from typing import Self
@@ -72,7 +71,3 @@ def summary(stats: PlaybackStats) -> str:
     if stats.samples_not_recorded:
         line += f", {stats.samples_not_recorded} samples missing from the recording"
     return line
-
-
-def stats_json(stats: PlaybackStats) -> str:
-    return json.dumps(stats.to_dict())

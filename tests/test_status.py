@@ -1,10 +1,9 @@
 import io
-import json
 
 from rich.console import Console
 
 from csm_cli.playback import PlaybackStats, PlaybackStatus
-from csm_cli.status import StatusDisplay, stats_json, summary
+from csm_cli.status import StatusDisplay, summary
 
 STATS = PlaybackStats(time_to_first_audio_s=0.042, seconds_generated=3.2, seconds_played=3.2, underruns=1,
                       realtime_factor=0.31, preroll_wait_s=0.0, samples_not_recorded=0)
@@ -39,6 +38,5 @@ def test_on_a_terminal_the_line_is_transient():
     assert stream.getvalue().endswith("\r\x1b[1A\x1b[2K")  # the line is erased when the display closes
 
 
-def test_summary_and_json():
+def test_summary():
     assert summary(STATS) == "first audio after 0.04 s, 3.2 s played, 1 underruns, RTF 0.31"
-    assert json.loads(stats_json(STATS))["time_to_first_audio_s"] == 0.042
