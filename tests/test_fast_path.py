@@ -1,12 +1,15 @@
 """The fast path on the CPU: the eager path stays what it was, and the fast path's orchestration (prefill, one frame
 queued ahead, end of speech read a frame late, Mimi's state swapped in and out) yields the eager codes when each
-graph is replayed as a plain call. What CUDA graphs add is tested on a GPU in test_graphs.py."""
+graph is emulated with a real graph's semantics (emulated_graph.py): replays bound to the captured tensors, host
+values frozen, no host synchronisation. What only CUDA can show is tested on a GPU in test_graphs.py."""
 
 from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+from emulated_graph import EmulatedGraph
+from speech_end import end_speech_at
 
 from csm_cli import graphs
 from csm_cli.generator import StreamingGenerator
@@ -49,37 +52,20 @@ def test_on_a_cpu_the_generator_never_builds_graphs_and_its_codes_are_frame_step
 
 
 @pytest.fixture
-def ends_at_fourth_frame(monkeypatch) -> list[int]:
-    """The model says end of speech (an all-zero frame) at its fourth sampled frame; clear the returned list of
-    sampled frames before each stream."""
-    sampled: list[int] = []
-    real_sample_frame = CSM.sample_frame
-
-    def sample_frame(model: CSM, last_h: torch.Tensor, *args: object) -> torch.Tensor:
-        sampled.append(1)
-        codes = real_sample_frame(model, last_h, *args)
-        return codes * 0 if len(sampled) == 4 else codes
-
-    monkeypatch.setattr(CSM, "sample_frame", sample_frame)
-    return sampled
+def ends_at_fourth_frame(monkeypatch) -> torch.Tensor:
+    """Request it before `simulated`, so that the heads graph is captured with the end in it."""
+    return end_speech_at(monkeypatch, 4, torch.device("cpu"))
 
 
 def test_stop_at_end_false_generates_the_whole_budget(generator, ends_at_fourth_frame):
     lengths = []
     for stop_at_end in (True, False):
-        ends_at_fourth_frame.clear()
+        ends_at_fourth_frame.zero_()
         speech = generator.stream(TEXT, seed=2, max_seconds=0.8, stop_at_end=stop_at_end)
         chunks = list(speech)
         assert len(chunks) == speech.codes.shape[1]
         lengths.append(len(chunks))
     assert lengths == [3, 10]
-
-
-class _Replay:
-    """A 'graph' that replays its step as a plain call."""
-
-    def __init__(self, step) -> None:
-        self.replay = step
 
 
 class _Event:
@@ -92,12 +78,13 @@ class _Event:
 
 @pytest.fixture
 def simulated(generator, monkeypatch) -> StreamingGenerator:
-    """A generator on the fast path whose graphs are plain calls and whose CUDA-only pieces are stand-ins."""
-    def capture(step, pool, rng=None):
+    """A generator on the fast path whose graphs are emulated on the CPU and whose other CUDA-only pieces are
+    stand-ins."""
+    def capture(step, pool, generator=None):
         with torch.inference_mode():
             for _ in range(graphs.WARMUP_RUNS):
                 step()
-        return _Replay(torch.inference_mode()(step))
+        return EmulatedGraph(step, generator)
 
     real_zeros = torch.zeros
     monkeypatch.setattr(graphs, "capture", capture)
@@ -130,10 +117,10 @@ def test_the_fast_path_yields_the_eager_codes_and_audio(generator, simulated, kw
 
 @pytest.mark.parametrize("stop_at_end", [True, False])
 def test_the_fast_path_reads_the_end_of_speech_a_frame_late_but_stops_where_eager_does(
-        generator, simulated, ends_at_fourth_frame, stop_at_end):
+        generator, ends_at_fourth_frame, simulated, stop_at_end):
     codes = []
     for speaker in (generator, simulated):
-        ends_at_fourth_frame.clear()
+        ends_at_fourth_frame.zero_()
         speech = speaker.stream(TEXT, seed=2, max_seconds=0.64, stop_at_end=stop_at_end)
         list(speech)
         codes.append(speech.codes)

@@ -4,13 +4,13 @@ and no host synchronisation while frames stream."""
 import numpy as np
 import pytest
 import torch
+from speech_end import end_speech_at
 
 from csm_cli.audio import NUM_CODEBOOKS
 from csm_cli.bench import SyntheticTokenizer, random_model
 from csm_cli.codec import Codec
 from csm_cli.config import CSM_1B
 from csm_cli.generator import StreamingGenerator
-from csm_cli.model import CSM
 from csm_cli.prompt import Segment
 
 pytestmark = [
@@ -76,20 +76,13 @@ def test_full_size_random_weights_graphed_codes_equal_eager_codes():
 
 
 def test_end_of_speech_stops_both_paths_at_the_same_frame(eager, monkeypatch):
-    """The model is made to end speech at the frame whose backbone step writes position `end_at` (a condition on
-    the GPU, so the graph replays it); the graphed path reads the flag a frame late but must stop at that frame."""
-    first_cache = eager.model.backbone.layers[0].attn.cache
-    end_at = len(eager.prompt_rows(TEXT, 0, ())[0]) + 2  # frame 3 writes it: 3 frames, then the end
-
-    def sample_frame(model: CSM, *args: object) -> torch.Tensor:
-        codes = real_sample_frame(model, *args)
-        return codes * (first_cache.k[0, 0, end_at].abs().sum() == 0)
-
-    real_sample_frame = CSM.sample_frame
-    monkeypatch.setattr(CSM, "sample_frame", sample_frame)
-    graphed = StreamingGenerator(eager.model, eager.tokenizer, eager.codec)  # captured with the patched heads
+    """The graphed path reads the end-of-speech flag a frame late, but must stop at the same frame."""
+    fourth = end_speech_at(monkeypatch, 4, torch.device("cuda"))
+    graphed = StreamingGenerator(eager.model, eager.tokenizer, eager.codec)  # captured with the end in its heads
     for stop_at_end, frames in ((True, 3), (False, 25)):
+        fourth.zero_()
         want, _ = speak(eager, seed=4, max_seconds=2.0, stop_at_end=stop_at_end)
+        fourth.zero_()
         got, _ = speak(graphed, seed=4, max_seconds=2.0, stop_at_end=stop_at_end)
         assert want.shape[1] == frames
         assert_same_codes(got, want)
