@@ -229,15 +229,15 @@ class StreamingGenerator:
         frame budget."""
         self.model.reset_caches()
         self._rng.manual_seed(seed)
-        positions = torch.arange(len(tokens), device=self.device)
-        rows, rows_mask = tokens.unsqueeze(0), mask.unsqueeze(0)
-        for _ in range(max_frames):
-            codes = self.model.frame_step(rows, rows_mask, positions, topk, temperature, self._rng)  # [1, C]
+        last_h = self.model.prefill(tokens, mask)
+        position = torch.tensor([len(tokens)], device=self.device)
+        for n in range(max_frames):
+            codes = self.model.sample_frame(last_h, topk, temperature, self._rng)  # [1, C]
             if stop_at_end and not codes.any():
                 return
             yield codes[0]
-            rows, rows_mask = frame_row(codes)
-            positions = positions[-1:] + 1
+            if n + 1 < max_frames:
+                last_h = self.model.backbone_step(*frame_row(codes), position + n)
 
     def _chunks(self, frames: Iterator[torch.Tensor], generated: list[torch.Tensor],
                 chunk_frames: int) -> Iterator[np.ndarray]:

@@ -1,14 +1,16 @@
 """The fast path on CUDA: every frame replayed as CUDA graphs over static buffers, Mimi's decode included.
 
+Per utterance, a prefill graph runs the prompt through the backbone: the prompt is padded with empty rows to one of
+a few lengths (`model.prefill_length`), each captured once; the eager path pads the same way, so both run the same
+shapes and sample the same codes.
+
 Per frame, three graphs replay back to back on the generating thread's stream:
 - backbone: the previous frame's codes as the next row -> the backbone at one position -> its last hidden state;
 - heads: codebook 0 from its head, codebooks 1..31 from the depth decoder (`CSM.sample_frame`) -> the frame's codes
   and whether they are all zero (end of speech). The generator's RNG is registered with the graph, so a replay
   draws the same numbers as the eager path;
 - mimi: Mimi's streaming decode of those codes -> 1920 samples.
-The prompt is prefilled eagerly (`CSM.backbone_step` over all its rows, once per utterance), then heads and mimi
-replay. Padding prompts to a few graphed lengths would change the shapes of the prefill's matrix products, so their
-rounding, and the codes would drift from the eager path's.
+After the prefill, heads and mimi replay for the first frame.
 
 After each frame its codes, samples and end-of-speech flag are copied to pinned host memory and an event is
 recorded. The host waits for frame N only once frame N+1 is queued, so the GPU never idles on the host between
@@ -26,7 +28,7 @@ from torch import nn
 from .audio import SAMPLES_PER_FRAME
 from .codec import Codec
 from .errors import CsmError
-from .model import CSM
+from .model import CSM, pad_prompt, prefill_length, prefill_lengths
 from .prompt import frame_row
 
 WARMUP_RUNS = 2  # eager runs on a side stream before a capture, so lazy initialisation happens outside the graph
@@ -120,6 +122,15 @@ class GraphedMimi:
 
 
 @dataclass(frozen=True)
+class _Prefill:
+    """The prefill graph of one padded length, reading the rows in its own buffers."""
+
+    rows: torch.Tensor  # [1, L, C+1]
+    rows_mask: torch.Tensor  # [1, L, C+1]
+    graph: torch.cuda.CUDAGraph
+
+
+@dataclass(frozen=True)
 class _HostFrame:
     """Pinned host copies of one frame's outputs; valid once `ready` has completed."""
 
@@ -142,6 +153,7 @@ class FrameGraphs:
         self.codes = torch.zeros(1, num_codebooks, dtype=torch.long, device=self.device)  # the last frame's
         self.last_h = torch.zeros(1, model.args.backbone.dim, dtype=model.audio_head.dtype, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)  # of the next backbone step
+        self.last_row = torch.zeros(1, dtype=torch.long, device=self.device)  # the prompt's, before its padding
         self.end = torch.zeros((), dtype=torch.bool, device=self.device)
         self._host = [
             _HostFrame(
@@ -154,10 +166,21 @@ class FrameGraphs:
         ]
         with torch.cuda.device(self.device):
             self._pool = torch.cuda.graph_pool_handle()
+            self._prefills = {length: self._prefill_graph(length) for length in prefill_lengths(model.max_seq_len)}
             self._backbone = capture(self._backbone_step, self._pool)
             self._heads: dict[tuple[int, float], torch.cuda.CUDAGraph] = {}
             self._heads_graph(topk, temperature)
             self.mimi = GraphedMimi(codec, self.codes, self._pool)
+
+    def _prefill_graph(self, length: int) -> _Prefill:
+        width = self.model.args.num_codebooks + 1
+        rows = torch.zeros(1, length, width, dtype=torch.long, device=self.device)
+        rows_mask = torch.zeros(1, length, width, dtype=torch.bool, device=self.device)
+
+        def prefill() -> None:
+            self.last_h.copy_(self.model.prefill_padded(rows, rows_mask, self.last_row))
+
+        return _Prefill(rows, rows_mask, capture(prefill, self._pool))
 
     def _backbone_step(self) -> None:
         rows, rows_mask = frame_row(self.codes)
@@ -199,11 +222,16 @@ class FrameGraphs:
 
     @torch.inference_mode()
     def _prefill(self, tokens: torch.Tensor, mask: torch.Tensor, seed: int, heads: torch.cuda.CUDAGraph) -> None:
-        """Fresh caches and RNG, the prompt through the backbone eagerly, and the first frame queued."""
+        """Fresh caches and RNG, the prompt through the prefill graph of its padded length, and the first frame
+        queued."""
+        prefill = self._prefills[prefill_length(len(tokens), self.model.max_seq_len)]
+        rows, rows_mask = pad_prompt(tokens, mask, prefill.rows.shape[1])
+        prefill.rows.copy_(rows)
+        prefill.rows_mask.copy_(rows_mask)
+        self.last_row.fill_(len(tokens) - 1)
         self.model.reset_caches()
         self.rng.manual_seed(seed)
-        positions = torch.arange(len(tokens), device=self.device)
-        self.last_h.copy_(self.model.backbone_step(tokens.unsqueeze(0), mask.unsqueeze(0), positions))
+        prefill.graph.replay()
         self.position.fill_(len(tokens))
         self._queue_heads(heads, self._host[0])
 

@@ -1,9 +1,10 @@
 """CSM in plain PyTorch: a Llama backbone that predicts codebook 0 of each frame and a small Llama depth decoder
 that predicts codebooks 1..31 from it.
 
-Shapes: B batch, S new positions, P cache positions, D model dim, H heads, K kv heads, E head dim, C codebooks,
-V audio vocabulary. KV caches are allocated once by `setup()` and reset in place; positions are passed explicitly,
-so `frame_step` runs on fixed shapes with no host synchronisation (what a CUDA graph needs).
+Shapes: B batch, S new positions, P cache positions, L padded prompt rows, D model dim, H heads, K kv heads, E head
+dim, C codebooks, V audio vocabulary. KV caches are allocated once by `setup()` and reset in place; positions are
+passed explicitly, and prompts are padded to a few lengths, so every step runs on fixed shapes with no host
+synchronisation (what a CUDA graph needs).
 """
 
 import math
@@ -153,6 +154,27 @@ class Transformer(nn.Module):
         return self.norm(h)
 
 
+SHORTEST_PREFILL = 64
+
+
+def prefill_length(rows: int, max_seq_len: int) -> int:
+    """The length a prompt of `rows` rows is prefilled at: the next power of two from 64, at most the model's window.
+    The fast path captures one graph per length; the eager path pads the same way, so both run matrix products of the
+    same shapes, which round alike, and sample the same codes."""
+    return min(max(SHORTEST_PREFILL, 1 << (rows - 1).bit_length()), max_seq_len)
+
+
+def prefill_lengths(max_seq_len: int) -> list[int]:
+    """Every length `prefill_length` gives for a model's window."""
+    return sorted({prefill_length(1 << n, max_seq_len) for n in range(max_seq_len.bit_length() + 1)})
+
+
+def pad_prompt(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt rows [S, C+1] followed by empty rows (nothing in the mask) -> [1, length, C+1] each."""
+    padding = (0, 0, 0, length - len(tokens))
+    return F.pad(tokens, padding).unsqueeze(0), F.pad(mask, padding).unsqueeze(0)
+
+
 def sample_topk(logits: torch.Tensor, topk: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
     """Top-k sampling as the reference does it, without a host sync: argmax(probs / Exp(1)). [B, V] -> [B, 1]."""
     logits = logits.float() / temperature
@@ -187,6 +209,7 @@ class CSM(nn.Module):
         self.decoder.setup(self.args.num_codebooks, dtype, device)
         offsets = torch.arange(self.args.num_codebooks, device=device) * self.args.audio_vocab_size
         self.register_buffer("codebook_offsets", offsets, persistent=False)
+        self.register_buffer("backbone_positions", torch.arange(self.max_seq_len, device=device), persistent=False)
         self.register_buffer("decoder_positions", torch.arange(self.args.num_codebooks, device=device),
                              persistent=False)
 
@@ -204,10 +227,22 @@ class CSM(nn.Module):
         """Codes [B, 1] of one codebook -> [B, 1, D]."""
         return self.audio_embeddings(codes + codebook * self.args.audio_vocab_size)
 
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Prompt rows [S, C+1] at positions 0..S-1 -> the backbone's hidden state after the last row [1, D]."""
+        rows, rows_mask = pad_prompt(tokens, mask, prefill_length(len(tokens), self.max_seq_len))
+        return self.prefill_padded(rows, rows_mask, torch.tensor([len(tokens) - 1], device=tokens.device))
+
+    def prefill_padded(self, rows: torch.Tensor, rows_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Prompt rows [1, L, C+1] padded after row `last` [1] -> the hidden state at that row [1, D]. The padding's
+        cache entries lie past the prompt: each frame's step overwrites the next one before attending to it."""
+        h = self.backbone(self.embed_rows(rows, rows_mask), self.backbone_positions[: rows.shape[1]])
+        return h.index_select(1, last)[:, 0]
+
+    @torch.inference_mode()
     def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """Rows [B, S, C+1] at positions [S] -> the backbone's last hidden state [B, D]."""
-        h = self.backbone(self.embed_rows(tokens, mask), input_pos)
-        return h[:, -1].contiguous()  # as the fast path's buffer holds it, so the heads see the same layout
+        """A generated frame's row [B, 1, C+1] at position [1] -> the backbone's hidden state [B, D]."""
+        return self.backbone(self.embed_rows(tokens, mask), input_pos)[:, -1]
 
     def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, codebook: int) -> torch.Tensor:
         """Backbone-space inputs [B, S, D] at decoder positions [S] -> logits [B, V] of `codebook` (1..C-1)."""
@@ -215,11 +250,6 @@ class CSM(nn.Module):
         return out @ self.audio_head[codebook - 1]
 
     @torch.inference_mode()
-    def frame_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor, topk: int,
-                   temperature: float, generator: torch.Generator) -> torch.Tensor:
-        """One frame: backbone over rows [B, S, C+1] at [S], then 31 depth-decoder passes -> codes [B, C]."""
-        return self.sample_frame(self.backbone_step(tokens, mask, input_pos), topk, temperature, generator)
-
     def sample_frame(self, last_h: torch.Tensor, topk: int, temperature: float,
                      generator: torch.Generator) -> torch.Tensor:
         """The backbone's last hidden state [B, D] -> codebook 0 from its head, then codebooks 1..C-1 from the depth

@@ -110,10 +110,10 @@ def test_random_model_has_the_shapes_and_generates():
     assert model.audio_head.shape == (31, DECODER.dim, 2051)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert 0.015 < model.audio_head.std() < 0.025 and bool((model.backbone.norm.weight == 1).all())
-    tokens = torch.zeros(1, 5, 33, dtype=torch.long)
-    mask = torch.zeros(1, 5, 33, dtype=torch.bool)
+    tokens = torch.zeros(5, 33, dtype=torch.long)
+    mask = torch.zeros(5, 33, dtype=torch.bool)
     mask[..., -1] = True
-    codes = model.frame_step(tokens, mask, torch.arange(5), 50, 0.9, torch.Generator().manual_seed(0))
+    codes = model.sample_frame(model.prefill(tokens, mask), 50, 0.9, torch.Generator().manual_seed(0))
     assert codes.shape == (1, 32)
 
 

@@ -21,23 +21,21 @@ CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(0).integ
 
 
 def reference_codes(model: CSM, tokens: torch.Tensor, mask: torch.Tensor, seed: int, frames: int) -> np.ndarray:
-    """CSM.frame_step called directly: the prompt, then each frame fed back, until an all-zero frame."""
+    """The model's steps called directly: the prompt, then each frame fed back, until an all-zero frame."""
     model.reset_caches()
     rng = torch.Generator().manual_seed(seed)
-    positions = torch.arange(len(tokens))
-    rows, rows_mask = tokens.unsqueeze(0), mask.unsqueeze(0)
+    last_h = model.prefill(tokens, mask)
     out = []
-    for _ in range(frames):
-        codes = model.frame_step(rows, rows_mask, positions, 50, 0.9, rng)
+    for position in range(len(tokens), len(tokens) + frames):
+        codes = model.sample_frame(last_h, 50, 0.9, rng)
         if not codes.any():
             break
         out.append(codes[0])
-        rows, rows_mask = frame_row(codes)
-        positions = positions[-1:] + 1
+        last_h = model.backbone_step(*frame_row(codes), torch.tensor([position]))
     return torch.stack(out, dim=1).numpy()
 
 
-def test_on_a_cpu_the_generator_never_builds_graphs_and_its_codes_are_frame_steps(
+def test_on_a_cpu_the_generator_never_builds_graphs_and_its_codes_are_the_models_steps(
         transformers_dir, mimi_file, monkeypatch):
     def no_graphs(*args: object, **kwargs: object) -> None:
         raise AssertionError("FrameGraphs built on a CPU")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from csm_cli.model import prefill_length, prefill_lengths
 from csm_cli.prompt import Segment
 
 CONTEXT_FRAMES = 6
@@ -83,3 +84,24 @@ def test_greedy_codes_match_transformers(generator, hf_model, prompt):
     list(speech)
     assert speech.codes.shape == (32, frames)
     np.testing.assert_array_equal(speech.codes.T, theirs.numpy())
+
+
+def test_prompts_are_prefilled_at_powers_of_two_from_64_within_the_window():
+    assert [prefill_length(rows, 2048) for rows in (1, 64, 65, 300, 1025, 2047)] == [64, 64, 128, 512, 2048, 2048]
+    assert prefill_length(700, 1000) == 1000
+    assert prefill_lengths(2048) == [64, 128, 256, 512, 1024, 2048]
+    assert prefill_lengths(1000) == [64, 128, 256, 512, 1000]
+
+
+@torch.inference_mode()
+def test_the_padding_after_a_prompt_changes_nothing_before_it(generator, prompt):
+    tokens, mask = prompt
+    model = generator.model
+    model.reset_caches()
+    h = model.backbone(model.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), torch.arange(len(tokens)))[:, -1]
+    unpadded_cache = model.backbone.layers[0].attn.cache.k[:, :, : len(tokens)].clone()
+    model.reset_caches()
+    padded = model.prefill(tokens, mask)
+    assert padded.shape == h.shape
+    torch.testing.assert_close(padded, h, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.backbone.layers[0].attn.cache.k[:, :, : len(tokens)], unpadded_cache)
