@@ -100,18 +100,22 @@ class Speech(Iterator[np.ndarray]):
 
 
 class StreamingGenerator:
-    def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True) -> None:
-        """`fast` replays each frame as CUDA graphs on a CUDA device (captured here, in seconds); on a CPU, or
-        with fast=False, every frame runs eagerly."""
+    def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True,
+                 progress: LoadProgress | None = None) -> None:
+        """`fast` replays each frame as CUDA graphs on a CUDA device (captured here, in seconds, shown in
+        `progress`); on a CPU, or with fast=False, every frame runs eagerly."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
         self.device = model.audio_head.device
         self._rng = torch.Generator(device=self.device)
         self._active: Speech | None = None
-        default = Settings()
-        self.graphs = (FrameGraphs(model, codec, self._rng, default.topk, default.temperature)
-                       if fast and self.device.type == "cuda" else None)
+        self.graphs: FrameGraphs | None = None
+        if fast and self.device.type == "cuda":
+            default = Settings()
+            with (progress or LoadProgress(enabled=False)).steps_task("capturing CUDA graphs",
+                                                                      FrameGraphs.count(model)) as captured:
+                self.graphs = FrameGraphs(model, codec, self._rng, default.topk, default.temperature, captured)
 
     @classmethod
     def load(
@@ -139,7 +143,7 @@ class StreamingGenerator:
             codec_path = Path(codec) if codec else resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, shown)
             mimi = Codec.load(codec_path, torch_device)
             csm = load_model(model_dir, torch_device, torch_dtype, shown)
-        return cls(csm, text_tokenizer, mimi, fast=fast)
+            return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown)
 
     def encode_segment(self, segment: Segment) -> Segment:
         """The segment with its audio encoded to codes once, so it can be reused as context."""

@@ -145,7 +145,9 @@ class FrameGraphs:
 
     Thread-local state (inference mode, current device) is set inside each call, never across a yielded frame."""
 
-    def __init__(self, model: CSM, codec: Codec, rng: torch.Generator, topk: int, temperature: float) -> None:
+    def __init__(self, model: CSM, codec: Codec, rng: torch.Generator, topk: int, temperature: float,
+                 captured: Callable[[], None] = lambda: None) -> None:
+        """Captures `count(model)` graphs, calling `captured` after each."""
         self.model = model
         self.rng = rng
         self.device = model.audio_head.device
@@ -166,11 +168,22 @@ class FrameGraphs:
         ]
         with torch.cuda.device(self.device):
             self._pool = torch.cuda.graph_pool_handle()
-            self._prefills = {length: self._prefill_graph(length) for length in prefill_lengths(model.max_seq_len)}
+            self._prefills = {}
+            for length in prefill_lengths(model.max_seq_len):
+                self._prefills[length] = self._prefill_graph(length)
+                captured()
             self._backbone = capture(self._backbone_step, self._pool)
+            captured()
             self._heads: dict[tuple[int, float], torch.cuda.CUDAGraph] = {}
             self._heads_graph(topk, temperature)
+            captured()
             self.mimi = GraphedMimi(codec, self.codes, self._pool)
+            captured()
+
+    @staticmethod
+    def count(model: CSM) -> int:
+        """How many graphs construction captures: the prefills, the backbone step, the heads and Mimi."""
+        return len(prefill_lengths(model.max_seq_len)) + 3
 
     def _prefill_graph(self, length: int) -> _Prefill:
         width = self.model.args.num_codebooks + 1

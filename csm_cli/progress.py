@@ -1,4 +1,4 @@
-"""A rich progress display on stderr while files download and weights load."""
+"""A rich progress display on stderr while files download, weights load and CUDA graphs are captured."""
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -8,11 +8,29 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
+
+
+class _ByUnit(ProgressColumn):
+    """A column that renders byte tasks with one column and counted steps with another (or not at all)."""
+
+    def __init__(self, bytes_column: ProgressColumn, steps_column: ProgressColumn | None = None) -> None:
+        super().__init__()
+        self._bytes = bytes_column
+        self._steps = steps_column
+
+    def render(self, task: Task) -> Text:
+        if not task.fields.get("steps"):
+            return self._bytes.render(task)
+        return self._steps.render(task) if self._steps else Text("")
 
 
 class LoadProgress:
@@ -22,8 +40,8 @@ class LoadProgress:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            _ByUnit(DownloadColumn(), MofNCompleteColumn()),
+            _ByUnit(TransferSpeedColumn()),
             TimeRemainingColumn(),
             console=console or Console(stderr=True),
             transient=True,
@@ -42,6 +60,14 @@ class LoadProgress:
         task = self._progress.add_task(description, total=total)
         try:
             yield lambda n: self._progress.advance(task, n)
+        finally:
+            self._progress.remove_task(task)
+
+    @contextmanager
+    def steps_task(self, description: str, total: int) -> Iterator[Callable[[], None]]:
+        task = self._progress.add_task(description, total=total, steps=True)
+        try:
+            yield lambda: self._progress.advance(task, 1)
         finally:
             self._progress.remove_task(task)
 

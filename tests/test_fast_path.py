@@ -75,14 +75,16 @@ class _Event:
 
 
 @pytest.fixture
-def simulated(generator, monkeypatch) -> StreamingGenerator:
-    """A generator on the fast path whose graphs are emulated on the CPU and whose other CUDA-only pieces are
-    stand-ins."""
+def emulated_cuda(monkeypatch) -> list[EmulatedGraph]:
+    """CUDA graphs emulated on the CPU, the other CUDA-only pieces stand-ins; the list gathers every capture."""
+    captures: list[EmulatedGraph] = []
+
     def capture(step, pool, generator=None):
         with torch.inference_mode():
             for _ in range(graphs.WARMUP_RUNS):
                 step()
-        return EmulatedGraph(step, generator)
+        captures.append(EmulatedGraph(step, generator))
+        return captures[-1]
 
     real_zeros = torch.zeros
     monkeypatch.setattr(graphs, "capture", capture)
@@ -90,11 +92,22 @@ def simulated(generator, monkeypatch) -> StreamingGenerator:
     monkeypatch.setattr(torch.cuda, "device", lambda device: nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, 0))
+    monkeypatch.setattr(torch, "zeros", lambda *shape, pin_memory=False, **kw: real_zeros(*shape, **kw))
+    return captures
+
+
+@pytest.fixture
+def simulated(generator, emulated_cuda) -> StreamingGenerator:
+    """A generator on the fast path, its graphs emulated on the CPU."""
     fast = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
-    with monkeypatch.context() as unpinned:
-        unpinned.setattr(torch, "zeros", lambda *shape, pin_memory=False, **kw: real_zeros(*shape, **kw))
-        fast.graphs = graphs.FrameGraphs(fast.model, fast.codec, fast._rng, 50, 0.9)
+    fast.graphs = graphs.FrameGraphs(fast.model, fast.codec, fast._rng, 50, 0.9)
     return fast
+
+
+def test_construction_captures_the_graphs_it_counts_and_reports_each(generator, emulated_cuda):
+    reported = []
+    graphs.FrameGraphs(generator.model, generator.codec, torch.Generator(), 50, 0.9, lambda: reported.append(1))
+    assert len(emulated_cuda) == len(reported) == graphs.FrameGraphs.count(generator.model) == 6 + 3
 
 
 @pytest.mark.parametrize("kwargs", [
