@@ -31,12 +31,11 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return torch.where(wavelen < high_freq_wavelen, inv_freq, scaled).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on x [B, H, S, E] with cos/sin [S, E], computed in float32."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x [B, H, S, E] with cos/sin [S, E], computed in float32. `signed_sin` holds -sin in its
+    first half, so that rotate_half(x) * sin is x with its halves swapped, times signed_sin."""
     x32 = x.float()
-    x1, x2 = x32.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x32 * cos + rotated * sin).type_as(x)
+    return (x32 * cos + x32.roll(x.shape[-1] // 2, dims=-1) * signed_sin).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -46,9 +45,19 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.type_as(x)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def _merge_on_load(module: nn.Module, merged: str, parts: tuple[str, ...]) -> None:
+    """Checkpoints hold `parts` (q/k/v, or gate/up) as separate linear weights; `module` multiplies by them in one
+    matrix product, `merged`, whose weight they are stacked into when a state dict is loaded."""
+
+    def merge(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+        names = [f"{prefix}{part}.weight" for part in parts]
+        if all(name in state for name in names):
+            state[f"{prefix}{merged}.weight"] = torch.cat([state.pop(name) for name in names])
+
+    module.register_load_state_dict_pre_hook(merge)
 
 
 class KVCache(nn.Module):
@@ -74,35 +83,34 @@ class Attention(nn.Module):
         super().__init__()
         self.args = args
         e = args.head_dim
-        self.q_proj = nn.Linear(args.dim, args.num_heads * e, bias=False)
-        self.k_proj = nn.Linear(args.dim, args.num_kv_heads * e, bias=False)
-        self.v_proj = nn.Linear(args.dim, args.num_kv_heads * e, bias=False)
+        self.qkv_proj = nn.Linear(args.dim, (args.num_heads + 2 * args.num_kv_heads) * e, bias=False)
         self.o_proj = nn.Linear(args.num_heads * e, args.dim, bias=False)
         self.cache: KVCache | None = None
+        _merge_on_load(self, "qkv_proj", ("q_proj", "k_proj", "v_proj"))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 input_pos: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        e = self.args.head_dim
-        q = self.q_proj(x).view(b, s, -1, e).transpose(1, 2)  # [B, H, S, E]
-        k = self.k_proj(x).view(b, s, -1, e).transpose(1, 2)  # [B, K, S, E]
-        v = self.v_proj(x).view(b, s, -1, e).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        h, k = self.args.num_heads, self.args.num_kv_heads
+        qkv = self.qkv_proj(x).view(b, s, h + 2 * k, self.args.head_dim).transpose(1, 2)  # [B, H+2K, S, E]
+        qk = apply_rope(qkv[:, : h + k], cos, sin)  # one rotation for queries and keys
+        q, keys, values = qk[:, :h], qk[:, h:], qkv[:, h + k :]
         assert self.cache is not None, "call setup() before running the model"
-        k, v = self.cache.update(input_pos, k, v)  # [B, K, P, E]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # [B, H, S, E]
+        keys, values = self.cache.update(input_pos, keys, values)  # [B, K, P, E]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)  # [B, H, S, E]
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)  # gate (w1) and up (w3) in one product
         self.w2 = nn.Linear(hidden, dim, bias=False)  # down
-        self.w3 = nn.Linear(dim, hidden, bias=False)  # up
+        _merge_on_load(self, "w13", ("w1", "w3"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -133,10 +141,11 @@ class Transformer(nn.Module):
         a = self.args
         inv_freq = rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling)
         angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)  # [P, E/2]
-        angles = torch.cat((angles, angles), dim=-1)  # [P, E]
-        self.register_buffer("rope_cos", angles.cos().to(device), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().to(device), persistent=False)
-        causal = torch.ones(positions, positions, dtype=torch.bool, device=device).tril()
+        self.register_buffer("rope_cos", torch.cat((angles.cos(), angles.cos()), dim=-1).to(device),
+                             persistent=False)  # [P, E]
+        self.register_buffer("rope_signed_sin", torch.cat((-angles.sin(), angles.sin()), dim=-1).to(device),
+                             persistent=False)
+        causal = torch.full((positions, positions), -torch.inf, dtype=dtype, device=device).triu(1)  # added to scores
         self.register_buffer("causal_mask", causal, persistent=False)
         for layer in self.layers:
             layer.attn.cache = KVCache(1, positions, a.num_kv_heads, a.head_dim, dtype, device)
@@ -147,7 +156,7 @@ class Transformer(nn.Module):
 
     def forward(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """h [B, S, D] at positions input_pos [S] -> [B, S, D]."""
-        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]
+        cos, sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]
         mask = self.causal_mask[input_pos]  # [S, P]
         for layer in self.layers:
             h = layer(h, cos, sin, mask, input_pos)
