@@ -18,6 +18,7 @@ from csm_cli.prompt import Segment, frame_row
 
 TEXT = "Hello there. How are you today?"
 CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(0).integers(0, 2048, (32, 4)))]
+LONG_CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(1).integers(0, 2048, (32, 90)))]
 
 
 def reference_codes(model: CSM, tokens: torch.Tensor, mask: torch.Tensor, seed: int, frames: int) -> np.ndarray:
@@ -113,6 +114,7 @@ def test_construction_captures_the_graphs_it_counts_and_reports_each(generator, 
 @pytest.mark.parametrize("kwargs", [
     {"seed": 7},
     {"seed": 11, "context": CONTEXT, "chunk_frames": 3},
+    {"seed": 3, "context": LONG_CONTEXT},  # prefilled at 128 rows
     {"seed": 5, "topk": 10, "temperature": 0.7},
     {"seed": 9, "max_seconds": 0.08},
 ])

@@ -20,6 +20,7 @@ pytestmark = [
 
 TEXT = "Hello there. How are you today?"
 CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(0).integers(0, 2048, (32, 25)))]
+LONG_CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(1).integers(0, 2048, (32, 250)))]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def assert_same_codes(got: np.ndarray, want: np.ndarray) -> None:
     {"seed": 7},
     {"seed": 3, "speaker": 1, "chunk_frames": 4},
     {"seed": 11, "context": CONTEXT},
+    {"seed": 12, "context": LONG_CONTEXT},  # 20 s of context, prefilled at 512 rows
     {"seed": 5, "topk": 10, "temperature": 0.7},
     {"seed": 9, "topk": 1},
     {"seed": 13, "stop_at_end": False},
