@@ -88,12 +88,12 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
         _merge_on_load(self, "qkv_proj", ("q_proj", "k_proj", "v_proj"))
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, mask: torch.Tensor,
                 input_pos: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         h, k = self.args.num_heads, self.args.num_kv_heads
         qkv = self.qkv_proj(x).view(b, s, h + 2 * k, self.args.head_dim).transpose(1, 2)  # [B, H+2K, S, E]
-        qk = apply_rope(qkv[:, : h + k], cos, sin)  # one rotation for queries and keys
+        qk = apply_rope(qkv[:, : h + k], cos, signed_sin)  # one rotation for queries and keys
         q, keys, values = qk[:, :h], qk[:, h:], qkv[:, h + k :]
         assert self.cache is not None, "call setup() before running the model"
         keys, values = self.cache.update(input_pos, keys, values)  # [B, K, P, E]
@@ -121,9 +121,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = FeedForward(args.dim, args.intermediate_dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, mask: torch.Tensor,
                 input_pos: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), cos, sin, mask, input_pos)
+        h = x + self.attn(self.attn_norm(x), cos, signed_sin, mask, input_pos)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -156,10 +156,10 @@ class Transformer(nn.Module):
 
     def forward(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """h [B, S, D] at positions input_pos [S] -> [B, S, D]."""
-        cos, sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]
+        cos, signed_sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]
         mask = self.causal_mask[input_pos]  # [S, P]
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, input_pos)
+            h = layer(h, cos, signed_sin, mask, input_pos)
         return self.norm(h)
 
 
