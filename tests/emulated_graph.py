@@ -23,13 +23,11 @@ from torch.utils._pytree import tree_leaves
 # ops whose result the host must read before going on: on CUDA each one is a device synchronisation
 HOST_READS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::equal", "aten::nonzero", "aten::masked_select",
               "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::item"}
+MASK_INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}
 
 
 class HostSyncInCapture(AssertionError):
     pass
-
-
-MASK_INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}
 
 
 def _reads_host(func: torch._ops.OpOverload, args: tuple, kwargs: dict[str, Any]) -> bool:
