@@ -136,17 +136,20 @@ def say(
     stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Say TEXT, or each line of standard input as it arrives."""
+    """Say TEXT, or standard input sentence by sentence as it arrives."""
     with user_errors():
         from .generator import Settings
         from .pcm import prepare_out_dir
-        from .say import Output, expected_seconds, say
-        from .script import read_lines
+        from .say import Output, expected_seconds, say, warn
+        from .script import passages
+        from .text_input import Replacer, read_text
 
         speaker_id = parse_speaker(speaker)
         from_stdin = text is None or text == "-"
         if not from_stdin and not text.strip():
             raise CsmError("the text is empty: give something to say")
+        if not from_stdin:
+            text = Replacer("the text argument", warn)(text)
         if pcm_format not in ("s16", "f32"):
             raise CsmError(f"--format must be s16 or f32, got {pcm_format!r}")
         if out is not None and out_dir is not None:
@@ -171,7 +174,7 @@ def say(
             quiet=quiet, stats=stats, live_status=not (from_stdin and sys.stdin.isatty()),
         )
         say(
-            read_lines(sys.stdin) if from_stdin else [text],
+            passages(read_text(sys.stdin, warn) if from_stdin else [text + "\n"]),  # the text as whole lines
             load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet),
             speaker=speaker_id, settings=settings, prompts=prompts, memory=memory, pause_seconds=pause,
             output=output, expected_seconds=None if from_stdin else expected_seconds(text),

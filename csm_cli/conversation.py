@@ -18,29 +18,38 @@ from .errors import CsmError
 from .generator import Settings, StreamingGenerator
 from .pcm import numbered_path
 from .prompt import Segment
-from .script import parse_line, split_utterances
+from .script import Passage, parse_line, split_utterances
 from .wav import WavWriter
 
-# Slower than most speech, so that an utterance of max_seconds * WORDS_PER_SECOND words fits its frame budget.
-WORDS_PER_SECOND = 2.0
+PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
 
 
 @dataclass(frozen=True)
 class Utterance:
+    """What one generation says: `line` is the input line it comes from (1-based) and `part` its place among that
+    line's utterances (1-based)."""
+
     speaker: int
     text: str
+    line: int = 1
+    part: int = 1
 
 
-def utterances(lines: Iterable[str], default_speaker: int, max_seconds: float,
+def utterances(passages: Iterable[Passage], default_speaker: int, max_words: int,
                warn: Callable[[str], None]) -> Iterator[Utterance]:
-    """Each line's speaker tag read, and text too long for one generation split at sentence boundaries."""
-    max_words = max(1, int(max_seconds * WORDS_PER_SECOND))
-    for raw in lines:
-        line = parse_line(raw, default_speaker)
-        if line.warning:
-            warn(line.warning)
-        for text in split_utterances(line.text, max_words):
-            yield Utterance(line.speaker, text)
+    """Each line's speaker tag read from its first passage; the passages' sentences made utterances
+    (`split_utterances`: short ones packed, one longer than `max_words` cut at clauses)."""
+    speaker, part = default_speaker, 0
+    for passage in passages:
+        text = passage.text
+        if passage.first:
+            line = parse_line(text, default_speaker)
+            if line.warning:
+                warn(line.warning)
+            speaker, text, part = line.speaker, line.text, 0
+        for piece in split_utterances(text, max_words, min(PACK_WORDS, max_words)):
+            part += 1
+            yield Utterance(speaker, piece, passage.line, part)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The streaming generator: text in, 24 kHz chunks out as soon as each is decoded. The CLI is built on it."""
 
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -20,6 +20,7 @@ from .checkpoint import (
 )
 from .codec import Codec
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
+from .ending import frame_budget, until_silence
 from .errors import CsmError
 from .graphs import FrameGraphs
 from .model import CSM
@@ -197,8 +198,9 @@ class StreamingGenerator:
         stop_at_end: bool = True,
     ) -> Speech:
         """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio.
-        The model has one set of caches: starting a stream ends the one before it. stop_at_end=False generates
-        all of `max_seconds` whatever the model says (for benchmarks)."""
+        The model has one set of caches: starting a stream ends the one before it. The utterance ends at the
+        model's end frame, at its text's frame budget or after a stretch of silence (`ending`), within
+        `max_seconds`; stop_at_end=False generates all of `max_seconds` whatever the model says (for benchmarks)."""
         if not text.strip():
             raise CsmError("the text is empty: give something to say")
         if speaker < 0:
@@ -217,13 +219,14 @@ class StreamingGenerator:
                 "or lower --max-seconds"
             )
         seed = secrets.randbits(63) if seed is None else seed
-        frames: list[torch.Tensor] = []
+        if stop_at_end:
+            max_frames = frame_budget(text, max_frames)
         if self.graphs is None:
-            eager = self._frames(tokens, mask, max_frames, temperature, topk, seed, stop_at_end)
-            chunks = self._chunks(eager, frames, chunk_frames)
+            decoded = self._decoded(self._frames(tokens, mask, max_frames, temperature, topk, seed, stop_at_end))
         else:
             decoded = self.graphs.frames(tokens, mask, max_frames, topk, temperature, seed, stop_at_end)
-            chunks = self._decoded_chunks(decoded, frames, chunk_frames)
+        frames: list[torch.Tensor] = []
+        chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, chunk_frames)
         self._active = Speech(chunks, frames, seed)
         return self._active
 
@@ -243,17 +246,16 @@ class StreamingGenerator:
             if n + 1 < max_frames:
                 last_h = self.model.backbone_step(*frame_row(codes), position + n)
 
-    def _chunks(self, frames: Iterator[torch.Tensor], generated: list[torch.Tensor],
-                chunk_frames: int) -> Iterator[np.ndarray]:
+    def _decoded(self, frames: Iterator[torch.Tensor]) -> Generator[tuple[torch.Tensor, np.ndarray]]:
+        """Codes [C] and samples of each frame, decoded one by one as the fast path decodes them."""
         with self.codec.streaming():
-            for group in _groups(frames, chunk_frames):
-                generated.extend(group)
-                yield self.codec.decode_chunk(torch.stack(group, dim=1))
+            for codes in frames:
+                yield codes, self.codec.decode_chunk(codes[:, None])
 
     @staticmethod
-    def _decoded_chunks(frames: Iterator[tuple[torch.Tensor, np.ndarray]], generated: list[torch.Tensor],
-                        chunk_frames: int) -> Iterator[np.ndarray]:
-        """Chunks of the fast path, whose frames come decoded."""
+    def _chunks(frames: Iterator[tuple[torch.Tensor, np.ndarray]], generated: list[torch.Tensor],
+                chunk_frames: int) -> Iterator[np.ndarray]:
+        """Chunks of `chunk_frames` decoded frames; `generated` gets the codes of the frames in them."""
         for group in _groups(frames, chunk_frames):
             generated.extend(codes for codes, _ in group)
             yield np.concatenate([samples for _, samples in group])

@@ -14,10 +14,10 @@ After the prefill, heads and mimi replay for the first frame.
 
 After each frame its codes, samples and end-of-speech flag are copied to pinned host memory and an event is
 recorded. The host waits for frame N only once frame N+1 is queued, so the GPU never idles on the host between
-frames; a frame queued past the end of speech is dropped.
+frames; a frame queued past the end of speech (the end frame, or silence seen in the host copies) is dropped.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -217,9 +217,10 @@ class FrameGraphs:
         return self._heads[key]
 
     def frames(self, tokens: torch.Tensor, mask: torch.Tensor, max_frames: int, topk: int, temperature: float,
-               seed: int, stop_at_end: bool) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+               seed: int, stop_at_end: bool) -> Generator[tuple[torch.Tensor, np.ndarray]]:
         """Codes [C] (host copies) and samples of each frame, from the prompt's rows [S, C+1], until the all-zero
-        end-of-speech frame (unless `stop_at_end` is False) or the frame budget."""
+        end-of-speech frame (unless `stop_at_end` is False) or the frame budget. The generator ends an utterance
+        on silence from these host copies (`ending.until_silence`), as on the eager path."""
         heads = self._heads_graph(topk, temperature)
         with self.mimi.streaming():
             self._prefill(tokens, mask, seed, heads)

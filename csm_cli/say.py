@@ -14,9 +14,11 @@ import numpy as np
 
 from .audio import SAMPLE_RATE
 from .conversation import Conversation, utterances
+from .ending import window_words
 from .generator import Settings, StreamingGenerator
 from .pcm import PcmFormat, RawPcmWriter
 from .prompt import Segment
+from .script import Passage
 from .wav import WavWriter
 
 # Speech runs at about 2.5 words a second: how long the player expects one text to last.
@@ -39,27 +41,27 @@ def warn(message: str) -> None:
     print(f"csm: warning: {message}", file=sys.stderr)
 
 
-def flag_waits(lines: Iterable[str], waiting: threading.Event) -> Iterator[str]:
-    """The lines, with `waiting` set whenever the next one is asked for (the player clears it with audio)."""
-    source = iter(lines)
+def flag_waits(passages: Iterable[Passage], waiting: threading.Event) -> Iterator[Passage]:
+    """The passages, with `waiting` set whenever the next one is asked for (the player clears it with audio)."""
+    source = iter(passages)
     while True:
         waiting.set()
-        line = next(source, None)
-        if line is None:
+        passage = next(source, None)
+        if passage is None:
             return
-        yield line
+        yield passage
 
 
-def say(lines: Iterable[str], *, load: Callable[[], StreamingGenerator], speaker: int, settings: Settings,
+def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], speaker: int, settings: Settings,
         prompts: list[Segment], memory: bool, pause_seconds: float, output: Output,
         expected_seconds: float | None = None) -> None:
-    """Speaks `lines`; with `expected_seconds` None they come from a live source (stdin) that may block."""
+    """Speaks `passages`; with `expected_seconds` None they come from a live source (stdin) that may block."""
     generator = load()
     conversation = Conversation(generator, settings, prompts, memory, pause_seconds, output.out_dir)
     waiting = threading.Event()
     if expected_seconds is None:
-        lines = flag_waits(lines, waiting)
-    chunks = conversation.speak(utterances(lines, speaker, settings.max_seconds, warn))
+        passages = flag_waits(passages, waiting)
+    chunks = conversation.speak(utterances(passages, speaker, window_words(generator.model.max_seq_len), warn))
     sink = WavWriter(output.wav) if output.wav else RawPcmWriter(fmt=output.raw) if output.raw else None
     started = time.monotonic()
     playback = None

@@ -1,4 +1,12 @@
-"""Text to speak: lines read as they arrive, their speaker tags, and utterances of bounded length.
+"""Text to speak: sentences handed over as soon as they are complete, speaker tags, and utterances.
+
+Sentences
+---------
+A sentence ends after ``.``, ``!``, ``?``, ``…`` or a CJK full stop, with any closing quotes or brackets, except
+after an abbreviation (``Dr.``), an initial (``J.``, ``e.g.``) or before a word that continues in lowercase.
+`SentenceSplitter` finds them in text that arrives in pieces (a pipe, an LLM's deltas); `passages` groups the
+sentences of each input line; `split_utterances` packs short sentences into one utterance and cuts a sentence too
+long for the model's window at clause punctuation, then between words.
 
 Speaker tags
 ------------
@@ -18,11 +26,11 @@ text: no tag, no warning, nothing changed.
 """
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TextIO
 
 _TAG = re.compile(r"(?P<speaker>\d+)\s*:\s+(?P<text>.+)", re.DOTALL)
+_BARE_TAG = re.compile(r"\d+\s*:")  # a tag still waiting for its text
 _TAG_LOOKALIKE = re.compile(r"[\[(]?(?:speaker|spk|s)?\s*[-+]?\d+(?:\.\d+)?[\])]?\s*:(?!\d)", re.IGNORECASE)
 
 _CLOSERS = (
@@ -48,11 +56,90 @@ class Line:
     warning: str | None = None
 
 
-def read_lines(stream: TextIO) -> Iterator[str]:
-    """Yields each non-blank line as soon as it arrives (not at end of input), without surrounding whitespace."""
-    for line in iter(stream.readline, ""):
-        if stripped := line.strip():
-            yield stripped
+class SentenceSplitter:
+    """Text arriving in pieces -> whole sentences, each as soon as it is complete.
+
+    `feed(delta)` adds text and returns the sentences it completes, in order; `flush()` returns what is left (the
+    start of a sentence), to call at a newline, at the end of the input or after an idle spell. A sentence is
+    complete once the character after it has arrived, since a closing quote may follow; one ending in ``.`` once
+    the next word has begun, since that word decides (``Wait... what`` goes on). Sentences are stripped slices of
+    the text, cut where the module's rules cut the whole text: joined with spaces they give back every word in
+    order, however the text was cut into deltas. Used for standard input and for text streamed to the server.
+    """
+
+    def __init__(self) -> None:
+        self._text = ""
+
+    @property
+    def pending(self) -> str:
+        """The text fed but not yet handed over, stripped."""
+        return self._text.strip()
+
+    def feed(self, delta: str) -> list[str]:
+        self._text += delta
+        return self._take(final=False)
+
+    def flush(self) -> list[str]:
+        return self._take(final=True)
+
+    def _take(self, final: bool) -> list[str]:
+        words = list(_WORD.finditer(self._text))
+        sentences = []
+        start = cut = 0
+        for i, word in enumerate(words):
+            next_word = words[i + 1][0] if i + 1 < len(words) else None
+            complete = word.end() < len(self._text) and (next_word is not None or not _waits_for_next_word(word[0]))
+            if not (final or complete):
+                break
+            if _ends_sentence(word[0], next_word):
+                sentences.append(self._text[words[start].start() : word.end()])
+                start, cut = i + 1, word.end()
+        if final:
+            if start < len(words):
+                sentences.append(self._text[words[start].start() :].strip())
+            cut = len(self._text)
+        self._text = self._text[cut:]
+        return sentences
+
+
+@dataclass(frozen=True)
+class Passage:
+    """Whole sentences of one input line handed over together; `line` counts input lines from 1, blank ones
+    included, and `first` marks the line's first passage, where a speaker tag may stand."""
+
+    line: int
+    text: str
+    first: bool
+
+
+IDLE = None  # in a text source: no text has arrived for a while
+
+
+def passages(source: Iterable[str | None]) -> Iterator[Passage]:
+    """Text as it arrives (`IDLE` marks a quiet spell) -> each line's sentences as soon as they are complete.
+
+    A newline ends the line's last sentence. A quiet spell hands over the line's pending text, the start of a
+    sentence, unless it is a bare speaker tag (``1:``), which waits for its text."""
+    splitter = SentenceSplitter()
+    line, first = 1, True
+
+    def passage(sentences: list[str]) -> Iterator[Passage]:
+        nonlocal first
+        if sentences:
+            yield Passage(line, " ".join(sentences), first)
+            first = False
+
+    for text in source:
+        if text is IDLE:
+            if not (first and _BARE_TAG.fullmatch(splitter.pending)):
+                yield from passage(splitter.flush())
+            continue
+        *ended, rest = text.split("\n")
+        for line_text in ended:
+            yield from passage(splitter.feed(line_text) + splitter.flush())
+            line, first = line + 1, True
+        yield from passage(splitter.feed(rest))
+    yield from passage(splitter.flush())
 
 
 def parse_line(line: str, default_speaker: int) -> Line:
@@ -70,16 +157,15 @@ def parse_line(line: str, default_speaker: int) -> Line:
     return Line(default_speaker, line)
 
 
-def split_utterances(text: str, max_words: int) -> list[str]:
-    """Cuts text into utterances of at most max_words words, at sentence ends where it can.
+def split_utterances(text: str, max_words: int, pack_words: int) -> list[str]:
+    """Cuts text into utterances: whole sentences, packed together while they have at most `pack_words` words.
 
-    Whole sentences are packed together while they fit; a longer sentence is cut at clause punctuation
-    (, ; :) and, failing that, between words. Each utterance is a slice of the text, so joining them with
-    spaces gives back the same words in the same order. Text that fits is returned whole (stripped);
-    blank text gives no utterance. Words are runs of non-space characters; in unspaced CJK text a full stop
-    also ends one, so that such text can be cut after it.
+    A sentence of more than `max_words` words (too long for the model's window) is cut at clause punctuation
+    (, ; :) and, failing that, between words, into pieces of at most max_words. Each utterance is a slice of the
+    text, so joining them with spaces gives back the same words in the same order; blank text gives no utterance.
+    Words are runs of non-space characters; in unspaced CJK text a full stop also ends one.
     """
-    assert max_words >= 1, max_words
+    assert 1 <= pack_words <= max_words, (pack_words, max_words)
     spans = [word.span() for word in _WORD.finditer(text)]
     words = [text[start:end] for start, end in spans]
 
@@ -90,12 +176,19 @@ def split_utterances(text: str, max_words: int) -> list[str]:
         return _CLAUSE_END.search(words[i]) is not None
 
     pieces = [
-        chunk
+        piece
         for sentence in _cut_after(range(len(words)), ends_sentence)
-        for clause in ([sentence] if len(sentence) <= max_words else _cut_after(sentence, ends_clause))
-        for chunk in _chunks(clause, max_words)
+        for piece in ([sentence] if len(sentence) <= max_words else _pack(
+            [chunk for clause in _cut_after(sentence, ends_clause) for chunk in _chunks(clause, max_words)],
+            max_words))
     ]
-    return [text[spans[group.start][0] : spans[group.stop - 1][1]] for group in _pack(pieces, max_words)]
+    return [text[spans[group.start][0] : spans[group.stop - 1][1]] for group in _pack(pieces, pack_words)]
+
+
+def _waits_for_next_word(word: str) -> bool:
+    """Whether a sentence may end after word, but only the next word can tell (see `_ends_sentence`)."""
+    end = _SENTENCE_END.search(word)
+    return end is not None and end[0].startswith(".")
 
 
 def _ends_sentence(word: str, next_word: str | None) -> bool:

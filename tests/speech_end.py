@@ -4,6 +4,7 @@ graph captured afterwards replays it as the eager path runs it."""
 import pytest
 import torch
 
+from csm_cli.codec import Codec
 from csm_cli.model import CSM
 
 
@@ -20,3 +21,24 @@ def end_speech_at(monkeypatch: pytest.MonkeyPatch, frame: int, device: torch.dev
 
     monkeypatch.setattr(CSM, "sample_frame", sample_frame)
     return calls
+
+
+def silence_frames(monkeypatch: pytest.MonkeyPatch, codec: Codec, silent: list[int], frames: int) -> torch.Tensor:
+    """Mimi's decode made silent at the chosen frames (counting decodes from 1 after the returned counter was zeroed,
+    up to `frames`) by a gain looked up on Mimi's device, so that a graph captured afterwards replays it; zero the
+    counter before each stream."""
+    calls = torch.zeros((), dtype=torch.long, device=codec.device)
+    gain = torch.ones(frames + 2, device=codec.device)  # index 0 is never used, the last for every later frame
+    gain[silent] = 0
+    real_decode = codec.mimi.decode
+
+    def decode(codes: torch.Tensor) -> torch.Tensor:
+        calls.add_(1)
+        return real_decode(codes) * torch.index_select(gain, 0, calls.clamp(max=frames + 1).view(1))
+
+    monkeypatch.setattr(codec.mimi, "decode", decode)
+    return calls
+
+
+# The model falling silent for good after five frames of speech (frames counted from 1, as decoded).
+SILENT_AFTER_FIFTH_FRAME = list(range(6, 40))

@@ -5,24 +5,36 @@ import pytest
 import soundfile as sf
 
 from csm_cli.audio import SAMPLES_PER_FRAME, seconds_to_frames
-from csm_cli.conversation import Conversation, Utterance, utterances
+from csm_cli.conversation import PACK_WORDS, Conversation, Utterance, utterances
 from csm_cli.errors import CsmError
 from csm_cli.generator import Settings
 from csm_cli.prompt import Segment
+from csm_cli.script import passages
 
 SHORT = Settings(seed=5, max_seconds=0.4)
 
 
-def test_lines_become_utterances_with_speakers_and_warnings():
+def test_lines_become_utterances_with_speakers_lines_parts_and_warnings():
     warnings: list[str] = []
-    lines = ["1: Hello there.", "How are you?", "S2: hi", "0: " + " ".join(f"w{i}." for i in range(7))]
-    script = list(utterances(lines, default_speaker=3, max_seconds=1.5, warn=warnings.append))
-    assert script[:3] == [Utterance(1, "Hello there."), Utterance(3, "How are you?"), Utterance(3, "S2: hi")]
+    text = "1: Hello there. How are you?\n\nS2: hi\n0: Fine. " + ", ".join(f"W{i}" for i in range(7)) + ".\nBye."
+    script = list(utterances(passages([text]), default_speaker=3, max_words=3, warn=warnings.append))
+    assert script[:3] == [Utterance(1, "Hello there.", 1, 1), Utterance(1, "How are you?", 1, 2),
+                          Utterance(3, "S2: hi", 3, 1)]
     assert len(warnings) == 1 and "'S2:' is not a speaker tag" in warnings[0]
-    long_line = script[3:]
-    assert [u.speaker for u in long_line] == [0, 0, 0]
-    assert " ".join(u.text for u in long_line).split() == [f"w{i}." for i in range(7)]
+    long_line = script[3:-1]
+    assert [(u.speaker, u.line, u.part) for u in long_line] == [(0, 4, part) for part in range(1, 5)]
+    assert long_line[0].text == "Fine."
+    assert " ".join(u.text for u in long_line[1:]).split() == [f"W{i}," for i in range(6)] + ["W6."]
     assert all(len(u.text.split()) <= 3 for u in long_line)
+    assert script[-1] == Utterance(3, "Bye.", 5, 1)
+
+
+def test_short_sentences_are_packed_and_a_sentence_is_cut_only_past_the_window():
+    sentences = ["One.", "Two three.", "Four five six.", "Seven."]
+    packed = [u.text for u in utterances(passages([" ".join(sentences) + "\n"]), 0, max_words=200, warn=print)]
+    assert packed == [" ".join(sentences)]
+    long_sentence = "Hello " + "very " * (PACK_WORDS + 5) + "long sentence."
+    assert [u.text for u in utterances(passages([long_sentence]), 0, max_words=200, warn=print)] == [long_sentence]
 
 
 def test_segment_rows_count_what_the_prompt_holds(generator):

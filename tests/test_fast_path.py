@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 from emulated_graph import EmulatedGraph
-from speech_end import end_speech_at
+from speech_end import SILENT_AFTER_FIFTH_FRAME, end_speech_at, silence_frames
 
 from csm_cli import graphs
+from csm_cli.audio import SAMPLES_PER_FRAME, seconds_to_frames
+from csm_cli.ending import TAIL_SECONDS
 from csm_cli.generator import StreamingGenerator
 from csm_cli.model import CSM
 from csm_cli.prompt import Segment, frame_row
@@ -139,6 +141,25 @@ def test_the_fast_path_reads_the_end_of_speech_a_frame_late_but_stops_where_eage
         codes.append(speech.codes)
     np.testing.assert_array_equal(codes[1], codes[0])
     assert codes[0].shape[1] == (3 if stop_at_end else 8)
+
+
+@pytest.fixture
+def silent_after_fifth_frame(generator, monkeypatch) -> torch.Tensor:
+    """Request it before `simulated`, so that Mimi's graph is captured with the silence in it."""
+    return silence_frames(monkeypatch, generator.codec, SILENT_AFTER_FIFTH_FRAME, 40)
+
+
+def test_the_fast_path_ends_on_silence_where_eager_does(generator, silent_after_fifth_frame, simulated):
+    """The end-of-speech rule reads the fast path's host copies; its frame queued ahead is dropped."""
+    codes = []
+    for speaker in (generator, simulated):
+        silent_after_fifth_frame.zero_()
+        speech = speaker.stream(TEXT, seed=2, max_seconds=2.4)
+        audio = np.concatenate(list(speech))
+        assert len(audio) == speech.codes.shape[1] * SAMPLES_PER_FRAME
+        codes.append(speech.codes)
+    np.testing.assert_array_equal(codes[1], codes[0])
+    assert codes[0].shape[1] == 5 + seconds_to_frames(TAIL_SECONDS)
 
 
 def test_an_abandoned_fast_stream_leaves_mimi_and_the_model_as_fresh(generator, simulated):

@@ -4,12 +4,13 @@ and no host synchronisation while frames stream."""
 import numpy as np
 import pytest
 import torch
-from speech_end import end_speech_at
+from speech_end import SILENT_AFTER_FIFTH_FRAME, end_speech_at, silence_frames
 
-from csm_cli.audio import NUM_CODEBOOKS
+from csm_cli.audio import NUM_CODEBOOKS, seconds_to_frames
 from csm_cli.bench import SyntheticTokenizer, random_model
 from csm_cli.codec import Codec
 from csm_cli.config import CSM_1B
+from csm_cli.ending import TAIL_SECONDS
 from csm_cli.generator import StreamingGenerator
 from csm_cli.prompt import Segment
 
@@ -90,8 +91,20 @@ def test_end_of_speech_stops_both_paths_at_the_same_frame(eager, monkeypatch):
         assert_same_codes(got, want)
 
 
-def test_no_host_synchronisation_while_frames_stream(graphed):
-    speech = graphed.stream(TEXT, seed=1, max_seconds=2.0, stop_at_end=False)
+def test_silence_ends_both_paths_at_the_same_frame(eager, monkeypatch):
+    silent = silence_frames(monkeypatch, eager.codec, SILENT_AFTER_FIFTH_FRAME, 40)
+    graphed = StreamingGenerator(eager.model, eager.tokenizer, eager.codec)  # captured with the silence in Mimi
+    silent.zero_()
+    want, _ = speak(eager, seed=4, max_seconds=2.4)
+    silent.zero_()
+    got, _ = speak(graphed, seed=4, max_seconds=2.4)
+    assert want.shape[1] == 5 + seconds_to_frames(TAIL_SECONDS)
+    assert_same_codes(got, want)
+
+
+@pytest.mark.parametrize("stop_at_end", [False, True])  # True: the end-of-speech rule reads every frame
+def test_no_host_synchronisation_while_frames_stream(graphed, stop_at_end):
+    speech = graphed.stream(TEXT, seed=1, max_seconds=2.0, stop_at_end=stop_at_end)
     torch.cuda.set_sync_debug_mode("error")
     try:
         chunks = list(speech)

@@ -63,6 +63,40 @@ def test_each_line_is_spoken_as_it_arrives(model):
     assert all(round((u["audio_end_s"] - u["audio_start_s"]) * SAMPLE_RATE) % SAMPLES_PER_FRAME == 0 for u in lines)
 
 
+def test_a_sentence_is_spoken_before_its_line_ends(model):
+    """`some-llm | csm say`: the first sentence's audio is out before the rest of its line is written."""
+    process = csm_process(["say", "--out", "-", "--stats", "-q", *model])
+    process.stdin.write(b"1: Hello there. How")
+    process.stdin.flush()
+    first = read_some(process.stdout, timeout=60)
+    first_audio_at = time.monotonic()
+    assert first, "no audio for the first sentence while its line was still being written"
+    rest_written_at = time.monotonic()
+    process.stdin.write(b" are you?\n0: Caf\xe9 au lait.\n")  # not UTF-8, after a line was spoken
+    process.stdin.close()
+    rest = process.stdout.read()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    warning, stats_line = stderr.strip().splitlines()
+    assert warning == "csm: warning: standard input is not valid UTF-8: each undecodable byte is read as U+FFFD"
+    spoken = json.loads(stats_line)["utterances"]
+    assert first_audio_at <= rest_written_at
+    assert (spoken[0]["speaker"], spoken[0]["text"]) == (1, "Hello there.")
+    assert len(first) + len(rest) > 2 * round(spoken[0]["audio_end_s"] * SAMPLE_RATE)
+    assert " ".join(u["text"] for u in spoken[1:-1]) == "How are you?" and {u["speaker"] for u in spoken[:-1]} == {1}
+    assert (spoken[-1]["speaker"], spoken[-1]["text"]) == (0, "Caf\ufffd au lait.")
+
+
+def test_a_sentence_is_one_utterance_whatever_max_seconds_and_bad_bytes_are_replaced(model):
+    result = subprocess.run([sys.executable, "-m", "csm_cli", "say", b"Hello from the full model, caf\xe9.",
+                             "--out", "-", "--stats", "-q", *model, "--max-seconds", "1"], capture_output=True)
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    warning, stats_line = stderr.strip().splitlines()
+    assert warning == "csm: warning: the text argument is not valid UTF-8: each undecodable byte is read as U+FFFD"
+    assert [u["text"] for u in json.loads(stats_line)["utterances"]] == ["Hello from the full model, caf\ufffd."]
+
+
 def test_raw_pcm_formats_hold_the_same_samples(model):
     s16 = runner.invoke(app, ["say", "Hello there.", "--out", "-", "-q", *model])
     f32 = runner.invoke(app, ["say", "Hello there.", "--out", "-", "--format", "f32", "-q", *model])

@@ -1,35 +1,10 @@
-import os
-import threading
+import itertools
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from csm_cli.script import Line, parse_line, read_lines, split_utterances
-
-
-def test_read_lines_yields_a_line_before_the_next_is_written() -> None:
-    read_fd, write_fd = os.pipe()
-    first_taken = threading.Event()
-    rest_written = threading.Event()
-
-    def write_lines() -> None:
-        with os.fdopen(write_fd, "w") as pipe:
-            pipe.write("first\n")
-            pipe.flush()
-            first_taken.wait(timeout=10)
-            pipe.write("  \n\n  second line \r\nthird")
-            rest_written.set()
-
-    writer = threading.Thread(target=write_lines)
-    writer.start()
-    with os.fdopen(read_fd) as pipe:
-        lines = read_lines(pipe)
-        assert next(lines) == "first"
-        assert not rest_written.is_set()
-        first_taken.set()
-        assert list(lines) == ["second line", "third"]
-    writer.join()
+from csm_cli.script import IDLE, Line, Passage, SentenceSplitter, parse_line, passages, split_utterances
 
 
 @pytest.mark.parametrize(
@@ -71,43 +46,48 @@ def test_parse_line_speaks_a_mistyped_tag_as_typed_with_a_warning(line: str, loo
 
 
 @pytest.mark.parametrize(
-    ("text", "max_words", "expected"),
+    ("text", "max_words", "pack_words", "expected"),
     [
-        ("  Hello,  world.\tBye.  ", 10, ["Hello,  world.\tBye."]),
-        ("One two. Three four. Five six.", 4, ["One two. Three four.", "Five six."]),
-        ("Stop! Go? Wait… Fine.", 1, ["Stop!", "Go?", "Wait…", "Fine."]),
-        ("Dr. Smith met Mr. Jones. They talked.", 5, ["Dr. Smith met Mr. Jones.", "They talked."]),
-        ("Drink e.g. tea. Then sleep, J. R. said.", 5, ["Drink e.g. tea.", "Then sleep, J. R. said."]),
-        ("Wait... what now? Go.", 3, ["Wait... what now?", "Go."]),
-        ('He said "stop." Then left.', 3, ['He said "stop."', "Then left."]),
-        ("a b c, d e f; g h i j. k", 4, ["a b c,", "d e f;", "g h i j.", "k"]),
-        ("one two three four five six seven", 3, ["one two three", "four five six", "seven"]),
-        ("Short one. A b c d e f g", 3, ["Short one.", "A b c", "d e f", "g"]),
-        ("你好。我很好。谢谢！", 2, ["你好。我很好。", "谢谢！"]),  # noqa: RUF001 - full-width punctuation on purpose
-        ("「走。」好", 1, ["「走。」", "好"]),
-        (" \n ", 3, []),
+        ("  Hello,  world.\tBye.  ", 10, 10, ["Hello,  world.\tBye."]),
+        ("One two. Three four. Five six.", 10, 4, ["One two. Three four.", "Five six."]),
+        ("Stop! Go? Wait… Fine.", 9, 1, ["Stop!", "Go?", "Wait…", "Fine."]),
+        ("Dr. Smith met Mr. Jones. They talked.", 9, 5, ["Dr. Smith met Mr. Jones.", "They talked."]),
+        ("Drink e.g. tea. Then sleep, J. R. said.", 9, 5, ["Drink e.g. tea.", "Then sleep, J. R. said."]),
+        ("Wait... what now? Go.", 9, 3, ["Wait... what now?", "Go."]),
+        ('He said "stop." Then left.', 9, 3, ['He said "stop."', "Then left."]),
+        ("Hello from the full model.", 9, 2, ["Hello from the full model."]),  # a sentence is never cut to pack
+        ("a b c, d e f; g h i j. k", 4, 4, ["a b c,", "d e f;", "g h i j.", "k"]),
+        ("a b, c d, e f g hi. Done.", 5, 1, ["a b, c d,", "e f g hi.", "Done."]),  # clauses packed to the window
+        ("one two three four five six seven", 3, 3, ["one two three", "four five six", "seven"]),
+        ("Short one. A b c d e f g", 3, 3, ["Short one.", "A b c", "d e f", "g"]),
+        ("你好。我很好。谢谢！", 2, 2, ["你好。我很好。", "谢谢！"]),  # noqa: RUF001 - full-width punctuation on purpose
+        ("「走。」好", 1, 1, ["「走。」", "好"]),
+        (" \n ", 3, 3, []),
     ],
 )
-def test_split_utterances_examples(text: str, max_words: int, expected: list[str]) -> None:
-    assert split_utterances(text, max_words) == expected
+def test_split_utterances_examples(text: str, max_words: int, pack_words: int, expected: list[str]) -> None:
+    assert split_utterances(text, max_words, pack_words) == expected
 
 
 _LATIN_TEXT = st.text(st.sampled_from(list("ab AB1.,;:!?…\"')  \n\t")), max_size=120)
 _ANY_TEXT = st.text(st.one_of(st.sampled_from(list(" .!?…,;:。！？」、\n")), st.characters()), max_size=120)  # noqa: RUF001 - full-width punctuation on purpose
+_LIMITS = st.integers(1, 8).flatmap(lambda max_words: st.tuples(st.just(max_words), st.integers(1, max_words)))
 
 
-@given(text=_LATIN_TEXT, max_words=st.integers(1, 8))
-def test_split_utterances_keeps_every_word_in_order_within_the_limit(text: str, max_words: int) -> None:
-    utterances = split_utterances(text, max_words)
+@given(text=_LATIN_TEXT, limits=_LIMITS)
+def test_split_utterances_keeps_every_word_in_order_within_the_limit(text: str, limits: tuple[int, int]) -> None:
+    max_words, pack_words = limits
+    utterances = split_utterances(text, max_words, pack_words)
     assert " ".join(utterances).split() == text.split()
     assert all(1 <= len(utterance.split()) <= max_words for utterance in utterances)
-    if len(text.split()) <= max_words:
+    if len(text.split()) <= pack_words:
         assert utterances == ([text.strip()] if text.strip() else [])
 
 
-@given(text=_ANY_TEXT, max_words=st.integers(1, 8))
-def test_split_utterances_returns_slices_of_the_text_in_order(text: str, max_words: int) -> None:
-    utterances = split_utterances(text, max_words)
+@given(text=_ANY_TEXT, limits=_LIMITS)
+def test_split_utterances_returns_slices_of_the_text_in_order(text: str, limits: tuple[int, int]) -> None:
+    max_words, pack_words = limits
+    utterances = split_utterances(text, max_words, pack_words)
     position = 0
     for utterance in utterances:
         assert utterance
@@ -117,3 +97,49 @@ def test_split_utterances_returns_slices_of_the_text_in_order(text: str, max_wor
         assert len(utterance.split()) <= max_words
         position = start + len(utterance)
     assert not text[position:].strip()
+
+
+def test_sentences_are_handed_over_as_soon_as_they_are_complete() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.feed("First sentence. Sec") == ["First sentence."]
+    assert splitter.feed("ond one!") == []  # a closing quote may still follow
+    assert splitter.feed(" And a third, said Dr.") == ["Second one!"]
+    assert splitter.pending == "And a third, said Dr."
+    assert splitter.feed(" Smith. ") == []  # 'Dr.' is an abbreviation; 'Smith.' waits for the next word
+    assert splitter.feed("Wait...") == ["And a third, said Dr. Smith."]
+    assert splitter.feed(" what?") == []
+    assert splitter.feed(" ") == ["Wait... what?"]
+    assert splitter.feed("你好。") == []
+    assert splitter.feed("我") == ["你好。"]
+    assert splitter.flush() == ["我"]
+    assert splitter.flush() == [] and splitter.pending == ""
+
+
+def _sentences(deltas: list[str]) -> list[str]:
+    splitter = SentenceSplitter()
+    return [sentence for delta in deltas for sentence in splitter.feed(delta)] + splitter.flush()
+
+
+@given(text=_ANY_TEXT, cuts=st.lists(st.integers(0, 120), max_size=12))
+def test_any_cut_into_deltas_gives_the_sentences_of_the_whole_text(text: str, cuts: list[int]) -> None:
+    bounds = sorted({0, len(text), *(min(cut, len(text)) for cut in cuts)})
+    deltas = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    sentences = _sentences(deltas)
+    assert sentences == _sentences([text])
+    assert " ".join(sentences).split() == text.split()
+    assert all(sentence and sentence == sentence.strip() for sentence in sentences)
+    assert sentences == split_utterances(text, max_words=len(text) + 1, pack_words=1)
+
+
+def test_passages_follow_lines_sentences_and_quiet_spells() -> None:
+    source = ["1: Hello there. How", " are you?", IDLE, "\n\n0: All", IDLE, " good,", " thanks. Bye", IDLE,
+              "\n2:", IDLE, " Hi.\nlast words"]
+    assert list(passages(source)) == [
+        Passage(1, "1: Hello there.", first=True),
+        Passage(1, "How are you?", first=False),  # the quiet spell hands over the pending sentence
+        Passage(3, "0: All", first=True),
+        Passage(3, "good, thanks.", first=False),
+        Passage(3, "Bye", first=False),
+        Passage(4, "2: Hi.", first=True),  # a bare tag waits for its text through a quiet spell
+        Passage(5, "last words", first=True),
+    ]
