@@ -4,6 +4,7 @@ prompts. Playback itself is covered in test_playback.py."""
 import itertools
 import json
 import os
+import pty
 import selectors
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import soundfile as sf
 from pulse import aligned, similarity
 from typer.testing import CliRunner
 
-from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME, seconds_to_frames
 from csm_cli.cli import app
 
 runner = CliRunner()
@@ -87,6 +88,24 @@ def test_a_sentence_is_spoken_before_its_line_ends(model):
     assert (spoken[-1]["speaker"], spoken[-1]["text"]) == (0, "Caf\ufffd au lait.")
 
 
+def test_lines_typed_on_a_terminal_are_spoken_until_ctrl_d(model):
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "csm_cli", "say", "--out", "-", "--stats", "-q", *model],
+                               stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(terminal)
+    os.write(controller, b"Hello there.\n")
+    first = read_some(process.stdout, timeout=60)
+    assert first, "no audio for a typed line before the next was typed"
+    os.write(controller, b"1: Bye.\n\x04")  # Ctrl-D at the start of a line ends the input
+    rest = process.stdout.read()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    os.close(controller)
+    spoken = json.loads(stderr.strip().splitlines()[-1])["utterances"]
+    assert [(u["speaker"], u["text"]) for u in spoken] == [(0, "Hello there."), (1, "Bye.")]
+    assert len(first) + len(rest) == 2 * round(spoken[-1]["audio_end_s"] * SAMPLE_RATE)
+
+
 def test_a_sentence_is_one_utterance_whatever_max_seconds_and_bad_bytes_are_replaced(model):
     result = subprocess.run([sys.executable, "-m", "csm_cli", "say", b"Hello from the full model, caf\xe9.",
                              "--out", "-", "--stats", "-q", *model, "--max-seconds", "1"], capture_output=True)
@@ -95,6 +114,7 @@ def test_a_sentence_is_one_utterance_whatever_max_seconds_and_bad_bytes_are_repl
     warning, stats_line = stderr.strip().splitlines()
     assert warning == "csm: warning: the text argument is not valid UTF-8: each undecodable byte is read as U+FFFD"
     assert [u["text"] for u in json.loads(stats_line)["utterances"]] == ["Hello from the full model, caf\ufffd."]
+    assert len(result.stdout) == 2 * seconds_to_frames(1) * SAMPLES_PER_FRAME  # its budget is more: the hard cap
 
 
 def test_raw_pcm_formats_hold_the_same_samples(model):
