@@ -21,7 +21,6 @@ import torch
 from rich.table import Table
 
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
-from .checkpoint import TOKENIZER_FILES, resolve_repo
 from .codec import Codec
 from .config import CSM_1B, CsmArgs
 from .errors import CsmError
@@ -30,6 +29,7 @@ from .model import CSM
 from .playback import Underruns
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer
+from .repository import TOKENIZER_FILES, resolve_repo
 from .ring import RingBuffer
 
 TEXTS = (

@@ -1,94 +1,14 @@
-"""Where the weights, tokenizer and codec come from (a Hugging Face hub id through huggingface_hub and its cache,
-or a local path) and how the weights of either checkpoint layout become a `CSM`."""
+"""How the weights of either checkpoint layout become a `CSM`."""
 
-import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
-from .config import CsmArgs, Layout, parse_config
+from .config import CsmArgs, Layout
 from .errors import CsmError
 from .model import CSM
 from .progress import LoadProgress
-
-MODEL_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-               "tokenizer_config.json"]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
-
-
-@contextmanager
-def _hub_errors(repo_id: str) -> Iterator[None]:
-    """Turns huggingface_hub's failures into one line that says what to do."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        yield
-    except GatedRepoError:
-        raise CsmError(
-            f"{repo_id} is gated: accept its terms at https://huggingface.co/{repo_id}, then log in with "
-            "`hf auth login` or set HF_TOKEN"
-        ) from None
-    except RepositoryNotFoundError:
-        raise CsmError(
-            f"{repo_id} is neither a local directory nor a model on the Hugging Face hub "
-            "(if it is private, log in with `hf auth login` or set HF_TOKEN)"
-        ) from None
-    except HFValidationError:
-        raise CsmError(f"{repo_id} is neither a local directory nor a valid hub id (owner/name)") from None
-    except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
-        raise CsmError(
-            f"{why} and {repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}): "
-            "download it once online, or pass a local directory"
-        ) from None
-    except HfHubHTTPError as e:
-        raise CsmError(f"downloading {repo_id} failed: {str(e).splitlines()[0]}") from None
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
-
-
-def resolve_repo(source: str, files: list[str], progress: LoadProgress) -> Path:
-    """A local directory as is, or a hub repo's `files` from the cache, downloading what is missing."""
-    from huggingface_hub import snapshot_download
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if _looks_like_path(source):
-        raise CsmError(f"directory {source} does not exist")
-    with _hub_errors(source):
-        return Path(snapshot_download(source, allow_patterns=files, tqdm_class=progress.tqdm_class()))
-
-
-def resolve_hub_file(repo_id: str, filename: str, progress: LoadProgress) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    with _hub_errors(repo_id):
-        return Path(hf_hub_download(repo_id, filename, tqdm_class=progress.tqdm_class()))
-
-
-def read_config(model_dir: Path) -> tuple[Layout, CsmArgs]:
-    config_file = model_dir / "config.json"
-    if not config_file.is_file():
-        raise CsmError(f"{model_dir} has no config.json: it is not a CSM checkpoint")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CsmError(f"{config_file} is not valid JSON ({e})") from None
-    return parse_config(config)
-
+from .repository import ModelRepository
 
 # Checkpoint tensor names -> this package's names; None drops the tensor.
 _ORIGINAL_NAMES = [
@@ -135,26 +55,15 @@ def interleaved_to_half_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.view(heads, out_dim // heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [model_dir / shard for shard in shards]
-    single = model_dir / "model.safetensors"
-    if not single.is_file():
-        raise CsmError(f"{model_dir} has no model.safetensors")
-    return [single]
-
-
-def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype, progress: LoadProgress) -> CSM:
-    """Builds the model of `model_dir`'s config.json and fills it with its weights, tensor by tensor."""
+def load_model(repository: ModelRepository, device: torch.device, dtype: torch.dtype,
+               progress: LoadProgress) -> CSM:
+    """Builds the model of the repository's config and fills it with its weights, tensor by tensor."""
     from safetensors import safe_open
 
-    layout, args = read_config(model_dir)
+    layout, args = repository.layout, repository.args
     state: dict[str, torch.Tensor] = {}
-    files = _weight_files(model_dir)
-    with progress.bytes_task("loading weights", sum(f.stat().st_size for f in files)) as advance:
-        for file in files:
+    with progress.bytes_task("loading weights", repository.weights_bytes) as advance:
+        for file in repository.weights:
             with safe_open(str(file), framework="pt", device="cpu") as tensors:
                 for name in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
                     target = rename(name, layout)
@@ -171,7 +80,7 @@ def load_model(model_dir: Path, device: torch.device, dtype: torch.dtype, progre
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
-        raise CsmError(f"the weights in {model_dir} do not match its config.json: {detail}") from None
+        raise CsmError(f"the weights in {repository.directory} do not match its config.json: {detail}") from None
     model.eval().requires_grad_(False)
     model.setup()
     return model

@@ -2,6 +2,10 @@
 
 - original (SesameAILabs/csm): `backbone_flavor` / `decoder_flavor` name torchtune Llama presets;
 - transformers (`CsmForConditionalGeneration`): `model_type: csm` with every dimension and the RoPE scaling spelled out.
+
+One config may hold both (the published `sesame/csm-1b` does): the dimensions are then read from the transformers
+keys, which describe the same model explicitly (its RoPE scaling in equivalent per-model values), whichever layout's
+weights are loaded.
 """
 
 from dataclasses import dataclass
@@ -74,21 +78,26 @@ FLAVORS: dict[str, TransformerArgs] = {
 CSM_1B = CsmArgs(backbone=FLAVORS["llama-1B"], decoder=FLAVORS["llama-100M"], text_vocab_size=128_256)
 
 
-def detect_layout(config: dict[str, Any]) -> Layout:
-    if config.get("model_type") == "csm":
-        return Layout.TRANSFORMERS
+def layouts(config: dict[str, Any]) -> list[Layout]:
+    """The layouts whose weights this config describes, the preferred first: the original layout's one
+    `model.safetensors` is the smaller download (the transformers shards also carry a copy of Mimi)."""
+    found = []
     if "backbone_flavor" in config:
-        return Layout.ORIGINAL
-    raise CsmError("config.json is neither a CSM checkpoint of the original layout nor of the transformers layout")
+        found.append(Layout.ORIGINAL)
+    if config.get("model_type") == "csm":
+        found.append(Layout.TRANSFORMERS)
+    if not found:
+        raise CsmError("config.json is neither a CSM checkpoint of the original layout nor of the transformers layout")
+    return found
 
 
-def parse_config(config: dict[str, Any]) -> tuple[Layout, CsmArgs]:
-    layout = detect_layout(config)
+def parse_config(config: dict[str, Any]) -> CsmArgs:
+    """The model's dimensions: the transformers keys when present (explicit), else the original layout's flavors."""
+    layout = Layout.TRANSFORMERS if Layout.TRANSFORMERS in layouts(config) else Layout.ORIGINAL
     try:
-        args = _parse_original(config) if layout is Layout.ORIGINAL else _parse_transformers(config)
+        return _parse_original(config) if layout is Layout.ORIGINAL else _parse_transformers(config)
     except (KeyError, TypeError, ValueError) as e:
         raise CsmError(f"config.json of the {layout.value} layout is incomplete or invalid ({e!r})") from None
-    return layout, args
 
 
 def _flavor(name: str) -> TransformerArgs:

@@ -10,14 +10,7 @@ import numpy as np
 import torch
 
 from .audio import FRAME_RATE, SAMPLES_PER_FRAME, seconds_to_frames
-from .checkpoint import (
-    MODEL_FILES,
-    TOKENIZER_FILES,
-    load_model,
-    read_config,
-    resolve_hub_file,
-    resolve_repo,
-)
+from .checkpoint import load_model
 from .codec import Codec
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .ending import frame_budget, until_silence
@@ -26,6 +19,7 @@ from .graphs import FrameGraphs
 from .model import CSM
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
+from .repository import TOKENIZER_FILES, resolve_hub_file, resolve_model, resolve_repo
 
 T = TypeVar("T")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -136,14 +130,13 @@ class StreamingGenerator:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         with progress or LoadProgress(enabled=False) as shown:
-            model_dir = resolve_repo(model, MODEL_FILES, shown)
-            read_config(model_dir)
-            has_tokenizer = (model_dir / "tokenizer.json").is_file()
-            tokenizer_dir = model_dir if has_tokenizer else resolve_repo(tokenizer, TOKENIZER_FILES, shown)
+            repository = resolve_model(model, shown)
+            tokenizer_dir = (repository.directory if repository.has_tokenizer
+                             else resolve_repo(tokenizer, TOKENIZER_FILES, shown))
             text_tokenizer = TextTokenizer(tokenizer_dir)
             codec_path = Path(codec) if codec else resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, shown)
             mimi = Codec.load(codec_path, torch_device)
-            csm = load_model(model_dir, torch_device, torch_dtype, shown)
+            csm = load_model(repository, torch_device, torch_dtype, shown)
             return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown)
 
     def encode_segment(self, segment: Segment) -> Segment:

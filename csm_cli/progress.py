@@ -71,27 +71,26 @@ class LoadProgress:
         finally:
             self._progress.remove_task(task)
 
-    def tqdm_class(self) -> type:
-        """A tqdm class for huggingface_hub's downloads that draws into this display instead of printing."""
-        from huggingface_hub.utils import tqdm as hub_tqdm
+    @contextmanager
+    def download_task(self, description: str, total: int) -> Iterator[type]:
+        """A bytes task for several downloads: yields a tqdm stand-in for huggingface_hub's downloads, whose every
+        file advances this one task (its total is known beforehand, so the bar shows the real total)."""
+        with self.bytes_task(description, total) as advance:
 
-        progress = self._progress
+            class Counter:
+                def __init__(self, *args: Any, **kwargs: Any) -> None:
+                    pass
 
-        class RichTqdm(hub_tqdm):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                self._task = None
-                super().__init__(*args, **kwargs)
-                self._task = progress.add_task(self.desc or "downloading", total=self.total)
+                def __enter__(self) -> "Counter":
+                    return self
 
-            def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-                if self._task is not None:
-                    progress.update(self._task, completed=self.n, total=self.total)
-                return True
+                def __exit__(self, *exc: object) -> None:
+                    pass
 
-            def close(self) -> None:
-                if self._task is not None:
-                    progress.remove_task(self._task)
-                    self._task = None
-                super().close()
+                def update(self, n: int | float | None = 1) -> None:
+                    advance(int(n or 0))
 
-        return RichTqdm
+                def close(self) -> None:
+                    pass
+
+            yield Counter

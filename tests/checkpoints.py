@@ -3,13 +3,15 @@
 - transformers layout: `CsmForConditionalGeneration.save_pretrained` with the RoPE scaling its conversion wrote;
 - original layout: the same weights under torchtune names, q/k rows in interleaved-RoPE order, and a config.json
   naming flavors (registered by the tests, since the real flavors are 1B-sized);
-- a tiny byte-level BPE tokenizer with Llama-3's special tokens; a random full-size Mimi as safetensors.
+- a tiny byte-level BPE tokenizer with Llama-3's special tokens; a random full-size Mimi as safetensors;
+- a copy of the published `sesame/csm-1b` repository, file for file, at tiny size (`save_hub_copy`).
 """
 
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from csm_cli.config import RopeScaling, TransformerArgs
@@ -117,9 +119,8 @@ def _half_to_interleaved(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.view(heads, 2, out_dim // heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
-def save_original_layout(model: torch.nn.Module, directory: Path) -> None:
-    from safetensors.torch import save_file
-
+def original_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The transformers model's weights under the original checkpoint's names and q/k row order."""
     state = {}
     for name, tensor in model.state_dict().items():
         for pattern, replacement in _TO_ORIGINAL:
@@ -134,10 +135,20 @@ def save_original_layout(model: torch.nn.Module, directory: Path) -> None:
             args = BACKBONE if match[1] == "backbone" else DECODER
             tensor = _half_to_interleaved(tensor, args.num_heads if match[2] == "q" else args.num_kv_heads)
         state[name] = tensor.contiguous().clone()
+    return state
+
+
+def original_config(model: torch.nn.Module, backbone_flavor: str, decoder_flavor: str) -> dict:
+    return {"backbone_flavor": backbone_flavor, "decoder_flavor": decoder_flavor,
+            "text_vocab_size": model.config.text_vocab_size, "audio_vocab_size": 2051, "audio_num_codebooks": 32}
+
+
+def save_original_layout(model: torch.nn.Module, directory: Path) -> None:
+    from safetensors.torch import save_file
+
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / "model.safetensors"))
-    config = {"backbone_flavor": "tiny-backbone", "decoder_flavor": "tiny-decoder",
-              "text_vocab_size": model.config.text_vocab_size, "audio_vocab_size": 2051, "audio_num_codebooks": 32}
+    save_file(original_state(model), str(directory / "model.safetensors"))
+    config = original_config(model, "tiny-backbone", "tiny-decoder")
     (directory / "config.json").write_text(json.dumps(config))
 
 
@@ -147,3 +158,132 @@ def save_random_mimi(path: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     save_file(loaders.get_mimi(None, device="cpu").state_dict(), str(path))
+
+
+# --- the published sesame/csm-1b repository, file for file -------------------------------------------------------
+
+# Every file of the hub repository's main branch (public listing; sizes of the real files in bytes).
+HUB_FILES = {
+    ".gitattributes": 1948,
+    "README.md": 12140,
+    "chat_template.jinja": 2002,
+    "ckpt.pt": 6219618714,
+    "config.json": 3280,
+    "generation_config.json": 264,
+    "model.safetensors": 6211186784,
+    "preprocessor_config.json": 271,
+    "prompts/conversational_a.wav": 2646044,
+    "prompts/conversational_b.wav": 2646044,
+    "prompts/read_speech_a.wav": 831412,
+    "prompts/read_speech_b.wav": 576052,
+    "prompts/read_speech_c.wav": 385964,
+    "prompts/read_speech_d.wav": 435884,
+    "special_tokens_map.json": 449,
+    "tokenizer.json": 17209980,
+    "tokenizer_config.json": 50563,
+    "transformers-00001-of-00002.safetensors": 4944026784,
+    "transformers-00002-of-00002.safetensors": 2189474180,
+    "transformers.safetensors.index.json": 59730,
+}
+ORIGINAL_FILES = {"model.safetensors"}
+TRANSFORMERS_FILES = {"transformers.safetensors.index.json", "transformers-00001-of-00002.safetensors",
+                      "transformers-00002-of-00002.safetensors"}
+# Keys of the real config.json that public inspections of it check: both layouts' keys side by side.
+HUB_CONFIG_KEYS = {
+    "architectures", "model_type", "transformers_weights", "num_codebooks", "vocab_size", "text_vocab_size",
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "max_position_embeddings", "codebook_pad_token_id", "codebook_eos_token_id", "rope_theta", "rope_scaling",
+    "depth_decoder_config", "codec_config", "bos_token_id", "eos_token_id", "pad_token_id", "audio_token_id",
+    "audio_eos_token_id", "backbone_flavor", "decoder_flavor", "audio_vocab_size", "audio_num_codebooks",
+}
+# The voice prompts: 16-bit mono at 44.1 kHz like the real ones (conversational_*: 30.0 s), here a fraction of a second.
+PROMPT_RATE = 44_100
+PROMPT_SECONDS = {"conversational_a": 0.6, "conversational_b": 0.5, "read_speech_a": 0.4, "read_speech_b": 0.3,
+                  "read_speech_c": 0.3, "read_speech_d": 0.3}
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- bos_token }}{{- '[' + message['role'] + ']' }}"
+    "{%- for content in message['content'] %}{%- if content['type'] == 'text' %}{{- content['text'] }}"
+    "{%- elif content['type'] == 'audio' %}{{- '<|AUDIO|><|audio_eos|>' }}{%- endif %}{%- endfor %}"
+    "{{- eos_token }}{%- endfor %}"
+)
+
+
+def _hub_config(model: torch.nn.Module) -> dict:
+    """The transformers config as transformers 4.52 wrote it for the hub (`rope_theta` and `rope_scaling`), with the
+    original layout's keys beside it and `transformers_weights` naming the shards' index."""
+
+    def legacy_rope(config: dict) -> dict:
+        rope = dict(config.pop("rope_parameters"))
+        config["rope_theta"] = rope.pop("rope_theta")
+        config["rope_scaling"] = rope
+        return config
+
+    config = legacy_rope(model.config.to_diff_dict())
+    config["depth_decoder_config"] = legacy_rope(config["depth_decoder_config"])
+    config.update(architectures=["CsmForConditionalGeneration"], eos_token_id=128001, torch_dtype="float32",
+                  transformers_weights="transformers.safetensors.index.json")
+    config.update(original_config(model, "llama-1B", "llama-100M"))
+    return dict(sorted(config.items()))
+
+
+def _save_transformers_shards(model: torch.nn.Module, directory: Path) -> None:
+    """transformers' weights (Mimi included) in two shards and their index, as the hub repository holds them."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.contiguous().clone() for name, tensor in model.state_dict().items()}
+    names = sorted(state)
+    shards = {"transformers-00001-of-00002.safetensors": names[: len(names) // 2],
+              "transformers-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for shard, shard_names in shards.items():
+        save_file({name: state[name] for name in shard_names}, str(directory / shard), metadata={"format": "pt"})
+    index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+             "weight_map": {name: shard for shard, shard_names in shards.items() for name in shard_names}}
+    (directory / "transformers.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def prompt_audio(name: str) -> np.ndarray:
+    """An audible, distinct stand-in for a voice prompt: a few harmonics over noise. float32 [samples] at 44.1 kHz."""
+    rng = np.random.default_rng(sorted(PROMPT_SECONDS).index(name))
+    t = np.arange(int(PROMPT_SECONDS[name] * PROMPT_RATE)) / PROMPT_RATE
+    pitch = rng.uniform(100, 250)
+    voiced = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 5))
+    return (0.2 * voiced + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def save_hub_copy(model: torch.nn.Module, directory: Path) -> None:
+    """Every file of `HUB_FILES`, at tiny size, from one set of weights: the original layout's model.safetensors and
+    ckpt.pt, the transformers shards with Mimi, the shared config, the tokenizer and the voice prompts."""
+    import soundfile as sf
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+                                              "*.pt filter=lfs diff=lfs merge=lfs -text\n"
+                                              "*.wav filter=lfs diff=lfs merge=lfs -text\n")
+    (directory / "README.md").write_text("---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n## CSM 1B\n")
+    (directory / "config.json").write_text(json.dumps(_hub_config(model), indent=2))
+    original = original_state(model)
+    save_file(original, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    torch.save({"model": original}, directory / "ckpt.pt")
+    _save_transformers_shards(model, directory)
+    save_tokenizer(directory)
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "clean_up_tokenization_spaces": True,
+        "model_max_length": 131072, "tokenizer_class": "PreTrainedTokenizerFast", "processor_class": "CsmProcessor",
+    }, indent=2))
+    (directory / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS}, indent=2))
+    (directory / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (directory / "generation_config.json").write_text(json.dumps({
+        "_from_model_config": True, "bos_token_id": 128000, "eos_token_id": 128001, "pad_token_id": 128002,
+        "depth_decoder_do_sample": True, "depth_decoder_temperature": 0.9, "depth_decoder_top_k": 50,
+        "do_sample": True, "max_length": 2048, "temperature": 0.9, "top_k": 50,
+    }, indent=2))
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "chunk_length_s": None, "feature_extractor_type": "EncodecFeatureExtractor", "feature_size": 1,
+        "overlap": None, "padding_side": "right", "padding_value": 0.0, "processor_class": "CsmProcessor",
+        "return_attention_mask": True, "sampling_rate": 24000,
+    }, indent=2))
+    (directory / "prompts").mkdir(exist_ok=True)
+    for name in PROMPT_SECONDS:
+        sf.write(directory / "prompts" / f"{name}.wav", prompt_audio(name), PROMPT_RATE, subtype="PCM_16")

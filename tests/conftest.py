@@ -1,4 +1,5 @@
-"""Session fixtures: tiny random checkpoints in both layouts, a tiny tokenizer and a random Mimi, built once."""
+"""Session fixtures: tiny random checkpoints in both layouts, a tiny copy of the hub repository, a tiny tokenizer and a
+random Mimi, built once."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 from checkpoints import (
     TINY_FLAVORS,
     build_transformers_model,
+    save_hub_copy,
     save_original_layout,
     save_random_mimi,
     save_tokenizer,
@@ -52,6 +54,14 @@ def transformers_dir(tmp_path_factory, hf_model) -> Path:
 def original_dir(tmp_path_factory, hf_model) -> Path:
     directory = tmp_path_factory.mktemp("csm-original")
     save_original_layout(hf_model, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def hub_copy_dir(tmp_path_factory, hf_model) -> Path:
+    """The published sesame/csm-1b repository, file for file, with the weights of `hf_model`."""
+    directory = tmp_path_factory.mktemp("csm-1b")
+    save_hub_copy(hf_model, directory)
     return directory
 
 

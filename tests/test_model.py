@@ -4,6 +4,7 @@ set), for a prompt with text and context audio."""
 import numpy as np
 import pytest
 import torch
+from reference import reference_embeds, reference_greedy
 
 from csm_cli.model import prefill_length, prefill_lengths
 from csm_cli.prompt import Segment
@@ -16,31 +17,6 @@ def prompt(generator):
     codes = np.random.default_rng(0).integers(0, 2048, size=(32, CONTEXT_FRAMES))
     context = [Segment(speaker=1, text="How are you today?", codes=codes)]
     return generator.prompt_rows("I am fine, thank you.", 0, context)
-
-
-def reference_embeds(hf_model, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """transformers' own merge: text positions take text embeddings, audio positions the sum of codebook ones."""
-    text_row = mask[:, -1]
-    embeds = torch.empty(len(tokens), hf_model.config.hidden_size)
-    embeds[text_row] = hf_model.embed_text_tokens(tokens[text_row, -1])
-    embeds[~text_row] = hf_model.backbone_model.embed_tokens(tokens[~text_row, :-1].unsqueeze(0))[0]
-    return embeds.unsqueeze(0)
-
-
-def reference_greedy(hf_model, embeds: torch.Tensor, frames: int) -> torch.Tensor:
-    """Greedy frames with transformers' backbone, heads and depth decoder, recomputed without caches. [T, 32]"""
-    out = []
-    for _ in range(frames):
-        h = hf_model.backbone_model(inputs_embeds=embeds).last_hidden_state[:, -1]
-        codes = [hf_model.lm_head(h).argmax(-1)]
-        for _ in range(1, 32):
-            inputs = torch.stack([torch.zeros_like(codes[0]), *codes], dim=1)  # position 0 holds h
-            logits = hf_model.depth_decoder(input_ids=inputs, backbone_last_hidden_state=h).logits[:, -1]
-            codes.append(logits.argmax(-1))
-        frame = torch.stack(codes, dim=1)  # [1, 32]
-        out.append(frame[0])
-        embeds = torch.cat([embeds, hf_model.backbone_model.embed_tokens(frame.unsqueeze(1))], dim=1)
-    return torch.stack(out)
 
 
 @torch.inference_mode()

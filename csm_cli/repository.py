@@ -1,0 +1,246 @@
+"""A model repository: its config, the weight files of ONE layout, its tokenizer and its voice prompts, from a local
+directory or from the Hugging Face hub through huggingface_hub's cache.
+
+The published `sesame/csm-1b` holds both layouts beside one config.json (the original `model.safetensors` and the
+transformers shards that `"transformers_weights"` names): the layout is chosen from the config and the file list
+before any weight file is fetched, and only that layout's files are downloaded.
+"""
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import CsmArgs, Layout, layouts, parse_config
+from .errors import CsmError
+from .progress import LoadProgress
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
+VOICES_DIR = "prompts"
+UNGATED_TOKENIZER = "unsloth/Llama-3.2-1B"  # an ungated copy of meta-llama/Llama-3.2-1B's tokenizer
+DOWNLOAD_HINT = "run `csm download` once online"
+
+
+@dataclass(frozen=True)
+class ModelRepository:
+    """What `csm` uses of a model repository, as local files."""
+
+    directory: Path
+    layout: Layout
+    args: CsmArgs
+    weights: list[Path]  # safetensors files of `layout`, shards in order
+    has_tokenizer: bool
+    voice_files: list[Path]  # prompts/*.wav, by name
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(file.stat().st_size for file in self.weights)
+
+
+@contextmanager
+def hub_errors(repo_id: str) -> Iterator[None]:
+    """Turns huggingface_hub's failures into one line that says what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        yield
+    except GatedRepoError:
+        raise CsmError(
+            f"{repo_id} is gated: accept its terms at https://huggingface.co/{repo_id}, then log in with "
+            "`hf auth login` or set HF_TOKEN" + _ungated_alternative(repo_id)
+        ) from None
+    except RepositoryNotFoundError:
+        raise CsmError(
+            f"{repo_id} is neither a local directory nor a model on the Hugging Face hub "
+            "(if it is private, log in with `hf auth login` or set HF_TOKEN)"
+        ) from None
+    except HFValidationError:
+        raise CsmError(f"{repo_id} is neither a local directory nor a valid hub id (owner/name)") from None
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        raise CsmError(
+            f"{why} and {repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}): "
+            f"{DOWNLOAD_HINT}, or pass a local directory"
+        ) from None
+    except HfHubHTTPError as e:
+        raise CsmError(f"downloading {repo_id} failed: {str(e).splitlines()[0]}") from None
+
+
+def _ungated_alternative(repo_id: str) -> str:
+    if repo_id.lower().startswith("meta-llama/llama-3.2"):
+        return f", or use the ungated copy of its tokenizer: --tokenizer {UNGATED_TOKENIZER}"
+    return ""
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _local_directory(source: str) -> Path | None:
+    """`source` as a local directory, None if it names a hub repository; a missing directory is an error."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if _looks_like_path(source):
+        raise CsmError(f"directory {source} does not exist")
+    return None
+
+
+def resolve_repo(source: str, files: list[str], progress: LoadProgress) -> Path:
+    """A local directory as is, or the snapshot of a hub repo holding those of `files` it has."""
+    path = _local_directory(source)
+    if path is not None:
+        return path
+    with hub_errors(source):
+        return _fetch_snapshot(source, lambda names, fetch: [name for name in files if name in names], progress)
+
+
+def resolve_hub_file(repo_id: str, filename: str, progress: LoadProgress) -> Path:
+    with hub_errors(repo_id):
+        return _fetch_snapshot(repo_id, lambda names, fetch: [filename], progress) / filename
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    config_file = model_dir / CONFIG_FILE
+    if not config_file.is_file():
+        raise CsmError(f"{model_dir} has no config.json: it is not a CSM checkpoint")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CsmError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CsmError(f"{config_file} is not a JSON object")
+    return config
+
+
+def choose_weights(config: dict[str, Any], has_file: Callable[[str], bool]) -> tuple[Layout, str]:
+    """The layout to load and its weights entry (one safetensors file, or an index naming shards), from the config
+    and which files the repository holds: the config's preferred layout whose weights are there."""
+    for layout in layouts(config):
+        for name in _weights_entries(config, layout):
+            if has_file(name):
+                return layout, name
+    expected = " or ".join(name for layout in layouts(config) for name in _weights_entries(config, layout))
+    raise CsmError(f"the repository has no weights for its config.json: expected {expected}")
+
+
+def _weights_entries(config: dict[str, Any], layout: Layout) -> list[str]:
+    if layout is Layout.ORIGINAL:
+        return ["model.safetensors"]
+    named = config.get("transformers_weights")  # transformers loads this file instead of model.safetensors
+    if named is not None:
+        if not isinstance(named, str) or not named.endswith((".safetensors", ".safetensors.index.json")):
+            raise CsmError(f"config.json names transformers_weights {named!r}: not a safetensors file or index")
+        return [named]
+    return ["model.safetensors.index.json", "model.safetensors"]
+
+
+def _shards(index_file: Path) -> list[str]:
+    """The shard names an index's weight_map points to, in order."""
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise CsmError(f"{index_file} is not a safetensors index ({e!r})") from None
+
+
+def load_local(directory: Path, missing_hint: str = "copy the missing files into it") -> ModelRepository:
+    """A model repository already on disk: a directory of the user's, or a snapshot in the hub cache."""
+    config = read_config(directory)
+    args = parse_config(config)
+    layout, entry = choose_weights(config, lambda name: (directory / name).is_file())
+    names = _shards(directory / entry) if entry.endswith(".index.json") else [entry]
+    weights = [directory / name for name in names]
+    missing = [name for name, path in zip(names, weights, strict=True) if not path.is_file()]
+    if missing:
+        raise CsmError(f"{directory} lacks {', '.join(missing)} of its {layout.value} weights: {missing_hint}")
+    voices_dir = directory / VOICES_DIR
+    voice_files = sorted(voices_dir.glob("*.wav")) if voices_dir.is_dir() else []
+    return ModelRepository(directory, layout, args, weights, (directory / TOKENIZER_FILES[0]).is_file(), voice_files)
+
+
+def resolve_model(source: str, progress: LoadProgress) -> ModelRepository:
+    """A local directory, or a hub repository with one layout's weights, its tokenizer and its voice prompts
+    fetched into the cache (what is there already is not fetched again)."""
+    path = _local_directory(source)
+    if path is not None:
+        return load_local(path)
+    with hub_errors(source):
+        return load_local(_fetch_snapshot(source, _model_files(source), progress), missing_hint=DOWNLOAD_HINT)
+
+
+# Picks the files to have from a repository's file names; it may fetch small files (by name) to decide.
+Chooser = Callable[[set[str], Callable[[str], Path]], list[str]]
+
+
+def _model_files(repo_id: str) -> Chooser:
+    """config.json, then the weights of the layout it and the file list choose, the tokenizer and the voices."""
+
+    def choose(names: set[str], fetch: Callable[[str], Path]) -> list[str]:
+        if CONFIG_FILE not in names:
+            raise CsmError(f"{repo_id} has no config.json: it is not a CSM checkpoint")
+        _, entry = choose_weights(read_config(fetch(CONFIG_FILE).parent), names.__contains__)
+        weights = _shards(fetch(entry)) if entry.endswith(".index.json") else [entry]
+        voices = sorted(name for name in names if name.startswith(f"{VOICES_DIR}/") and name.endswith(".wav"))
+        return [CONFIG_FILE, *weights, *(name for name in TOKENIZER_FILES if name in names), *voices]
+
+    return choose
+
+
+def _fetch_snapshot(repo_id: str, choose: Chooser, progress: LoadProgress) -> Path:
+    """The cache's snapshot of `repo_id` with the files `choose` picks. Online, the files the cache lacks are
+    downloaded under one bar of their total size; offline, or when the hub cannot be reached or refuses, the cached
+    snapshot serves if it holds them."""
+    from httpx2 import HTTPError
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except (OfflineModeIsEnabled, HTTPError, HfHubHTTPError) as error:
+        return _cached_snapshot(repo_id, choose, error)
+    sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}
+    wanted = choose(set(sizes), lambda name: Path(hf_hub_download(repo_id, name)))
+    _download(repo_id, info.sha, {name: sizes.get(name, 0) for name in wanted}, progress)
+    return Path(snapshot_download(repo_id, revision=info.sha, local_files_only=True))
+
+
+def _cached_snapshot(repo_id: str, choose: Chooser, error: Exception) -> Path:
+    """The cached snapshot when the hub cannot be asked; the hub's refusal stands if nothing is cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if isinstance(error, HfHubHTTPError):
+            raise error from None
+        raise
+    local = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    missing = [name for name in choose(local, snapshot.joinpath) if name not in local]
+    if missing:
+        raise CsmError(f"{repo_id} is only partly in the Hugging Face cache (no {', '.join(missing)}): {DOWNLOAD_HINT}")
+    return snapshot
+
+
+def _download(repo_id: str, commit: str | None, sizes: dict[str, int], progress: LoadProgress) -> None:
+    """Fetches the files of `sizes` that the cache lacks at `commit`, under one bar of their total bytes."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    missing = [name for name in sizes
+               if not isinstance(try_to_load_from_cache(repo_id, name, revision=commit), str)]
+    if not missing:
+        return
+    with progress.download_task(f"downloading {repo_id}", sum(sizes[name] for name in missing)) as tqdm_class:
+        for name in missing:
+            hf_hub_download(repo_id, name, tqdm_class=tqdm_class)
