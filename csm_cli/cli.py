@@ -17,6 +17,7 @@ from .errors import CsmError
 if TYPE_CHECKING:
     from .generator import StreamingGenerator
     from .prompt import Segment
+    from .voice import Voice
 
 app = typer.Typer(
     help="Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated.",
@@ -118,6 +119,11 @@ def say(
     device: Annotated[str | None, typer.Option(help="Output device name or index (see `csm devices`).")] = None,
     pause: Annotated[float, typer.Option(help="Seconds of silence between utterances.")] = 0.2,
     memory: Annotated[bool, typer.Option(help="Keep what was said as context for what follows.")] = True,
+    voice: Annotated[str | None, typer.Option(
+        help="Voice of --speaker: a voice of the model (see `csm voices`), an audio file with --voice-text, or "
+             "none [default: the model's conversational_a for speaker 0 and conversational_b for speaker 1, "
+             "unless --context is given].")] = None,
+    voice_text: Annotated[str | None, typer.Option(help="What is said in the --voice recording.")] = None,
     context: Annotated[list[Path] | None, typer.Option(help="Voice prompt audio file (repeatable).")] = None,
     context_text: Annotated[list[str] | None, typer.Option(help="What is said in each --context file.")] = None,
     context_speaker: Annotated[
@@ -143,6 +149,7 @@ def say(
         from .say import Output, expected_seconds, say, warn
         from .script import passages
         from .text_input import Replacer, read_text
+        from .voice import choose_voices
 
         speaker_id = parse_speaker(speaker)
         from_stdin = text is None or text == "-"
@@ -168,6 +175,8 @@ def say(
             raise CsmError(f"--pause must not be negative, got {pause:g}")
         settings = Settings(temperature, topk, seed, max_seconds)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
+        voices = choose_voices(offered_voices(model, voice, bool(context), quiet), voice, voice_text, speaker_id,
+                               has_context=bool(context))
         output = Output(
             play=play, device=device, wav=None if out is None or raw else Path(out),
             raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
@@ -178,7 +187,20 @@ def say(
             load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet),
             speaker=speaker_id, settings=settings, prompts=prompts, memory=memory, pause_seconds=pause,
             output=output, expected_seconds=None if from_stdin else expected_seconds(text),
+            voices=lambda generator: [generator.voice_segment(v, n) for n, v in voices],
         )
+
+
+def offered_voices(model: str, voice: str | None, has_context: bool, quiet: bool) -> dict[str, "Voice"]:
+    """The model repository's voices, fetched without its weights; none looked up when none is asked for."""
+    from .progress import LoadProgress
+    from .repository import resolve_voice_files
+    from .voice import NO_VOICE, model_voices
+
+    if voice == NO_VOICE or (voice is None and has_context):
+        return {}
+    with LoadProgress(enabled=not quiet) as shown:
+        return model_voices(resolve_voice_files(model, shown))
 
 
 def load_generator(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
@@ -204,6 +226,28 @@ def devices() -> None:
         Console().print(render_device_table(found))
 
 
+
+
+@app.command()
+def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> None:
+    """List the voices the model offers (its prompts/NAME.wav), for --voice NAME."""
+    with user_errors():
+        from rich.console import Console
+        from rich.table import Table
+
+        from .voice import DEFAULT_VOICES
+
+        offered = offered_voices(model, None, False, quiet)
+        if not offered:
+            raise CsmError(f"{model} offers no voices (no prompts/*.wav): give a recording with --voice FILE "
+                           "--voice-text TEXT")
+        defaults = {name: speaker for speaker, name in DEFAULT_VOICES.items()}
+        table = Table("name", "seconds", "transcript", "default for")
+        for name, voice in offered.items():
+            transcript = "known" if voice.text else "unknown: give it with --voice-text"
+            speaker = f"speaker {defaults[name]}" if name in defaults and voice.text else ""
+            table.add_row(name, f"{voice.seconds:.1f}", transcript, speaker)
+        Console(width=120).print(table)
 
 
 class CompareWith(StrEnum):

@@ -1,5 +1,6 @@
 """Mimi, the codec between 24 kHz audio and frames of codes, through moshi."""
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,12 @@ class Codec:
             reason = str(e).splitlines()[0][:120]
             raise CsmError(f"{path} is not a Mimi checkpoint ({reason})") from None
         return cls(mimi)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the weights' first tensor: codes cached for one Mimi are not taken for another's."""
+        first = next(self.mimi.parameters()).detach().float().cpu().numpy()
+        return hashlib.sha256(first.tobytes()).hexdigest()[:16]
 
     @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> torch.Tensor:

@@ -20,6 +20,7 @@ from .model import CSM
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
 from .repository import TOKENIZER_FILES, resolve_hub_file, resolve_model, resolve_repo
+from .voice import Voice, cached_voice_codes, model_voices, unknown_voice
 
 T = TypeVar("T")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -96,12 +97,13 @@ class Speech(Iterator[np.ndarray]):
 
 class StreamingGenerator:
     def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True,
-                 progress: LoadProgress | None = None) -> None:
+                 progress: LoadProgress | None = None, voices: dict[str, Voice] | None = None) -> None:
         """`fast` replays each frame as CUDA graphs on a CUDA device (captured here, in seconds, shown in
-        `progress`); on a CPU, or with fast=False, every frame runs eagerly."""
+        `progress`); on a CPU, or with fast=False, every frame runs eagerly. `voices`: the model's, by name."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
+        self.voices = voices or {}
         self.device = model.audio_head.device
         self._rng = torch.Generator(device=self.device)
         self._active: Speech | None = None
@@ -137,7 +139,27 @@ class StreamingGenerator:
             codec_path = Path(codec) if codec else resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, shown)
             mimi = Codec.load(codec_path, torch_device)
             csm = load_model(repository, torch_device, torch_dtype, shown)
-            return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown)
+            return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown,
+                       voices=model_voices(repository.voice_files))
+
+    def voice(self, name: str, speaker: int) -> Segment:
+        """The model's voice `name` (see `voices`: name -> Voice with its transcript, or None) as a context segment
+        for `speaker`, its codes encoded once and cached on disk. Put it first in `stream()`'s context (the
+        reference's demo gives speaker 0 "conversational_a" and speaker 1 "conversational_b"). An unknown name or
+        a voice without a known transcript raises CsmError (its message lists the voices)."""
+        if name not in self.voices:
+            raise unknown_voice(name, self.voices)
+        voice = self.voices[name]
+        if not voice.text:
+            raise CsmError(f"no transcript is known for voice {name}: use voice_segment() with its text")
+        return self.voice_segment(voice, speaker)
+
+    def voice_segment(self, voice: Voice, speaker: int) -> Segment:
+        """A voice (the model's, or any recording with its text) as a context segment with cached codes."""
+        assert voice.text, "a voice prompt needs its transcript"
+        codes = cached_voice_codes(voice, self.codec.fingerprint,
+                                   lambda samples: self.codec.encode(samples).cpu().numpy())
+        return Segment(speaker, voice.text, codes=codes)
 
     def encode_segment(self, segment: Segment) -> Segment:
         """The segment with its audio encoded to codes once, so it can be reused as context."""

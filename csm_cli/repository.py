@@ -164,8 +164,7 @@ def load_local(directory: Path, missing_hint: str = "copy the missing files into
     missing = [name for name, path in zip(names, weights, strict=True) if not path.is_file()]
     if missing:
         raise CsmError(f"{directory} lacks {', '.join(missing)} of its {layout.value} weights: {missing_hint}")
-    voices_dir = directory / VOICES_DIR
-    voice_files = sorted(voices_dir.glob("*.wav")) if voices_dir.is_dir() else []
+    voice_files = sorted((directory / VOICES_DIR).glob("*.wav"))
     return ModelRepository(directory, layout, args, weights, (directory / TOKENIZER_FILES[0]).is_file(), voice_files)
 
 
@@ -177,6 +176,20 @@ def resolve_model(source: str, progress: LoadProgress) -> ModelRepository:
         return load_local(path)
     with hub_errors(source):
         return load_local(_fetch_snapshot(source, _model_files(source), progress), missing_hint=DOWNLOAD_HINT)
+
+
+def resolve_voice_files(source: str, progress: LoadProgress) -> list[Path]:
+    """The voice prompts (prompts/*.wav) of a local or hub model repository, without its weights."""
+    path = _local_directory(source)
+    if path is None:
+        with hub_errors(source):
+            path = _fetch_snapshot(source, lambda names, fetch: _voice_names(names), progress)
+    voices_dir = path / VOICES_DIR
+    return sorted(voices_dir.glob("*.wav")) if voices_dir.is_dir() else []
+
+
+def _voice_names(names: set[str]) -> list[str]:
+    return sorted(name for name in names if name.startswith(f"{VOICES_DIR}/") and name.endswith(".wav"))
 
 
 # Picks the files to have from a repository's file names; it may fetch small files (by name) to decide.
@@ -191,8 +204,7 @@ def _model_files(repo_id: str) -> Chooser:
             raise CsmError(f"{repo_id} has no config.json: it is not a CSM checkpoint")
         _, entry = choose_weights(read_config(fetch(CONFIG_FILE).parent), names.__contains__)
         weights = _shards(fetch(entry)) if entry.endswith(".index.json") else [entry]
-        voices = sorted(name for name in names if name.startswith(f"{VOICES_DIR}/") and name.endswith(".wav"))
-        return [CONFIG_FILE, *weights, *(name for name in TOKENIZER_FILES if name in names), *voices]
+        return [CONFIG_FILE, *weights, *(name for name in TOKENIZER_FILES if name in names), *_voice_names(names)]
 
     return choose
 

@@ -54,10 +54,13 @@ def flag_waits(passages: Iterable[Passage], waiting: threading.Event) -> Iterato
 
 def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], speaker: int, settings: Settings,
         prompts: list[Segment], memory: bool, pause_seconds: float, output: Output,
-        expected_seconds: float | None = None) -> None:
-    """Speaks `passages`; with `expected_seconds` None they come from a live source (stdin) that may block."""
+        expected_seconds: float | None = None,
+        voices: Callable[[StreamingGenerator], list[Segment]] = lambda generator: []) -> None:
+    """Speaks `passages`; with `expected_seconds` None they come from a live source (stdin) that may block. `voices`
+    gives the voice prompts of the loaded generator, put before `prompts`."""
     generator = load()
-    conversation = Conversation(generator, settings, prompts, memory, pause_seconds, output.out_dir)
+    conversation = Conversation(generator, settings, [*voices(generator), *prompts], memory, pause_seconds,
+                                output.out_dir)
     waiting = threading.Event()
     if expected_seconds is None:
         passages = flag_waits(passages, waiting)

@@ -153,11 +153,19 @@ def save_original_layout(model: torch.nn.Module, directory: Path) -> None:
 
 
 def save_random_mimi(path: Path, seed: int = 0) -> None:
+    """A full-size Mimi with random weights and random codebooks (a fresh Mimi's codebooks are all zero, so every
+    code would decode alike and every sound encode to code 0)."""
     from moshi.models import loaders
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    save_file(loaders.get_mimi(None, device="cpu").state_dict(), str(path))
+    state = loaders.get_mimi(None, device="cpu").state_dict()
+    for name in state:
+        if name.endswith("embedding_sum"):
+            state[name] = torch.randn_like(state[name])
+        elif name.endswith("_initialized"):
+            state[name] = torch.ones_like(state[name])
+    save_file(state, str(path))
 
 
 # --- the published sesame/csm-1b repository, file for file -------------------------------------------------------

@@ -29,10 +29,10 @@ def reference_greedy(hf_model, embeds: torch.Tensor, frames: int) -> torch.Tenso
     return torch.stack(out)
 
 
-def reference_speech(generator, hf_model, text: str, speaker: int, frames: int) -> np.ndarray:
-    """The samples of `frames` greedy frames of the reference for `text` without context, decoded by the Mimi of
-    `generator` (whose prompt rows follow the reference layout)."""
-    tokens, mask = generator.prompt_rows(text, speaker, [])
+def reference_speech(generator, hf_model, text: str, speaker: int, frames: int, context=()) -> np.ndarray:
+    """The samples of `frames` greedy frames of the reference for `text` after `context` (segments with codes),
+    decoded by the Mimi of `generator` (whose prompt rows follow the reference layout)."""
+    tokens, mask = generator.prompt_rows(text, speaker, context)
     with torch.inference_mode():
         codes = reference_greedy(hf_model, reference_embeds(hf_model, tokens, mask), frames)
     return generator.codec.decode(codes.T)

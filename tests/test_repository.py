@@ -16,7 +16,9 @@ from test_cli import assert_one_line_error, put_in_hub_cache, run_csm
 from csm_cli.config import Layout
 from csm_cli.errors import CsmError
 from csm_cli.generator import StreamingGenerator
+from csm_cli.prompt import Segment
 from csm_cli.repository import load_local
+from csm_cli.voice import DEFAULT_VOICES, known_transcripts, load_voice_prompt
 
 REPO_ID = "sesame/csm-1b"
 TEXT = "Hello there."
@@ -25,6 +27,11 @@ SAY = ["say", TEXT, "--no-play", "--topk", "1", "--max-seconds", str(FRAMES / 12
 # What one layout needs: the original weights, the tokenizer and the voice prompts (and config.json, read first).
 ORIGINAL_FETCH = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                   *(name for name in HUB_FILES if name.startswith("prompts/"))}
+
+
+def run_in(args: list[str], env: dict[str, str], cwd: Path):
+    """`csm ARGS` as a subprocess whose caches (voice codes) are under `cwd`."""
+    return run_csm(args, {"XDG_CACHE_HOME": str(cwd / "cache"), **env}, cwd)
 
 
 def files_of(directory: Path) -> set[str]:
@@ -38,9 +45,17 @@ def copy_without(source: Path, target: Path, left_out: set[str]) -> Path:
     return target
 
 
+def voice_prompt(generator, hub_copy_dir: Path, name: str, speaker: int) -> Segment:
+    """A prompt of the hub copy as a segment with codes, encoded by the generator's Mimi."""
+    audio = load_voice_prompt(hub_copy_dir / "prompts" / f"{name}.wav")
+    return generator.encode_segment(Segment(speaker, known_transcripts()[name], audio=audio))
+
+
 @pytest.fixture(scope="module")
-def reference(generator, hf_model) -> np.ndarray:
-    return reference_speech(generator, hf_model, TEXT, 0, FRAMES)
+def reference(generator, hf_model, hub_copy_dir) -> np.ndarray:
+    """The reference's speech with the default voices: speaker 0 conversational_a, speaker 1 conversational_b."""
+    voices = [voice_prompt(generator, hub_copy_dir, name, speaker) for speaker, name in DEFAULT_VOICES.items()]
+    return reference_speech(generator, hf_model, TEXT, 0, FRAMES, voices)
 
 
 def assert_reference_speech(path: Path, reference: np.ndarray) -> None:
@@ -91,7 +106,7 @@ def test_a_config_without_its_weights_says_what_it_expected(tmp_path, hub_copy_d
 
 def test_a_local_copy_speaks_like_the_reference(tmp_path, hub_copy_dir, mimi_file, reference):
     out = tmp_path / "speech.wav"
-    result = run_csm([*SAY, "--out", str(out), "--model", str(hub_copy_dir), "--codec", str(mimi_file)], {}, tmp_path)
+    result = run_in([*SAY, "--out", str(out), "--model", str(hub_copy_dir), "--codec", str(mimi_file)], {}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert_reference_speech(out, reference)
 
@@ -99,7 +114,9 @@ def test_a_local_copy_speaks_like_the_reference(tmp_path, hub_copy_dir, mimi_fil
 def test_the_transformers_shards_speak_like_the_reference(tmp_path, hub_copy_dir, mimi_file, reference):
     model_dir = copy_without(hub_copy_dir, tmp_path, ORIGINAL_FILES | {"ckpt.pt"})
     generator = StreamingGenerator.load(str(model_dir), codec=mimi_file, device="cpu")
-    speech = np.concatenate(list(generator.stream(TEXT, speaker=0, topk=1, max_seconds=FRAMES / 12.5)))
+    voices = [voice_prompt(generator, model_dir, name, speaker) for speaker, name in DEFAULT_VOICES.items()]
+    speech = np.concatenate(list(generator.stream(TEXT, speaker=0, context=voices, topk=1,
+                                                  max_seconds=FRAMES / 12.5)))
     np.testing.assert_allclose(speech, reference[: len(speech)], atol=1e-5)
     assert len(speech) == len(reference)
 
@@ -119,14 +136,14 @@ def test_the_default_model_downloads_one_layout_from_the_hub(tmp_path, hub_copy_
     env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
     out = tmp_path / "speech.wav"
     with serving_hub({REPO_ID: hub_copy_dir, codec_repo: codec_dir}) as hub:
-        result = run_csm([*SAY, "--out", str(out)], {**env, "HF_ENDPOINT": hub.endpoint}, tmp_path)
+        result = run_in([*SAY, "--out", str(out)], {**env, "HF_ENDPOINT": hub.endpoint}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert hub.downloaded(REPO_ID) == ORIGINAL_FETCH
     assert hub.downloaded(codec_repo) == files_of(codec_dir)
     assert_reference_speech(out, reference)
 
     offline = tmp_path / "offline.wav"
-    result = run_csm([*SAY, "--out", str(offline)], {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)
+    result = run_in([*SAY, "--out", str(offline)], {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert offline.read_bytes() == out.read_bytes()
 
@@ -134,7 +151,7 @@ def test_the_default_model_downloads_one_layout_from_the_hub(tmp_path, hub_copy_
 def test_a_repository_without_config_on_the_hub(tmp_path, hub_copy_dir):
     model_dir = copy_without(hub_copy_dir, tmp_path / "model", {"config.json"})
     with serving_hub({"someone/not-csm": model_dir}) as hub:
-        result = run_csm([*SAY, "--out", str(tmp_path / "x.wav"), "--model", "someone/not-csm"],
+        result = run_in([*SAY, "--out", str(tmp_path / "x.wav"), "--model", "someone/not-csm"],
                          {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": hub.endpoint}, tmp_path)
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "someone/not-csm has no config.json")
@@ -146,6 +163,6 @@ def test_the_default_model_speaks_from_the_cache_offline(tmp_path, hub_copy_dir,
     codec_repo, codec_dir = mimi_repo(tmp_path, mimi_file)
     put_in_hub_cache(cache, codec_repo, list(codec_dir.iterdir()))
     out = tmp_path / "speech.wav"
-    result = run_csm([*SAY, "--out", str(out)], {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}, tmp_path)
+    result = run_in([*SAY, "--out", str(out)], {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert_reference_speech(out, reference)

@@ -1,12 +1,17 @@
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from reference import reference_speech
+from typer.testing import CliRunner
 
 from csm_cli.audio import SAMPLE_RATE
+from csm_cli.cli import app
 from csm_cli.errors import CsmError
-from csm_cli.voice import load_voice_prompt
+from csm_cli.prompt import Segment
+from csm_cli.voice import Voice, choose_voices, known_transcripts, load_voice_prompt, model_voices, voice_codes_dir
 
 TONE_HZ = 440.0
 
@@ -91,3 +96,128 @@ def test_empty_voice_prompt(tmp_path: Path) -> None:
     path = tmp_path / "empty.wav"
     sf.write(path, np.zeros(0), SAMPLE_RATE)
     assert "is empty" in _error(path)
+
+
+# --- the model's voices, chosen per speaker, their codes cached; through the CLI --------------------------------
+
+FRAMES = 13
+SAY = ["say", "Hello there.", "--no-play", "--topk", "1", "--max-seconds", str(FRAMES / 12.5), "--quiet"]
+runner = CliRunner()
+
+
+@pytest.fixture
+def voice_codes(tmp_path, monkeypatch) -> Path:
+    """The voice codes cache, under this test's own cache directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return voice_codes_dir()
+
+
+def offered(hub_copy_dir: Path) -> dict[str, Voice]:
+    return model_voices((hub_copy_dir / "prompts").glob("*.wav"))
+
+
+def test_the_model_voices_have_the_known_transcripts(hub_copy_dir):
+    voices = offered(hub_copy_dir)
+    assert list(voices) == ["conversational_a", "conversational_b", "read_speech_a", "read_speech_b",
+                            "read_speech_c", "read_speech_d"]
+    assert voices["conversational_a"].text.startswith("like revising for an exam")
+    assert voices["conversational_b"].text.startswith("like a super Mario level")
+    assert all(voices[name].text is None for name in voices if name.startswith("read_speech"))
+
+
+def test_the_default_voices_are_those_of_the_reference_demo(hub_copy_dir):
+    voices = offered(hub_copy_dir)
+    chosen = choose_voices(voices, None, None, speaker=3, has_context=False)
+    assert [(speaker, voice.name) for speaker, voice in chosen] == [(0, "conversational_a"), (1, "conversational_b")]
+    assert choose_voices(voices, None, None, speaker=0, has_context=True) == []
+    assert choose_voices(voices, "none", None, speaker=0, has_context=False) == []
+    assert choose_voices({}, None, None, speaker=0, has_context=False) == []
+
+
+def test_a_voice_is_given_to_the_speaker(tmp_path, hub_copy_dir):
+    voices = offered(hub_copy_dir)
+    [(speaker, voice)] = choose_voices(voices, "read_speech_b", "Some words.", speaker=2, has_context=True)
+    assert (speaker, voice.name, voice.text) == (2, "read_speech_b", "Some words.")
+    recording = hub_copy_dir / "prompts" / "read_speech_c.wav"
+    [(speaker, voice)] = choose_voices(voices, str(recording), " Mine. ", speaker=1, has_context=False)
+    assert (speaker, voice.path, voice.text) == (1, recording, "Mine.")
+
+
+@pytest.mark.parametrize(("voice", "text", "message"), [
+    ("nobody", None, "unknown voice 'nobody': the model's voices are conversational_a, conversational_b, "
+                     "read_speech_a, read_speech_b, read_speech_c, read_speech_d (see `csm voices`)"),
+    ("read_speech_a", None, "no transcript is known for voice read_speech_a: give what is said in it with "
+                            "--voice-text"),
+    ("none", "words", "--voice none takes no --voice-text"),
+    (None, "words", "--voice-text needs --voice"),
+    ("prompts/conversational_a.wav", None, "needs --voice-text"),
+    ("missing.wav", "words", "voice prompt missing.wav does not exist"),
+])
+def test_voice_choices_that_cannot_be_kept(hub_copy_dir, monkeypatch, voice, text, message):
+    monkeypatch.chdir(hub_copy_dir)
+    with pytest.raises(CsmError, match=re.escape(message)):
+        choose_voices(offered(hub_copy_dir), voice, text, speaker=0, has_context=False)
+
+
+def test_csm_voices_lists_what_the_model_offers(hub_copy_dir):
+    result = runner.invoke(app, ["voices", "--model", str(hub_copy_dir)])
+    assert result.exit_code == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if "_" in line and "│" in line}
+    assert list(rows) == list(offered(hub_copy_dir))
+    assert "known" in rows["conversational_a"] and "speaker 0" in rows["conversational_a"]
+    assert "speaker 1" in rows["conversational_b"]
+    assert "--voice-text" in rows["read_speech_a"] and "speaker" not in rows["read_speech_a"]
+    assert " 0.6 " in rows["conversational_a"]
+
+
+def test_an_unknown_voice_is_one_line_naming_the_voices(tmp_path, hub_copy_dir):
+    result = runner.invoke(app, [*SAY, "--out", str(tmp_path / "x.wav"), "--voice", "nobody",
+                                 "--model", str(hub_copy_dir)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("csm: error: unknown voice 'nobody'"), result.stderr
+    assert "conversational_a, conversational_b, read_speech_a" in lines[0]
+    assert not (tmp_path / "x.wav").exists()
+
+
+def say_to(out: Path, model_dir: Path, mimi_file: Path, *args: str) -> np.ndarray:
+    result = runner.invoke(app, [*SAY, "--out", str(out), "--model", str(model_dir), "--codec", str(mimi_file),
+                                 *args])
+    assert result.exit_code == 0, result.stderr
+    return sf.read(out, dtype="float32")[0]
+
+
+def assert_same_speech(samples: np.ndarray, reference: np.ndarray) -> None:
+    assert len(samples) == len(reference)
+    np.testing.assert_allclose(samples, np.clip(reference, -1, 1), atol=1.5 / 32768)
+
+
+def test_voice_none_speaks_without_a_prompt(tmp_path, hub_copy_dir, mimi_file, generator, hf_model, voice_codes):
+    samples = say_to(tmp_path / "none.wav", hub_copy_dir, mimi_file, "--voice", "none")
+    assert_same_speech(samples, reference_speech(generator, hf_model, "Hello there.", 0, FRAMES))
+    assert not voice_codes.exists()
+
+
+def test_a_voice_by_name_is_encoded_once_then_read_from_the_cache(tmp_path, hub_copy_dir, mimi_file, generator,
+                                                                  hf_model, voice_codes):
+    first = say_to(tmp_path / "first.wav", hub_copy_dir, mimi_file, "--voice", "conversational_b")
+    prompt = Segment(0, known_transcripts()["conversational_b"],
+                     audio=load_voice_prompt(hub_copy_dir / "prompts" / "conversational_b.wav"))
+    assert_same_speech(first, reference_speech(generator, hf_model, "Hello there.", 0, FRAMES,
+                                               [generator.encode_segment(prompt)]))
+    [cached] = voice_codes.iterdir()
+    assert np.load(cached).shape == (32, 7)  # 0.5 s of prompt
+    # What the next run reads if it reads the cache rather than encoding: other codes, 40 frames long.
+    np.save(cached, np.random.default_rng(0).integers(0, 2048, size=(32, 40)))
+    second = say_to(tmp_path / "second.wav", hub_copy_dir, mimi_file, "--voice", "conversational_b")
+    assert not np.array_equal(first, second)
+    assert list(voice_codes.iterdir()) == [cached]
+
+
+def test_a_recording_of_ones_own_with_its_text(tmp_path, hub_copy_dir, mimi_file, voice_codes):
+    recording = tmp_path / "me.flac"
+    sf.write(recording, _tone(16_000), 16_000)
+    samples = say_to(tmp_path / "mine.wav", hub_copy_dir, mimi_file, "--voice", str(recording),
+                     "--voice-text", "A tone.")
+    assert len(samples) == FRAMES * 1920
+    assert len(list(voice_codes.iterdir())) == 1
