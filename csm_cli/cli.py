@@ -229,6 +229,26 @@ def devices() -> None:
 
 
 @app.command()
+def download(
+    model: ModelOption = DEFAULT_MODEL,
+    codec: CodecOption = None,
+    tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
+    quiet: QuietOption = False,
+) -> None:
+    """Fetch the model (one layout, its tokenizer and voices), a tokenizer if it has none, and the codec into the
+    Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works."""
+    with user_errors():
+        from .progress import LoadProgress
+        from .repository import fetch_model_files
+
+        with LoadProgress(enabled=not quiet) as shown:
+            files = fetch_model_files(model, tokenizer, codec, shown)
+        size = sum(path.stat().st_size for path in files.paths)
+        print(f"{model}: {files.repository.layout.value} layout, {len(files.paths)} files, {size:,} bytes "
+              f"with the tokenizer and codec, in {files.repository.directory}")
+
+
+@app.command()
 def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> None:
     """List the voices the model offers (its prompts/NAME.wav), for --voice NAME."""
     with user_errors():

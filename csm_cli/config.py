@@ -16,7 +16,8 @@ from .audio import AUDIO_VOCAB_SIZE, NUM_CODEBOOKS
 from .errors import CsmError
 
 DEFAULT_MODEL = "sesame/csm-1b"
-DEFAULT_TOKENIZER = "meta-llama/Llama-3.2-1B"  # what the reference uses when the model repo has no tokenizer
+# For a model without a tokenizer: an ungated copy of meta-llama/Llama-3.2-1B's (the reference's, which is gated).
+DEFAULT_TOKENIZER = "unsloth/Llama-3.2-1B"
 
 
 class Layout(Enum):

@@ -19,7 +19,7 @@ from .graphs import FrameGraphs
 from .model import CSM
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
-from .repository import TOKENIZER_FILES, resolve_hub_file, resolve_model, resolve_repo
+from .repository import fetch_model_files
 from .voice import Voice, cached_voice_codes, model_voices, unknown_voice
 
 T = TypeVar("T")
@@ -127,20 +127,15 @@ class StreamingGenerator:
     ) -> "StreamingGenerator":
         """Loads from a hub id or a local directory. Cheap checks (config, tokenizer, codec) come before the
         weights, so a wrong option fails in seconds."""
-        from moshi.models import loaders
-
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         with progress or LoadProgress(enabled=False) as shown:
-            repository = resolve_model(model, shown)
-            tokenizer_dir = (repository.directory if repository.has_tokenizer
-                             else resolve_repo(tokenizer, TOKENIZER_FILES, shown))
-            text_tokenizer = TextTokenizer(tokenizer_dir)
-            codec_path = Path(codec) if codec else resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, shown)
-            mimi = Codec.load(codec_path, torch_device)
-            csm = load_model(repository, torch_device, torch_dtype, shown)
+            files = fetch_model_files(model, tokenizer, Path(codec) if codec else None, shown)
+            text_tokenizer = TextTokenizer(files.tokenizer_dir)
+            mimi = Codec.load(files.codec, torch_device)
+            csm = load_model(files.repository, torch_device, torch_dtype, shown)
             return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown,
-                       voices=model_voices(repository.voice_files))
+                       voices=model_voices(files.repository.voice_files))
 
     def voice(self, name: str, speaker: int) -> Segment:
         """The model's voice `name` (see `voices`: name -> Voice with its transcript, or None) as a context segment

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import CsmArgs, Layout, layouts, parse_config
+from .config import DEFAULT_TOKENIZER, CsmArgs, Layout, layouts, parse_config
 from .errors import CsmError
 from .progress import LoadProgress
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 VOICES_DIR = "prompts"
-UNGATED_TOKENIZER = "unsloth/Llama-3.2-1B"  # an ungated copy of meta-llama/Llama-3.2-1B's tokenizer
 DOWNLOAD_HINT = "run `csm download` once online"
 
 
@@ -38,6 +37,37 @@ class ModelRepository:
     @property
     def weights_bytes(self) -> int:
         return sum(file.stat().st_size for file in self.weights)
+
+    @property
+    def tokenizer_files(self) -> list[Path]:
+        return [self.directory / name for name in TOKENIZER_FILES if (self.directory / name).is_file()]
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Everything a generator is loaded from, as local files."""
+
+    repository: ModelRepository
+    tokenizer_dir: Path
+    codec: Path
+
+    @property
+    def paths(self) -> list[Path]:
+        tokenizer = [] if self.repository.has_tokenizer else [self.tokenizer_dir / name for name in TOKENIZER_FILES]
+        r = self.repository
+        return [r.directory / CONFIG_FILE, *r.weights, *r.tokenizer_files, *r.voice_files, *tokenizer, self.codec]
+
+
+def fetch_model_files(model: str, tokenizer: str, codec: Path | None, progress: LoadProgress) -> ModelFiles:
+    """The model's files (one layout), the tokenizer's if the model has none, and the codec, from local paths or
+    the hub cache, downloading what the cache lacks. Cheap checks come first: the config before any weight."""
+    from moshi.models import loaders
+
+    repository = resolve_model(model, progress)
+    tokenizer_dir = repository.directory if repository.has_tokenizer else resolve_repo(tokenizer, TOKENIZER_FILES,
+                                                                                        progress)
+    codec_path = codec or resolve_hub_file(loaders.DEFAULT_REPO, loaders.MIMI_NAME, progress)
+    return ModelFiles(repository, tokenizer_dir, codec_path)
 
 
 @contextmanager
@@ -78,7 +108,7 @@ def hub_errors(repo_id: str) -> Iterator[None]:
 
 def _ungated_alternative(repo_id: str) -> str:
     if repo_id.lower().startswith("meta-llama/llama-3.2"):
-        return f", or use the ungated copy of its tokenizer: --tokenizer {UNGATED_TOKENIZER}"
+        return f", or use the ungated copy of its tokenizer: --tokenizer {DEFAULT_TOKENIZER}"
     return ""
 
 

@@ -131,6 +131,7 @@ def test_offline_with_nothing_cached(tmp_path):
                      {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}, tmp_path)
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "HF_HUB_OFFLINE is set and sesame/csm-1b is not in the Hugging Face cache")
+    assert "run `csm download` once online" in result.stderr
     assert not (tmp_path / "x.wav").exists()
 
 

@@ -1,6 +1,7 @@
 """The load display: bytes for what is read, a count for graph captures."""
 
 import io
+import time
 
 from rich.console import Console
 
@@ -32,3 +33,16 @@ def test_a_disabled_display_draws_nothing():
     with LoadProgress(console, enabled=False) as shown, shown.steps_task("capturing CUDA graphs", 9) as captured:
         captured()
     assert out.getvalue() == ""
+
+
+def test_downloads_count_into_one_bar_of_their_known_total():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system=None, width=120)
+    with LoadProgress(console) as shown, shown.download_task("downloading sesame/csm-1b", 3_000_000) as tqdm_class:
+        for size in (1_000_000, 500_000):  # two files, as huggingface_hub reports their chunks
+            with tqdm_class(total=size, initial=0, desc="file", unit="B") as bar:
+                bar.update(size)
+        time.sleep(0.3)  # a few refreshes of the live display
+    lines = drawn_lines(out.getvalue(), "downloading sesame/csm-1b")
+    assert any("1.5/3.0 MB" in line for line in lines), lines
+    assert not drawn_lines(out.getvalue(), "file")

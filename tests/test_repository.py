@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from checkpoints import HUB_CONFIG_KEYS, HUB_FILES, ORIGINAL_FILES, TRANSFORMERS_FILES
-from fake_hub import serving_hub
+from fake_hub import failing_hub, serving_hub
 from reference import reference_speech
 from test_cli import assert_one_line_error, put_in_hub_cache, run_csm
 
@@ -142,10 +142,49 @@ def test_the_default_model_downloads_one_layout_from_the_hub(tmp_path, hub_copy_
     assert hub.downloaded(codec_repo) == files_of(codec_dir)
     assert_reference_speech(out, reference)
 
-    offline = tmp_path / "offline.wav"
-    result = run_in([*SAY, "--out", str(offline)], {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)
+
+def test_download_fetches_one_layout_once_and_say_then_works_offline(tmp_path, hub_copy_dir, mimi_file, reference):
+    codec_repo, codec_dir = mimi_repo(tmp_path, mimi_file)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    with serving_hub({REPO_ID: hub_copy_dir, codec_repo: codec_dir}) as hub:
+        result = run_in(["download"], {**env, "HF_ENDPOINT": hub.endpoint}, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert hub.downloaded(REPO_ID) == ORIGINAL_FETCH
+        assert hub.downloaded(codec_repo) == files_of(codec_dir)
+        size = sum((hub_copy_dir / name).stat().st_size for name in ORIGINAL_FETCH) + mimi_file.stat().st_size
+        assert f"{REPO_ID}: original layout, {len(ORIGINAL_FETCH) + 1} files, {size:,} bytes" in result.stdout
+
+        hub.requests.clear()
+        again = run_in(["download"], {**env, "HF_ENDPOINT": hub.endpoint}, tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert hub.downloaded(REPO_ID) == set() and hub.downloaded(codec_repo) == set()
+
+    out = tmp_path / "speech.wav"
+    result = run_in([*SAY, "--out", str(out)], {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert offline.read_bytes() == out.read_bytes()
+    assert_reference_speech(out, reference)
+
+
+def test_a_model_without_tokenizer_takes_the_ungated_copy_of_llamas(tmp_path, hub_copy_dir, tokenizer_dir, mimi_file):
+    model_dir = copy_without(hub_copy_dir, tmp_path / "model", {"tokenizer.json", "tokenizer_config.json"})
+    with serving_hub({"someone/csm": model_dir, "unsloth/Llama-3.2-1B": tokenizer_dir}) as hub:
+        result = run_in(["download", "--model", "someone/csm", "--codec", str(mimi_file)],
+                        {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": hub.endpoint}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert hub.downloaded("unsloth/Llama-3.2-1B") == {"tokenizer.json", "tokenizer_config.json"}
+
+
+def test_the_gated_tokenizer_error_names_the_ungated_copy(tmp_path, hub_copy_dir, mimi_file):
+    model_dir = copy_without(hub_copy_dir, tmp_path / "model", {"tokenizer.json", "tokenizer_config.json"})
+    with failing_hub(401, "GatedRepo") as endpoint:
+        result = run_in(["download", "--model", str(model_dir), "--codec", str(mimi_file),
+                         "--tokenizer", "meta-llama/Llama-3.2-1B"],
+                        {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_ENDPOINT": endpoint}, tmp_path)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "meta-llama/Llama-3.2-1B is gated: accept its terms at "
+                                         "https://huggingface.co/meta-llama/Llama-3.2-1B, then log in with "
+                                         "`hf auth login` or set HF_TOKEN, or use the ungated copy of its "
+                                         "tokenizer: --tokenizer unsloth/Llama-3.2-1B")
 
 
 def test_a_repository_without_config_on_the_hub(tmp_path, hub_copy_dir):
