@@ -4,10 +4,14 @@ real-time pace from the first chunk on.
 
 - time to first audio: from the text handed to `StreamingGenerator.stream` to its first chunk in the ring;
 - per frame: between consecutive chunks (one frame each) arriving in the ring, Mimi's decode included;
-- Mimi per frame: the same codes decoded again, alone; real-time factor: per frame (p50) / 80 ms.
+- Mimi per frame: the same codes decoded again, alone; real-time factor: per frame (p50) / 80 ms;
+- with `--conversation N`: N lines spoken as a conversation after the context (as voice prompt), each keeping the
+  lines before as context, twice: each prompt prefilled whole, then only its rows the cache does not hold yet; the
+  first audio of each line, both ways.
 """
 
 import math
+import resource
 import threading
 import time
 import zlib
@@ -23,12 +27,14 @@ from rich.table import Table
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
 from .codec import Codec
 from .config import CSM_1B, CsmArgs
+from .conversation import Conversation, Utterance
 from .errors import CsmError
-from .generator import StreamingGenerator, resolve_device, resolve_dtype
+from .generator import Settings, StreamingGenerator, resolve_device, resolve_precision
 from .model import CSM
 from .playback import Underruns
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer
+from .quantize import Quantization, quantization_of, quantize
 from .repository import TOKENIZER_FILES, resolve_repo
 from .ring import RingBuffer
 
@@ -59,47 +65,53 @@ class SyntheticTokenizer:
         return rng.integers(0, self.vocab_size, math.ceil(len(tagged) / CHARS_PER_TOKEN) + 2).tolist()
 
 
-def random_model(args: CsmArgs, device: torch.device, dtype: torch.dtype, seed: int = 0) -> CSM:
-    """A CSM of `args`' shapes with random weights (normal, std 0.02; norms at one), ready to generate."""
+def random_model(args: CsmArgs, device: torch.device, dtype: torch.dtype, seed: int = 0,
+                 quantization: Quantization = Quantization.NONE) -> CSM:
+    """A CSM of `args`' shapes with random weights (normal, std 0.02; norms at one), ready to generate. The weights
+    are drawn in float32 and rounded to `dtype`, one tensor at a time: the same weights in every dtype."""
     with torch.device("meta"):
-        model = CSM(args)
-    model = model.to_empty(device=device).to(dtype)
+        model = CSM(args).to(dtype)
+    model = model.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.ndim > 1:
-                parameter.normal_(0.0, 0.02, generator=generator)
+                drawn = torch.empty(parameter.shape, device=device).normal_(0.0, 0.02, generator=generator)
+                parameter.copy_(drawn)
+                del drawn
             else:
                 parameter.fill_(1.0)
     model.eval().requires_grad_(False)
     model.setup()
+    quantize(model, quantization)
     return model
 
 
 def load_random_weights(args: CsmArgs, tokenizer: str, device: str | None, dtype: str | None,
-                        progress: LoadProgress) -> StreamingGenerator:
+                        progress: LoadProgress, quantize: str | None = None) -> StreamingGenerator:
     """An eager generator with a random model of `args`' shapes and a random Mimi; the tokenizer if it can be had
     (cached or downloadable), else synthetic token ids."""
     from moshi.models import loaders
 
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    quantization, torch_dtype = resolve_precision(quantize, dtype, torch_device)
     with progress as shown:
         try:
             text_tokenizer: Tokenizer = TextTokenizer(resolve_repo(tokenizer, TOKENIZER_FILES, shown))
         except CsmError:
             text_tokenizer = SyntheticTokenizer(args.text_vocab_size)
     mimi = loaders.get_mimi(None, device=torch_device, num_codebooks=NUM_CODEBOOKS)
-    return StreamingGenerator(random_model(args, torch_device, torch_dtype), text_tokenizer, Codec(mimi), fast=False)
+    model = random_model(args, torch_device, torch_dtype, quantization=quantization)
+    return StreamingGenerator(model, text_tokenizer, Codec(mimi), fast=False)
 
 
 def load_for_bench(model: str, codec: Path | None, tokenizer: str, device: str | None, dtype: str | None,
-                   random_weights: bool, progress: LoadProgress) -> StreamingGenerator:
+                   quantize: str | None, random_weights: bool, progress: LoadProgress) -> StreamingGenerator:
     """The eager generator the bench starts from: a checkpoint's, or full-size random weights."""
     if random_weights:
-        return load_random_weights(CSM_1B, tokenizer, device, dtype, progress)
+        return load_random_weights(CSM_1B, tokenizer, device, dtype, progress, quantize)
     return StreamingGenerator.load(model, codec=codec, device=device, dtype=dtype, tokenizer=tokenizer,
-                                   progress=progress, fast=False)
+                                   progress=progress, fast=False, quantize=quantize)
 
 
 @dataclass(frozen=True)
@@ -108,12 +120,15 @@ class BenchOptions:
     context_seconds: float = 0.0
     fast: bool = True  # CUDA graphs where the device has them
     compare_eager: bool = False
+    conversation_lines: int = 0
 
     def __post_init__(self) -> None:
         if self.frames < 2:
             raise CsmError(f"--frames must be at least 2 (the time per frame needs two), got {self.frames}")
         if self.context_seconds < 0:
             raise CsmError(f"--context-seconds must not be negative, got {self.context_seconds:g}")
+        if self.conversation_lines < 0:
+            raise CsmError(f"--conversation must not be negative, got {self.conversation_lines}")
 
 
 @dataclass(frozen=True)
@@ -140,9 +155,20 @@ class PathFigures:
 
 
 @dataclass(frozen=True)
+class ConversationFigures:
+    """The first audio of each line of a conversation, its prompts prefilled whole and from the cache."""
+
+    lines: int
+    frames_per_line: int
+    whole_prefill_first_audio_ms: list[float]
+    prefix_cache_first_audio_ms: list[float]
+
+
+@dataclass(frozen=True)
 class BenchReport:
     device: str
     dtype: str
+    quantization: str
     torch: str
     weights: str
     synthetic_tokens: bool
@@ -151,8 +177,10 @@ class BenchReport:
     context_seconds: float
     load_s: float
     peak_gpu_memory_mib: float | None  # None on a CPU
+    peak_rss_mib: float  # the process's peak resident memory, loading included
     figures: PathFigures
     eager: PathFigures | None  # --compare eager
+    conversation: ConversationFigures | None = None  # --conversation N
 
     def speedup(self) -> dict[str, float] | None:
         """Eager over this path, for the time to first audio and the time per frame (p50)."""
@@ -245,7 +273,7 @@ def context_segments(seconds: float) -> list[Segment]:
     return [Segment(1, CONTEXT_TEXT, codes=np.random.default_rng(SEED).integers(0, CODEC_CARDINALITY, shape))]
 
 
-def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) -> PathFigures:
+def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) -> tuple[PathFigures, StreamingGenerator]:
     """Makes the generator (a capture, for the fast path), warms it up, then speaks every text."""
     started = time.perf_counter()
     generator = make()
@@ -259,7 +287,7 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) ->
     warmup_s = time.perf_counter() - started
     runs = [_speak(generator, text, SEED + i, context, options.frames) for i, text in enumerate(TEXTS)]
     per_frame = Percentiles.of(1000 * np.concatenate([run.frame_intervals_s for run in runs]))
-    return PathFigures(
+    figures = PathFigures(
         path="eager" if generator.graphs is None else "cuda-graphs",
         warmup_s=warmup_s,
         time_to_first_audio_ms=Percentiles.of([1000 * run.first_audio_s for run in runs]),
@@ -268,6 +296,22 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) ->
         realtime_factor=per_frame.p50 / (1000 * FRAME_SECONDS),
         underruns=sum(run.underruns for run in runs),
     )
+    return figures, generator
+
+
+def bench_conversation(generator: StreamingGenerator, options: BenchOptions) -> ConversationFigures:
+    """The texts in turn as a conversation after the context, without then with the prefix cache."""
+    settings = Settings(seed=SEED, max_seconds=(options.frames + 0.5) * FRAME_SECONDS)
+    script = [Utterance(i % 2, TEXTS[i % len(TEXTS)]) for i in range(options.conversation_lines)]
+    first_audio = {}
+    for reuse in (False, True):
+        generator.reuse_prefix = reuse
+        generator.model.reset_caches()
+        conversation = Conversation(generator, settings, context_segments(options.context_seconds))
+        for _ in conversation.speak(script):
+            pass
+        first_audio[reuse] = [1000 * (line.first_chunk - line.generation_started) for line in conversation.lines]
+    return ConversationFigures(options.conversation_lines, options.frames, first_audio[False], first_audio[True])
 
 
 def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions) -> BenchReport:
@@ -279,12 +323,14 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    figures = bench_path(lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast),
-                         options)
-    eager = bench_path(lambda: loaded, options) if options.compare_eager else None
+    figures, generator = bench_path(
+        lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast), options)
+    conversation = bench_conversation(generator, options) if options.conversation_lines else None
+    eager = bench_path(lambda: loaded, options)[0] if options.compare_eager else None
     return BenchReport(
         device=torch.cuda.get_device_name(device) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
         dtype=str(loaded.model.audio_head.dtype).removeprefix("torch."),
+        quantization=str(quantization_of(loaded.model)),
         torch=torch.__version__,
         weights=weights,
         synthetic_tokens=isinstance(loaded.tokenizer, SyntheticTokenizer),
@@ -293,19 +339,22 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
         context_seconds=options.context_seconds,
         load_s=load_s,
         peak_gpu_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if on_cuda else None,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
         figures=figures,
         eager=eager,
+        conversation=conversation,
     )
 
 
 def render_table(report: BenchReport) -> Table:
     tokens = ", synthetic token ids" if report.synthetic_tokens else ""
-    memory = "-" if report.peak_gpu_memory_mib is None else f"{report.peak_gpu_memory_mib:,.0f} MiB"
+    memory = (f"peak memory {report.peak_rss_mib:,.0f} MiB" if report.peak_gpu_memory_mib is None
+              else f"peak GPU memory {report.peak_gpu_memory_mib:,.0f} MiB")
+    quantized = "" if report.quantization == "none" else f", {report.quantization} weights"
     table = Table(
-        title=f"csm bench: {report.device}, {report.dtype}, torch {report.torch}",
+        title=f"csm bench: {report.device}, {report.dtype}{quantized}, torch {report.torch}",
         caption=(f"weights: {report.weights}{tokens}; {report.texts} texts x {report.frames} frames, end of speech "
-                 f"ignored; {report.context_seconds:g} s of context; load {report.load_s:.1f} s; "
-                 f"peak GPU memory {memory}"),
+                 f"ignored; {report.context_seconds:g} s of context; load {report.load_s:.1f} s; {memory}"),
     )
     table.add_column("")
     paths = [report.figures] if report.eager is None else [report.figures, report.eager]
@@ -328,4 +377,9 @@ def render_table(report: BenchReport) -> Table:
     row("Mimi per frame", lambda f: f"{f.mimi_ms_per_frame:.2f} ms")
     row("real-time factor", lambda f: f"{f.realtime_factor:.3f}")
     row("underruns", lambda f: str(f.underruns))
+    if report.conversation is not None:
+        talk = report.conversation
+        table.add_section()
+        table.add_row(f"first audio of line {talk.lines} of a conversation: prefix cache / whole prefill",
+                      f"{talk.prefix_cache_first_audio_ms[-1]:.0f} / {talk.whole_prefill_first_audio_ms[-1]:.0f} ms")
     return table

@@ -39,6 +39,12 @@ ModelDeviceOption = Annotated[
 DtypeOption = Annotated[
     str | None, typer.Option(help="bfloat16, float16 or float32 [default: bfloat16 on CUDA, float32 on CPU].")
 ]
+QuantizeOption = Annotated[
+    str | None, typer.Option(help="Int8 weights on the CPU: none, int8 (bfloat16 activations, logits within "
+                                  "cosine 0.99 of float32) or int8-dynamic (int8 activations too: faster, further "
+                                  "from float32; see the README) [default: int8 on a CPU unless --dtype is given, "
+                                  "none on CUDA].")
+]
 
 
 @app.callback()
@@ -138,6 +144,7 @@ def say(
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
     model_device: ModelDeviceOption = None,
     dtype: DtypeOption = None,
+    quantize: QuantizeOption = None,
     eager: EagerOption = False,
     stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
     quiet: QuietOption = False,
@@ -184,7 +191,7 @@ def say(
         )
         say(
             passages(read_text(sys.stdin, warn) if from_stdin else [text + "\n"]),  # the text as whole lines
-            load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet),
+            load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet),
             speaker=speaker_id, settings=settings, prompts=prompts, memory=memory, pause_seconds=pause,
             output=output, expected_seconds=None if from_stdin else expected_seconds(text),
             voices=lambda generator: [generator.voice_segment(v, n) for n, v in voices],
@@ -204,12 +211,12 @@ def offered_voices(model: str, voice: str | None, has_context: bool, quiet: bool
 
 
 def load_generator(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
-                   eager: bool, quiet: bool) -> "StreamingGenerator":
+                   quantize: str | None, eager: bool, quiet: bool) -> "StreamingGenerator":
     from .generator import StreamingGenerator
     from .progress import LoadProgress
 
     return StreamingGenerator.load(model, codec=codec, device=model_device, dtype=dtype, tokenizer=tokenizer,
-                                   progress=LoadProgress(enabled=not quiet), fast=not eager)
+                                   progress=LoadProgress(enabled=not quiet), fast=not eager, quantize=quantize)
 
 
 @app.command()
@@ -288,6 +295,10 @@ def bench(
     compare: Annotated[
         CompareWith | None, typer.Option(help="Also run this path in the same process and print the ratio.")
     ] = None,
+    conversation: Annotated[int, typer.Option(
+        help="Also speak this many lines as a conversation after the context, each prompt prefilled whole, then "
+             "with the prefix cache, and report each line's first audio both ways.",
+    )] = 0,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
@@ -295,6 +306,7 @@ def bench(
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
     model_device: ModelDeviceOption = None,
     dtype: DtypeOption = None,
+    quantize: QuantizeOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Measure speed on fixed texts and seeds: time to first audio, time per frame, real-time factor."""
@@ -306,9 +318,10 @@ def bench(
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
         from .progress import LoadProgress
 
-        options = BenchOptions(frames, context_seconds, fast=not eager, compare_eager=compare is CompareWith.eager)
+        options = BenchOptions(frames, context_seconds, fast=not eager, compare_eager=compare is CompareWith.eager,
+                               conversation_lines=conversation)
         report = run_bench(
-            lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, random_weights,
+            lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, quantize, random_weights,
                                    LoadProgress(enabled=not quiet)),
             RANDOM_WEIGHTS if random_weights else model,
             options,

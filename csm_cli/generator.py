@@ -19,7 +19,10 @@ from .graphs import FrameGraphs
 from .model import CSM
 from .progress import LoadProgress
 from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
+from .quantize import Quantization, activation_dtype, resolve_quantization
+from .quantize import quantize as quantize_model
 from .repository import fetch_model_files
+from .threads import set_threads
 from .voice import Voice, cached_voice_codes, model_voices, unknown_voice
 
 T = TypeVar("T")
@@ -27,14 +30,18 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for (default: CUDA if present); on a CPU, torch's threads set (`threads.set_threads`)."""
     if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise CsmError(f"unknown torch device {device!r} (try cpu, cuda or cuda:1)") from None
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except RuntimeError:
+            raise CsmError(f"unknown torch device {device!r} (try cpu, cuda or cuda:1)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise CsmError(f"{device} was asked for but torch sees no CUDA GPU")
+    if resolved.type == "cpu":
+        set_threads()
     return resolved
 
 
@@ -46,6 +53,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in DTYPES:
         raise CsmError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     return DTYPES[dtype]
+
+
+def resolve_precision(quantize: str | Quantization | None, dtype: str | torch.dtype | None,
+                      device: torch.device) -> tuple[Quantization, torch.dtype]:
+    """The quantization and the dtype of the rest. By default a CPU quantizes (`quantize.DEFAULT_CPU`) unless a
+    dtype is given; a quantized mode computes in its own dtype."""
+    mode = resolve_quantization(quantize, device, dtype_given=dtype is not None)
+    if mode is Quantization.NONE:
+        return mode, resolve_dtype(dtype, device)
+    return mode, activation_dtype(mode, None if dtype is None else resolve_dtype(dtype, device))
 
 
 @dataclass(frozen=True)
@@ -99,12 +116,19 @@ class StreamingGenerator:
     def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True,
                  progress: LoadProgress | None = None, voices: dict[str, Voice] | None = None) -> None:
         """`fast` replays each frame as CUDA graphs on a CUDA device (captured here, in seconds, shown in
-        `progress`); on a CPU, or with fast=False, every frame runs eagerly. `voices`: the model's, by name."""
+        `progress`); on a CPU, or with fast=False, every frame runs eagerly. `voices`: the model's, by name.
+
+        `graph_shapes`: the eager path runs the shapes the graphs run (padded prompts, attention over the whole
+        window), so that both sample the same codes; on by default on CUDA only, where the graphs are. On a CPU the
+        eager path runs what it needs: the prompt's own rows, attention over the filled positions.
+        `reuse_prefix`: a prompt's rows that the backbone's cache already holds are not prefilled again."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
         self.voices = voices or {}
         self.device = model.audio_head.device
+        self.graph_shapes = self.device.type == "cuda"
+        self.reuse_prefix = True
         self._rng = torch.Generator(device=self.device)
         self._active: Speech | None = None
         self.graphs: FrameGraphs | None = None
@@ -124,16 +148,19 @@ class StreamingGenerator:
         tokenizer: str = DEFAULT_TOKENIZER,
         progress: LoadProgress | None = None,
         fast: bool = True,
+        quantize: str | Quantization | None = None,
     ) -> "StreamingGenerator":
         """Loads from a hub id or a local directory. Cheap checks (config, tokenizer, codec) come before the
-        weights, so a wrong option fails in seconds."""
+        weights, so a wrong option fails in seconds. `quantize`: see `csm_cli.quantize` (default: int8 on a CPU
+        unless a dtype is given, none elsewhere)."""
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        quantization, torch_dtype = resolve_precision(quantize, dtype, torch_device)
         with progress or LoadProgress(enabled=False) as shown:
             files = fetch_model_files(model, tokenizer, Path(codec) if codec else None, shown)
             text_tokenizer = TextTokenizer(files.tokenizer_dir)
             mimi = Codec.load(files.codec, torch_device)
             csm = load_model(files.repository, torch_device, torch_dtype, shown)
+            quantize_model(csm, quantization)
             return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown,
                        voices=model_voices(files.repository.voice_files))
 
@@ -231,30 +258,36 @@ class StreamingGenerator:
         seed = secrets.randbits(63) if seed is None else seed
         if stop_at_end:
             max_frames = frame_budget(text, max_frames)
+        padded = self.graph_shapes or self.graphs is not None
+        start = self.model.reused_rows(tokens, mask, padded) if self.reuse_prefix else 0
         if self.graphs is None:
-            decoded = self._decoded(self._frames(tokens, mask, max_frames, temperature, topk, seed, stop_at_end))
+            eager = self._frames(tokens, mask, start, max_frames, temperature, topk, seed, stop_at_end)
+            decoded = self._decoded(eager)
         else:
-            decoded = self.graphs.frames(tokens, mask, max_frames, topk, temperature, seed, stop_at_end)
+            decoded = self.graphs.frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
         frames: list[torch.Tensor] = []
         chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, chunk_frames)
         self._active = Speech(chunks, frames, seed)
         return self._active
 
-    def _frames(self, tokens: torch.Tensor, mask: torch.Tensor, max_frames: int, temperature: float, topk: int,
-                seed: int, stop_at_end: bool) -> Iterator[torch.Tensor]:
+    def _frames(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, max_frames: int, temperature: float,
+                topk: int, seed: int, stop_at_end: bool) -> Iterator[torch.Tensor]:
         """Codes [C] of each frame until the all-zero end-of-speech frame (unless `stop_at_end` is False) or the
-        frame budget."""
-        self.model.reset_caches()
+        frame budget. The prompt's first `start` rows are in the cache already."""
         self._rng.manual_seed(seed)
-        last_h = self.model.prefill(tokens, mask)
-        position = torch.tensor([len(tokens)], device=self.device)
+        last_h = self.model.prefill(tokens[start:], mask[start:], start, padded=self.graph_shapes)
         for n in range(max_frames):
             codes = self.model.sample_frame(last_h, topk, temperature, self._rng)  # [1, C]
             if stop_at_end and not codes.any():
                 return
             yield codes[0]
             if n + 1 < max_frames:
-                last_h = self.model.backbone_step(*frame_row(codes), position + n)
+                position = len(tokens) + n
+                row, row_mask = frame_row(codes)
+                self.model.cached_rows.wrote(position, row[0], row_mask[0])
+                attend = None if self.graph_shapes else position + 1
+                last_h = self.model.backbone_step(row, row_mask, self.model.backbone_positions[position : position + 1],
+                                                  attend)
 
     def _decoded(self, frames: Iterator[torch.Tensor]) -> Generator[tuple[torch.Tensor, np.ndarray]]:
         """Codes [C] and samples of each frame, decoded one by one as the fast path decodes them."""

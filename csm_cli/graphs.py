@@ -1,8 +1,9 @@
 """The fast path on CUDA: every frame replayed as CUDA graphs over static buffers, Mimi's decode included.
 
-Per utterance, a prefill graph runs the prompt through the backbone: the prompt is padded with empty rows to one of
-a few lengths (`model.prefill_length`), each captured once; the eager path pads the same way, so both run the same
-shapes and sample the same codes.
+Per utterance, a prefill graph runs the prompt through the backbone: the prompt's rows that the cache does not hold
+yet (`CachedRows`), from the position where they start, padded with empty rows to one of a few lengths
+(`model.prefill_length`), each captured once; the eager path on CUDA pads the same way, so both run the same shapes
+and sample the same codes.
 
 Per frame, three graphs replay back to back on the generating thread's stream:
 - backbone: the previous frame's codes as the next row -> the backbone at one position -> its last hidden state;
@@ -155,7 +156,8 @@ class FrameGraphs:
         self.codes = torch.zeros(1, num_codebooks, dtype=torch.long, device=self.device)  # the last frame's
         self.last_h = torch.zeros(1, model.args.backbone.dim, dtype=model.audio_head.dtype, device=self.device)
         self.position = torch.zeros(1, dtype=torch.long, device=self.device)  # of the next backbone step
-        self.last_row = torch.zeros(1, dtype=torch.long, device=self.device)  # the prompt's, before its padding
+        self.start = torch.zeros(1, dtype=torch.long, device=self.device)  # of the rows prefilled
+        self.last_row = torch.zeros(1, dtype=torch.long, device=self.device)  # of those rows, before their padding
         self.end = torch.zeros((), dtype=torch.bool, device=self.device)
         self._host = [
             _HostFrame(
@@ -191,7 +193,7 @@ class FrameGraphs:
         rows_mask = torch.zeros(1, length, width, dtype=torch.bool, device=self.device)
 
         def prefill() -> None:
-            self.last_h.copy_(self.model.prefill_padded(rows, rows_mask, self.last_row))
+            self.last_h.copy_(self.model.prefill_padded(rows, rows_mask, self.start, self.last_row))
 
         return _Prefill(rows, rows_mask, capture(prefill, self._pool))
 
@@ -216,37 +218,46 @@ class FrameGraphs:
                 self._heads[key] = capture(heads, self._pool, self.rng)
         return self._heads[key]
 
-    def frames(self, tokens: torch.Tensor, mask: torch.Tensor, max_frames: int, topk: int, temperature: float,
-               seed: int, stop_at_end: bool) -> Generator[tuple[torch.Tensor, np.ndarray]]:
-        """Codes [C] (host copies) and samples of each frame, from the prompt's rows [S, C+1], until the all-zero
-        end-of-speech frame (unless `stop_at_end` is False) or the frame budget. The generator ends an utterance
-        on silence from these host copies (`ending.until_silence`), as on the eager path."""
+    def frames(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, max_frames: int, topk: int,
+               temperature: float, seed: int, stop_at_end: bool) -> Generator[tuple[torch.Tensor, np.ndarray]]:
+        """Codes [C] (host copies) and samples of each frame, from the prompt's rows [S, C+1] whose first `start` are
+        in the cache already, until the all-zero end-of-speech frame (unless `stop_at_end` is False) or the frame
+        budget. The generator ends an utterance on silence from these host copies (`ending.until_silence`), as on
+        the eager path. A frame's row is recorded in the cache's `CachedRows` once the host has its codes."""
         heads = self._heads_graph(topk, temperature)
+        cached_rows = self.model.cached_rows
         with self.mimi.streaming():
-            self._prefill(tokens, mask, seed, heads)
+            self._prefill(tokens, mask, start, seed, heads)
             for n in range(max_frames):
                 if n + 1 < max_frames:
                     self._backbone.replay()
                     self._queue_heads(heads, self._host[(n + 1) % 2])
                 host = self._host[n % 2]
                 host.ready.synchronize()
+                if n + 1 < max_frames:
+                    cached_rows.wrote(len(tokens) + n, *(part[0] for part in frame_row(host.codes)))
                 if stop_at_end and host.end:
                     return
                 yield host.codes[0].clone(), host.samples.numpy().copy()
 
     @torch.inference_mode()
-    def _prefill(self, tokens: torch.Tensor, mask: torch.Tensor, seed: int, heads: torch.cuda.CUDAGraph) -> None:
-        """Fresh caches and RNG, the prompt through the prefill graph of its padded length, and the first frame
-        queued."""
+    def _prefill(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, seed: int,
+                 heads: torch.cuda.CUDAGraph) -> None:
+        """Fresh RNG (and caches, unless `start` rows are kept), the prompt's rows from `start` through the prefill
+        graph of their padded length, and the first frame queued."""
+        tokens, mask, rows_count = tokens[start:], mask[start:], len(tokens)
         prefill = self._prefills[prefill_length(len(tokens), self.model.max_seq_len)]
         rows, rows_mask = pad_prompt(tokens, mask, prefill.rows.shape[1])
         prefill.rows.copy_(rows)
         prefill.rows_mask.copy_(rows_mask)
+        self.start.fill_(start)
         self.last_row.fill_(len(tokens) - 1)
-        self.model.reset_caches()
+        if start == 0:
+            self.model.reset_caches()
+        self.model.cached_rows.wrote(start, tokens, mask)
         self.rng.manual_seed(seed)
         prefill.graph.replay()
-        self.position.fill_(len(tokens))
+        self.position.fill_(rows_count)
         self._queue_heads(heads, self._host[0])
 
     def _queue_heads(self, heads: torch.cuda.CUDAGraph, host: _HostFrame) -> None:

@@ -3,8 +3,12 @@ that predicts codebooks 1..31 from it.
 
 Shapes: B batch, S new positions, P cache positions, L padded prompt rows, D model dim, H heads, K kv heads, E head
 dim, C codebooks, V audio vocabulary. KV caches are allocated once by `setup()` and reset in place; positions are
-passed explicitly, and prompts are padded to a few lengths, so every step runs on fixed shapes with no host
-synchronisation (what a CUDA graph needs).
+passed explicitly. For CUDA graphs every step runs on fixed shapes with no host synchronisation: prompts padded to a
+few lengths, attention over the whole cache. Eagerly on a CPU a step runs only what it needs: the prompt's own rows,
+attention over the filled positions.
+
+The backbone's cache keeps what it holds between utterances (`CachedRows`): a prompt that starts with rows already
+there (voice prompts, the conversation so far and its generated frames) is prefilled from the first row that differs.
 """
 
 import math
@@ -97,6 +101,8 @@ class Attention(nn.Module):
         q, keys, values = qk[:, :h], qk[:, h:], qkv[:, h + k :]
         assert self.cache is not None, "call setup() before running the model"
         keys, values = self.cache.update(input_pos, keys, values)  # [B, K, P, E]
+        attended = mask.shape[-1]  # the first positions of the cache, all of them on the graphed path
+        keys, values = keys[:, :, :attended], values[:, :, :attended]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)  # [B, H, S, E]
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -154,10 +160,11 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attn.cache.reset()
 
-    def forward(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """h [B, S, D] at positions input_pos [S] -> [B, S, D]."""
+    def forward(self, h: torch.Tensor, input_pos: torch.Tensor, attend: int | None = None) -> torch.Tensor:
+        """h [B, S, D] at positions input_pos [S] -> [B, S, D], attending to the first `attend` cache positions (all
+        of them when None: the fixed shapes of a graph). Positions past the last of input_pos are masked anyway."""
         cos, signed_sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]
-        mask = self.causal_mask[input_pos]  # [S, P]
+        mask = self.causal_mask[input_pos, :attend]  # [S, P]
         for layer in self.layers:
             h = layer(h, cos, signed_sin, mask, input_pos)
         return self.norm(h)
@@ -176,6 +183,44 @@ def prefill_length(rows: int, max_seq_len: int) -> int:
 def prefill_lengths(max_seq_len: int) -> list[int]:
     """Every length `prefill_length` gives for a model's window."""
     return sorted({prefill_length(1 << n, max_seq_len) for n in range(max_seq_len.bit_length() + 1)})
+
+
+def reused_rows(cached: int, rows: int, max_seq_len: int, padded: bool) -> int:
+    """How many of a prompt's `rows` rows to take from the cache when its first `cached` rows are there: all but the
+    last (whose hidden state the prefill returns); none when the padding after the rest would not fit the window."""
+    start = min(cached, rows - 1)
+    if padded and start + prefill_length(rows - start, max_seq_len) > max_seq_len:
+        return 0
+    return start
+
+
+class CachedRows:
+    """Which rows (tokens and mask [C+1] each) the backbone's KV caches hold, in order from position 0: prompt rows,
+    then the generated frames fed back. A record of what the caches hold, kept beside them on the host, so that
+    comparing the next prompt with it never waits for the device. Whoever gives a stream KV caches of its own gives
+    it its own record too."""
+
+    def __init__(self, positions: int, width: int) -> None:
+        self.tokens = torch.zeros(positions, width, dtype=torch.long)
+        self.mask = torch.zeros(positions, width, dtype=torch.bool)
+        self.length = 0
+
+    def clear(self) -> None:
+        self.length = 0
+
+    def common_prefix(self, tokens: torch.Tensor, mask: torch.Tensor) -> int:
+        """How many of the first rows of tokens, mask [S, C+1] the caches already hold."""
+        n = min(self.length, len(tokens))
+        same = ((self.tokens[:n] == tokens[:n].cpu()) & (self.mask[:n] == mask[:n].cpu())).all(dim=1)
+        return n if bool(same.all()) else int(same.logical_not().int().argmax())
+
+    def wrote(self, start: int, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Rows tokens, mask [S, C+1] were written at positions start..start+S-1; what lay after them is stale."""
+        assert start <= self.length, "rows written past a gap"
+        end = start + len(tokens)
+        self.tokens[start:end] = tokens.cpu()
+        self.mask[start:end] = mask.cpu()
+        self.length = end
 
 
 def pad_prompt(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,9 +266,11 @@ class CSM(nn.Module):
         self.register_buffer("backbone_positions", torch.arange(self.max_seq_len, device=device), persistent=False)
         self.register_buffer("decoder_positions", torch.arange(self.args.num_codebooks, device=device),
                              persistent=False)
+        self.cached_rows = CachedRows(self.max_seq_len, self.args.num_codebooks + 1)
 
     def reset_caches(self) -> None:
         self.backbone.reset_caches()
+        self.cached_rows.clear()
 
     def embed_rows(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prompt rows [B, S, C+1] (C audio columns, then the text column) -> masked sum of embeddings [B, S, D]."""
@@ -236,22 +283,40 @@ class CSM(nn.Module):
         """Codes [B, 1] of one codebook -> [B, 1, D]."""
         return self.audio_embeddings(codes + codebook * self.args.audio_vocab_size)
 
-    @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Prompt rows [S, C+1] at positions 0..S-1 -> the backbone's hidden state after the last row [1, D]."""
-        rows, rows_mask = pad_prompt(tokens, mask, prefill_length(len(tokens), self.max_seq_len))
-        return self.prefill_padded(rows, rows_mask, torch.tensor([len(tokens) - 1], device=tokens.device))
+    def reused_rows(self, tokens: torch.Tensor, mask: torch.Tensor, padded: bool) -> int:
+        """How many of the first rows of a prompt [S, C+1] its prefill can take from the cache."""
+        return reused_rows(self.cached_rows.common_prefix(tokens, mask), len(tokens), self.max_seq_len, padded)
 
-    def prefill_padded(self, rows: torch.Tensor, rows_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """Prompt rows [1, L, C+1] padded after row `last` [1] -> the hidden state at that row [1, D]. The padding's
-        cache entries lie past the prompt: each frame's step overwrites the next one before attending to it."""
-        h = self.backbone(self.embed_rows(rows, rows_mask), self.backbone_positions[: rows.shape[1]])
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, start: int = 0, padded: bool = True) -> torch.Tensor:
+        """Prompt rows [S, C+1] at positions start..start+S-1, the cache holding the rows before -> the backbone's
+        hidden state after the last row [1, D]. `padded`: run at `prefill_length` rows, the shapes of the graphs."""
+        if start == 0:
+            self.reset_caches()
+        self.cached_rows.wrote(start, tokens, mask)
+        if not padded:
+            positions = self.backbone_positions[start : start + len(tokens)]
+            h = self.backbone(self.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), positions, start + len(tokens))
+            return h[:, -1]
+        rows, rows_mask = pad_prompt(tokens, mask, prefill_length(len(tokens), self.max_seq_len))
+        return self.prefill_padded(rows, rows_mask, torch.tensor([start], device=tokens.device),
+                                   torch.tensor([len(tokens) - 1], device=tokens.device))
+
+    def prefill_padded(self, rows: torch.Tensor, rows_mask: torch.Tensor, start: torch.Tensor,
+                       last: torch.Tensor) -> torch.Tensor:
+        """Prompt rows [1, L, C+1] at positions from `start` [1], padded after row `last` [1] -> the hidden state at
+        that row [1, D]. The padding's cache entries lie past the prompt: each frame's step overwrites the next one
+        before attending to it."""
+        positions = start + self.backbone_positions[: rows.shape[1]]
+        h = self.backbone(self.embed_rows(rows, rows_mask), positions)
         return h.index_select(1, last)[:, 0]
 
     @torch.inference_mode()
-    def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """A generated frame's row [B, 1, C+1] at position [1] -> the backbone's hidden state [B, D]."""
-        return self.backbone(self.embed_rows(tokens, mask), input_pos)[:, -1]
+    def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor,
+                      attend: int | None = None) -> torch.Tensor:
+        """A generated frame's row [B, 1, C+1] at position [1] -> the backbone's hidden state [B, D], attending to
+        the first `attend` positions (all when None)."""
+        return self.backbone(self.embed_rows(tokens, mask), input_pos, attend)[:, -1]
 
     def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, codebook: int) -> torch.Tensor:
         """Backbone-space inputs [B, S, D] at decoder positions [S] -> logits [B, V] of `codebook` (1..C-1)."""

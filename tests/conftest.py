@@ -76,4 +76,4 @@ def mimi_file(tmp_path_factory) -> Path:
 def generator(transformers_dir, mimi_file):
     from csm_cli.generator import StreamingGenerator
 
-    return StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu")
+    return StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu", quantize="none")

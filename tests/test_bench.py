@@ -14,6 +14,7 @@ from csm_cli.bench import (
     RANDOM_WEIGHTS,
     BenchOptions,
     BenchReport,
+    ConversationFigures,
     PathFigures,
     Percentiles,
     SyntheticTokenizer,
@@ -31,8 +32,8 @@ runner = CliRunner()
 TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)
 FIGURES = {"path", "warmup_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
            "realtime_factor", "underruns"}
-SETUP = {"device", "dtype", "torch", "weights", "synthetic_tokens", "texts", "frames", "context_seconds", "load_s",
-         "peak_gpu_memory_mib"}
+SETUP = {"device", "dtype", "quantization", "torch", "weights", "synthetic_tokens", "texts", "frames",
+         "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation"}
 
 
 def assert_sane_figures(figures: dict) -> None:
@@ -52,11 +53,24 @@ def test_bench_json_has_every_figure(transformers_dir, mimi_file):
     report = json.loads(result.stdout)
     assert set(report) == SETUP | FIGURES | {"compare"}
     assert_sane_figures(report)
-    assert report["device"].startswith("cpu") and report["dtype"] == "float32"
+    assert report["device"].startswith("cpu") and (report["dtype"], report["quantization"]) == ("bfloat16", "int8")
     assert report["torch"] == torch.__version__ and report["weights"] == str(transformers_dir)
     assert (report["frames"], report["texts"], report["context_seconds"]) == (20, 3, 0.0)
     assert report["load_s"] > 0 and report["synthetic_tokens"] is False
-    assert report["peak_gpu_memory_mib"] is None and report["compare"] is None
+    assert report["peak_gpu_memory_mib"] is None and report["compare"] is None and report["conversation"] is None
+    assert report["peak_rss_mib"] > 100
+
+
+def test_bench_speaks_a_conversation_with_and_without_the_prefix_cache(transformers_dir, mimi_file):
+    result = runner.invoke(app, ["bench", "--frames", "3", "--conversation", "3", "--context-seconds", "2",
+                                 "--quantize", "none", "--json", "-q", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["dtype"], report["quantization"]) == ("float32", "none")
+    conversation = report["conversation"]
+    assert (conversation["lines"], conversation["frames_per_line"]) == (3, 3)
+    for name in ("whole_prefill_first_audio_ms", "prefix_cache_first_audio_ms"):
+        assert len(conversation[name]) == 3 and all(ms > 0 for ms in conversation[name])
 
 
 def test_bench_compares_with_eager_and_takes_context(transformers_dir, mimi_file):
@@ -73,6 +87,9 @@ def test_bench_compares_with_eager_and_takes_context(transformers_dir, mimi_file
 @pytest.mark.parametrize(("args", "message"), [
     (["--frames", "1"], "--frames must be at least 2"),
     (["--context-seconds", "-1"], "--context-seconds must not be negative"),
+    (["--conversation", "-1"], "--conversation must not be negative"),
+    (["--quantize", "int4"], "unknown quantization 'int4'"),
+    (["--quantize", "int8", "--dtype", "float32"], "--quantize int8 computes in bfloat16"),
     (["--frames", "100", "--context-seconds", "160"], "lower --context-seconds or --frames"),
 ])
 def test_bad_bench_options_are_one_line(transformers_dir, mimi_file, args, message):
@@ -86,13 +103,14 @@ def test_the_table_shows_both_paths_and_the_ratio():
         return PathFigures(path, 1.5, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
                            0.05 * scale, 0)
 
-    report = BenchReport("NVIDIA H100", "bfloat16", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
-                         figures("cuda-graphs", 1), figures("eager", 10))
+    report = BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
+                         900.0, figures("cuda-graphs", 1), figures("eager", 10), ConversationFigures(5, 25, [900.0],
+                                                                                                      [80.0]))
     console = Console(width=200, record=True)
     console.print(render_table(report))
     text = console.export_text()
     for expected in ("NVIDIA H100", "cuda-graphs", "eager / cuda-graphs", "10.0x", "40 / 50 ms", "4.0 / 5.0 ms",
-                     "synthetic token ids", "5,000 MiB", "20 s of context"):
+                     "synthetic token ids", "5,000 MiB", "20 s of context", "line 5 of a conversation", "80 / 900 ms"):
         assert expected in text, expected
     assert report.to_dict()["compare"]["speedup"] == {"time_to_first_audio": 10.0, "steady_ms_per_frame": 10.0}
 

@@ -7,7 +7,7 @@ import soundfile as sf
 from csm_cli.audio import SAMPLES_PER_FRAME, seconds_to_frames
 from csm_cli.conversation import PACK_WORDS, Conversation, Utterance, utterances
 from csm_cli.errors import CsmError
-from csm_cli.generator import Settings
+from csm_cli.generator import Settings, StreamingGenerator
 from csm_cli.prompt import Segment
 from csm_cli.script import passages
 
@@ -103,3 +103,63 @@ def test_out_dir_gets_one_numbered_wav_per_utterance(generator, tmp_path):
     for line in conversation.lines:
         frames = sf.info(str(tmp_path / f"{line.index + 1:04d}.wav")).frames
         assert frames == line.end_sample - line.start_sample
+
+
+class PrefilledRows:
+    """The (first position, row count) of each prefill the backbone runs, seen through a forward hook."""
+
+    def __init__(self, generator) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self._hook = generator.model.backbone.register_forward_pre_hook(self._seen)
+
+    def _seen(self, module, args) -> None:
+        h, positions = args[:2]
+        if h.shape[1] > 1:
+            self.calls.append((int(positions[0]), h.shape[1]))
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
+def converse(generator, reuse_prefix: bool, prompt: Segment, lines: int) -> tuple[list[np.ndarray], PrefilledRows]:
+    """A greedy float32 conversation of `lines` lines after `prompt`, each prompt prefilled whole or from its first
+    row not cached; the codes of each line and the prefills seen."""
+    speaker = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
+    speaker.reuse_prefix = reuse_prefix
+    generator.model.reset_caches()
+    conversation = Conversation(speaker, Settings(topk=1, seed=3, max_seconds=0.4), prompts=[prompt])
+    prefills = PrefilledRows(generator)
+    try:
+        for utterance in (Utterance(i % 2, f"Line number {i}.") for i in range(lines)):
+            list(conversation.speak([utterance]))
+    finally:
+        prefills.remove()
+    codes = [line.codes for line in conversation.history]
+    if len(codes) < lines:  # the oldest were trimmed: what is left is the last ones
+        codes = [None] * (lines - len(codes)) + codes
+    return codes, prefills
+
+
+def test_later_lines_prefill_only_their_new_rows_and_say_what_a_whole_prefill_says(generator):
+    prompt = Segment(1, "Voice.", codes=np.random.default_rng(0).integers(0, 2048, (32, 40)))
+    whole, whole_prefills = converse(generator, False, prompt, 3)
+    reused, prefills = converse(generator, True, prompt, 3)
+    for got, want in zip(reused, whole, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert [start for start, _ in whole_prefills.calls] == [0, 0, 0]
+    assert prefills.calls[0] == whole_prefills.calls[0]
+    for (start, count), (_, whole_count) in zip(prefills.calls[1:], whole_prefills.calls[1:], strict=True):
+        text_rows = generator.segment_rows(Segment(0, "Line number 1."))
+        assert start + count == whole_count and count <= text_rows + 2  # the end-of-audio row, the text, maybe a frame
+
+
+def test_a_trimmed_history_keeps_the_voice_prompt_cached(generator):
+    prompt = Segment(1, "Voice.", codes=np.random.default_rng(1).integers(0, 2048, (32, 1950)))
+    whole, _ = converse(generator, False, prompt, 5)
+    reused, prefills = converse(generator, True, prompt, 5)
+    for got, want in zip(reused[-2:], whole[-2:], strict=True):
+        np.testing.assert_array_equal(got, want)
+    prompt_rows = generator.segment_rows(prompt)
+    starts = [start for start, _ in prefills.calls]
+    assert prompt_rows in starts[1:], starts  # a line whose history was trimmed: prefilled after the voice prompt
+    assert any(start > prompt_rows for start in starts[1:]), starts

@@ -13,8 +13,9 @@ from speech_end import SILENT_AFTER_FIFTH_FRAME, end_speech_at, silence_frames
 
 from csm_cli import graphs
 from csm_cli.audio import SAMPLES_PER_FRAME, seconds_to_frames
+from csm_cli.conversation import Conversation, Utterance
 from csm_cli.ending import TAIL_SECONDS
-from csm_cli.generator import StreamingGenerator
+from csm_cli.generator import Settings, StreamingGenerator
 from csm_cli.model import CSM
 from csm_cli.prompt import Segment, frame_row
 
@@ -24,17 +25,17 @@ LONG_CONTEXT = [Segment(1, "How are you today?", codes=np.random.default_rng(1).
 
 
 def reference_codes(model: CSM, tokens: torch.Tensor, mask: torch.Tensor, seed: int, frames: int) -> np.ndarray:
-    """The model's steps called directly: the prompt, then each frame fed back, until an all-zero frame."""
-    model.reset_caches()
+    """The model's steps called directly as a CPU runs them (the prompt's own rows, attention over the filled
+    positions): the prompt, then each frame fed back, until an all-zero frame."""
     rng = torch.Generator().manual_seed(seed)
-    last_h = model.prefill(tokens, mask)
+    last_h = model.prefill(tokens, mask, padded=False)
     out = []
     for position in range(len(tokens), len(tokens) + frames):
         codes = model.sample_frame(last_h, 50, 0.9, rng)
         if not codes.any():
             break
         out.append(codes[0])
-        last_h = model.backbone_step(*frame_row(codes), torch.tensor([position]))
+        last_h = model.backbone_step(*frame_row(codes), torch.tensor([position]), attend=position + 1)
     return torch.stack(out, dim=1).numpy()
 
 
@@ -45,7 +46,7 @@ def test_on_a_cpu_the_generator_never_builds_graphs_and_its_codes_are_the_models
 
     monkeypatch.setattr("csm_cli.generator.FrameGraphs", no_graphs)
     generator = StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu")
-    assert generator.graphs is None
+    assert generator.graphs is None and not generator.graph_shapes
     speech = generator.stream(TEXT, context=CONTEXT, seed=5, max_seconds=0.8)
     list(speech)
     tokens, mask = generator.prompt_rows(TEXT, 0, CONTEXT)
@@ -100,10 +101,20 @@ def emulated_cuda(monkeypatch) -> list[EmulatedGraph]:
 
 
 @pytest.fixture
+def eager(generator) -> StreamingGenerator:
+    """The eager path as it runs on CUDA, at the graphs' shapes, each prompt prefilled whole: what the fast path
+    must equal exactly."""
+    eager = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
+    eager.graph_shapes, eager.reuse_prefix = True, False
+    return eager
+
+
+@pytest.fixture
 def simulated(generator, emulated_cuda) -> StreamingGenerator:
-    """A generator on the fast path, its graphs emulated on the CPU."""
+    """A generator on the fast path, its graphs emulated on the CPU, each prompt prefilled whole."""
     fast = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
     fast.graphs = graphs.FrameGraphs(fast.model, fast.codec, fast._rng, 50, 0.9)
+    fast.reuse_prefix = False
     return fast
 
 
@@ -120,21 +131,21 @@ def test_construction_captures_the_graphs_it_counts_and_reports_each(generator, 
     {"seed": 5, "topk": 10, "temperature": 0.7},
     {"seed": 9, "max_seconds": 0.08},
 ])
-def test_the_fast_path_yields_the_eager_codes_and_audio(generator, simulated, kwargs):
+def test_the_fast_path_yields_the_eager_codes_and_audio(eager, simulated, kwargs):
     settings = {"max_seconds": 0.64, **kwargs}
-    eager = generator.stream(TEXT, **settings)
-    eager_audio = np.concatenate(list(eager))
+    want = eager.stream(TEXT, **settings)
+    want_audio = np.concatenate(list(want))
     fast = simulated.stream(TEXT, **settings)
     fast_audio = np.concatenate(list(fast))
-    np.testing.assert_array_equal(fast.codes, eager.codes)
-    np.testing.assert_allclose(fast_audio, eager_audio, atol=1e-5)
+    np.testing.assert_array_equal(fast.codes, want.codes)
+    np.testing.assert_allclose(fast_audio, want_audio, atol=1e-5)
 
 
 @pytest.mark.parametrize("stop_at_end", [True, False])
 def test_the_fast_path_reads_the_end_of_speech_a_frame_late_but_stops_where_eager_does(
-        generator, ends_at_fourth_frame, simulated, stop_at_end):
+        eager, ends_at_fourth_frame, simulated, stop_at_end):
     codes = []
-    for speaker in (generator, simulated):
+    for speaker in (eager, simulated):
         ends_at_fourth_frame.zero_()
         speech = speaker.stream(TEXT, seed=2, max_seconds=0.64, stop_at_end=stop_at_end)
         list(speech)
@@ -183,3 +194,19 @@ def test_graphed_mimi_decodes_like_the_codec(generator, simulated):
     with mimi.streaming():
         got = np.concatenate([mimi.decode_chunk(codes[:, i : i + 2]) for i in range(0, 6, 2)])
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_fast_path_prefills_from_the_cached_rows_and_says_what_a_whole_eager_prefill_says(
+        generator, eager, simulated):
+    prompt = Segment(1, "How are you today?", codes=np.random.default_rng(2).integers(0, 2048, (32, 40)))
+    script = [Utterance(0, "Hello there."), Utterance(1, "How are you today?"), Utterance(0, "I am fine.")]
+    spoken = []
+    for speaker, reuse_prefix in ((eager, False), (simulated, True)):
+        speaker.reuse_prefix = reuse_prefix
+        generator.model.reset_caches()
+        conversation = Conversation(speaker, Settings(topk=1, seed=3, max_seconds=0.4), prompts=[prompt])
+        list(conversation.speak(script))
+        spoken.append([segment.codes for segment in conversation.history])
+    assert int(simulated.graphs.start) > generator.segment_rows(prompt)  # the last line's prefill began past it
+    for got, want in zip(spoken[1], spoken[0], strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from reference import reference_embeds, reference_greedy
 
-from csm_cli.model import prefill_length, prefill_lengths
+from csm_cli.generator import StreamingGenerator
+from csm_cli.model import CachedRows, prefill_length, prefill_lengths, reused_rows
 from csm_cli.prompt import Segment
 
 CONTEXT_FRAMES = 6
@@ -81,3 +82,60 @@ def test_the_padding_after_a_prompt_changes_nothing_before_it(generator, prompt)
     assert padded.shape == h.shape
     torch.testing.assert_close(padded, h, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.backbone.layers[0].attn.cache.k[:, :, : len(tokens)], unpadded_cache)
+
+
+def rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, 2048, (n, 33), generator=torch.Generator().manual_seed(seed))
+    return tokens, torch.ones(n, 33, dtype=torch.bool)
+
+
+def test_cached_rows_know_the_common_prefix_and_what_a_write_makes_stale():
+    cached = CachedRows(16, 33)
+    tokens, mask = rows(6, 0)
+    cached.wrote(0, tokens, mask)
+    assert cached.common_prefix(*rows(3, 1)) == 0
+    assert cached.common_prefix(tokens[:4], mask[:4]) == 4
+    other_tokens, other_mask = tokens.clone(), mask.clone()
+    other_tokens[3, 5] += 1
+    assert cached.common_prefix(torch.cat([other_tokens, tokens]), torch.cat([mask, mask])) == 3
+    other_mask[2, 0] = False
+    assert cached.common_prefix(tokens, other_mask) == 2
+    cached.wrote(2, *rows(1, 2))  # a frame written at position 2: rows 3.. are stale
+    assert cached.length == 3 and cached.common_prefix(tokens, mask) == 2
+    cached.clear()
+    assert cached.common_prefix(tokens, mask) == 0
+
+
+def test_reused_rows_leave_the_last_row_and_room_for_the_padding():
+    assert reused_rows(10, 5, 2048, padded=False) == 4
+    assert reused_rows(3, 10, 2048, padded=True) == 3
+    assert reused_rows(2000, 2040, 2048, padded=False) == 2000
+    assert reused_rows(2000, 2040, 2048, padded=True) == 0  # 40 rows padded to 64 would pass the window
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@torch.inference_mode()
+def test_a_prefill_after_cached_rows_equals_a_whole_prefill(generator, prompt, padded):
+    tokens, mask = prompt
+    model = generator.model
+    whole = model.prefill(tokens, mask, padded=padded)
+    whole_keys = model.backbone.layers[-1].attn.cache.k[:, :, : len(tokens)].clone()
+    model.prefill(tokens[:9], mask[:9], padded=padded)
+    assert model.cached_rows.common_prefix(tokens, mask) == 9
+    rest = model.prefill(tokens[9:], mask[9:], start=9, padded=padded)
+    torch.testing.assert_close(rest, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.backbone.layers[-1].attn.cache.k[:, :, : len(tokens)], whole_keys,
+                               rtol=1e-5, atol=1e-5)
+    assert model.cached_rows.common_prefix(tokens, mask) == len(tokens)
+
+
+def test_unpadded_prefill_and_steps_over_the_filled_positions_sample_what_the_graph_shapes_do(generator):
+    context = [Segment(1, "How are you today?", codes=np.random.default_rng(2).integers(0, 2048, (32, 70)))]
+    codes = []
+    for graph_shapes in (True, False):
+        eager = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
+        eager.graph_shapes, eager.reuse_prefix = graph_shapes, False
+        speech = eager.stream("I am fine, thank you.", context=context, topk=1, seed=1, max_seconds=0.64)
+        list(speech)
+        codes.append(speech.codes)
+    np.testing.assert_array_equal(codes[0], codes[1])
