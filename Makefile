@@ -10,7 +10,12 @@ MOSHI := moshi==0.2.13
 APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-packages test lint
+# What the GPU machines' image lacks, as wheels for its Python 3.12, carried in .whl/ (ignored by git).
+GPU_WHEELS := moshi==0.2.13 soundfile==0.14.0 soxr==1.1.0 sounddevice==0.5.6
+WHEEL_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux1_x86_64,--platform $(p))
+
+.PHONY: install system-packages test lint gpu-wheels gpu-check
 
 install: system-packages $(VENV)/.installed
 
@@ -30,7 +35,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check csm_cli tests
+	$(VENV)/bin/ruff check csm_cli tests scripts
 
 test: lint
 	$(VENV)/bin/python -m pytest
+
+# Where pip has a network: download the wheels `gpu-check` installs on a GPU machine.
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(WHEEL_PLATFORMS) -d .whl $(GPU_WHEELS)
+
+# The one command a session with a GPU runs first (carrying .whl): install what is missing, the gpu tests, the
+# benches, a profile of one frame; one Markdown report, gpu-check.md, in $OUT or here.
+gpu-check:
+	python3 scripts/gpu_check.py --wheels .whl

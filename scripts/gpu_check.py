@@ -1,0 +1,145 @@
+"""`make gpu-check`: the one command a session with a GPU runs first. It installs what the GPU image lacks from the
+wheels carried in `.whl/` (`make gpu-wheels` downloads them where pip has a network), then runs the `gpu` tests,
+`csm bench --random-weights` with and without 20 s of context, a torch.profiler trace of one eager frame, and
+writes one Markdown report. Without a GPU the GPU steps say "no GPU" and the report is still written.
+
+Only the standard library is imported here: the packages it installs are not there yet when it starts.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHES = {
+    "bench, no context": ["--frames", "125", "--compare", "eager"],
+    "bench, 20 s of context": ["--frames", "125", "--compare", "eager", "--context-seconds", "20"],
+}
+STEP_TIMEOUT_S = 900
+
+
+@dataclass
+class Report:
+    gpu: str | None = None
+    torch: str = ""
+    installed: list[str] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)
+    sections: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, title: str, body: str) -> None:
+        self.sections.append((title, body))
+
+    def markdown(self) -> str:
+        lines = [f"# csm gpu-check: {self.gpu or 'no GPU'}", "", f"torch {self.torch}", "",
+                 "## Install", "",
+                 f"- installed from wheels: {', '.join(self.installed) or 'nothing'}",
+                 f"- already present: {', '.join(self.present) or 'nothing'}"]
+        for title, body in self.sections:
+            lines += ["", f"## {title}", "", body]
+        return "\n".join(lines) + "\n"
+
+
+def wheel_distribution(wheel: Path) -> tuple[str, str]:
+    """(name, version) from a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        fields = dict(line.split(": ", 1) for line in archive.read(name).decode().splitlines()
+                      if ": " in line and line.split(": ", 1)[0] in ("Name", "Version"))
+    return fields["Name"], fields["Version"]
+
+
+def install_missing(wheels: Path, target: Path, report: Report) -> None:
+    """Installs, into `target`, each wheel in `wheels` whose distribution is not installed."""
+    missing = []
+    for wheel in sorted(wheels.glob("*.whl")):
+        name, version = wheel_distribution(wheel)
+        try:
+            report.present.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            missing.append(wheel)
+            report.installed.append(f"{name} {version}")
+    if missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, missing)], check=True)
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+    return done.returncode, done.stdout + done.stderr
+
+
+def fenced(text: str, limit: int = 4000) -> str:
+    return "```\n" + text.strip()[-limit:] + "\n```"
+
+
+def probe(env: dict[str, str], report: Report) -> None:
+    code = ("import torch; print(torch.__version__); "
+            "print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')")
+    status, out = run([sys.executable, "-c", code], env)
+    if status != 0:
+        raise SystemExit(f"gpu-check: torch does not import:\n{out}")
+    lines = out.strip().splitlines()
+    report.torch, report.gpu = lines[0], (lines[1] if len(lines) > 1 and lines[1] else None)
+
+
+def bench_section(args: list[str], env: dict[str, str]) -> str:
+    status, out = run([sys.executable, "-m", "csm_cli", "bench", "--random-weights", "--json", "-q", *args], env)
+    if status != 0:
+        return f"failed (exit {status}):\n\n{fenced(out)}"
+    figures = json.loads(out[out.index("{"):])
+    rows = ["| path | first audio p50 / p95 ms | per frame p50 / p95 ms | Mimi ms | RTF | underruns |",
+            "|---|---|---|---|---|---|"]
+    compare = figures["compare"] or {}
+    for path in (figures, compare.get("eager")):
+        if path:
+            first, frame = path["time_to_first_audio_ms"], path["steady_ms_per_frame"]
+            rows.append(f"| {path['path']} | {first['p50']:.0f} / {first['p95']:.0f} | {frame['p50']:.2f} / "
+                        f"{frame['p95']:.2f} | {path['mimi_ms_per_frame']:.2f} | {path['realtime_factor']:.3f} | "
+                        f"{path['underruns']} |")
+    memory = figures["peak_gpu_memory_mib"]
+    rows += ["", f"`csm bench --random-weights {' '.join(args)}`: {figures['device']}, {figures['dtype']}, "
+             f"peak GPU memory {memory:,.0f} MiB" if memory else f"`{' '.join(args)}`: {figures['device']}"]
+    if compare.get("speedup"):
+        rows.append(f"; eager / graphs: first audio {compare['speedup']['time_to_first_audio']:.1f}x, per frame "
+                    f"{compare['speedup']['steady_ms_per_frame']:.1f}x")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="folder of wheels to install from")
+    parser.add_argument("--target", type=Path, default=Path("/tmp/csm-gpu-check-site"),
+                        help="where missing wheels are installed (put on PYTHONPATH for the steps)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT),
+                        help="folder the report gpu-check.md is written to [default: $OUT, else the repo root]")
+    args = parser.parse_args()
+
+    report = Report()
+    install_missing(args.wheels, args.target, report)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(args.target), os.environ.get("PYTHONPATH")]))}
+    probe(env, report)
+    if report.gpu is None:
+        for title in ("GPU tests", *BENCHES, "One frame under torch.profiler"):
+            report.add(title, "skipped: no GPU")
+    else:
+        status, out = run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                           "tests/test_graphs.py"], env)
+        report.add("GPU tests", f"{'passed' if status == 0 else f'FAILED (exit {status})'}\n\n{fenced(out)}")
+        for title, bench_args in BENCHES.items():
+            report.add(title, bench_section(bench_args, env))
+        status, out = run([sys.executable, str(ROOT / "scripts" / "profile_frame.py")], env)
+        report.add("One frame under torch.profiler", out.strip() if status == 0 else f"failed:\n\n{fenced(out)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu-check.md").write_text(report.markdown())
+    print(f"gpu-check: wrote {args.out / 'gpu-check.md'} ({report.gpu or 'no GPU'})")
+
+
+if __name__ == "__main__":
+    main()
