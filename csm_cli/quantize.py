@@ -9,6 +9,7 @@ is most of the speed.
   elsewhere: faster, and further from float32.
 """
 
+import warnings
 from enum import StrEnum
 
 import torch
@@ -81,7 +82,9 @@ class DynamicInt8Linear(nn.Module):
         super().__init__()
         weight, scales = _int8_rows(linear.weight)
         zero = torch.zeros(len(scales), dtype=torch.long)
-        quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
+        with warnings.catch_warnings():  # quantized tensors are deprecated, fbgemm's packed weights still need one
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
         self.packed = torch.ops.quantized.linear_prepack(quantized, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ SETTINGS = {"speaker": 0, "seed": 7, "max_seconds": 1.0}
 @pytest.fixture(scope="module")
 def fresh_output(transformers_dir, mimi_file) -> np.ndarray:
     """What a freshly loaded generator says for TEXT with SETTINGS."""
-    fresh = StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu")
+    fresh = StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu", quantize="none")
     return np.concatenate(list(fresh.stream(TEXT, **SETTINGS)))
 
 
