@@ -106,7 +106,8 @@ def quantize(model: nn.Module, mode: Quantization) -> None:
     if mode is Quantization.NONE:
         return
     for transformer in (model.backbone, model.decoder):
-        for parent in list(transformer.modules()):
+        # parents only: a list holding the linear layers would keep their weights alive until the end
+        for parent in [module for module in transformer.modules() if not isinstance(module, nn.Linear)]:
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
                     quantized = (Int8Linear(child, ACTIVATIONS[mode]) if mode is Quantization.INT8
