@@ -284,10 +284,11 @@ class StreamingGenerator:
             if n + 1 < max_frames:
                 position = len(tokens) + n
                 row, row_mask = frame_row(codes)
-                self.model.cached_rows.wrote(position, row[0], row_mask[0])
+                self.model.cached_rows.clear_from(position)
                 attend = None if self.graph_shapes else position + 1
                 last_h = self.model.backbone_step(row, row_mask, self.model.backbone_positions[position : position + 1],
                                                   attend)
+                self.model.cached_rows.wrote(position, row[0], row_mask[0])
 
     def _decoded(self, frames: Iterator[torch.Tensor]) -> Generator[tuple[torch.Tensor, np.ndarray]]:
         """Codes [C] and samples of each frame, decoded one by one as the fast path decodes them."""

@@ -254,9 +254,9 @@ class FrameGraphs:
         self.last_row.fill_(len(tokens) - 1)
         if start == 0:
             self.model.reset_caches()
-        self.model.cached_rows.wrote(start, tokens, mask)
         self.rng.manual_seed(seed)
         prefill.graph.replay()
+        self.model.cached_rows.wrote(start, tokens, mask)
         self.position.fill_(rows_count)
         self._queue_heads(heads, self._host[0])
 

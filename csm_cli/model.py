@@ -214,6 +214,10 @@ class CachedRows:
         same = ((self.tokens[:n] == tokens[:n].cpu()) & (self.mask[:n] == mask[:n].cpu())).all(dim=1)
         return n if bool(same.all()) else int(same.logical_not().int().argmax())
 
+    def clear_from(self, position: int) -> None:
+        """Rows from `position` on are being overwritten."""
+        self.length = min(self.length, position)
+
     def wrote(self, start: int, tokens: torch.Tensor, mask: torch.Tensor) -> None:
         """Rows tokens, mask [S, C+1] were written at positions start..start+S-1; what lay after them is stale."""
         assert start <= self.length, "rows written past a gap"
@@ -293,14 +297,17 @@ class CSM(nn.Module):
         hidden state after the last row [1, D]. `padded`: run at `prefill_length` rows, the shapes of the graphs."""
         if start == 0:
             self.reset_caches()
-        self.cached_rows.wrote(start, tokens, mask)
-        if not padded:
+        self.cached_rows.clear_from(start)  # an interrupted prefill leaves rows from here unknown
+        if padded:
+            rows, rows_mask = pad_prompt(tokens, mask, prefill_length(len(tokens), self.max_seq_len))
+            last_h = self.prefill_padded(rows, rows_mask, torch.tensor([start], device=tokens.device),
+                                         torch.tensor([len(tokens) - 1], device=tokens.device))
+        else:
             positions = self.backbone_positions[start : start + len(tokens)]
             h = self.backbone(self.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), positions, start + len(tokens))
-            return h[:, -1]
-        rows, rows_mask = pad_prompt(tokens, mask, prefill_length(len(tokens), self.max_seq_len))
-        return self.prefill_padded(rows, rows_mask, torch.tensor([start], device=tokens.device),
-                                   torch.tensor([len(tokens) - 1], device=tokens.device))
+            last_h = h[:, -1]
+        self.cached_rows.wrote(start, tokens, mask)
+        return last_h
 
     def prefill_padded(self, rows: torch.Tensor, rows_mask: torch.Tensor, start: torch.Tensor,
                        last: torch.Tensor) -> torch.Tensor:
