@@ -160,10 +160,10 @@ def silent_after_fifth_frame(generator, monkeypatch) -> torch.Tensor:
     return silence_frames(monkeypatch, generator.codec, SILENT_AFTER_FIFTH_FRAME, 40)
 
 
-def test_the_fast_path_ends_on_silence_where_eager_does(generator, silent_after_fifth_frame, simulated):
+def test_the_fast_path_ends_on_silence_where_eager_does(eager, silent_after_fifth_frame, simulated):
     """The end-of-speech rule reads the fast path's host copies; its frame queued ahead is dropped."""
     codes = []
-    for speaker in (generator, simulated):
+    for speaker in (eager, simulated):
         silent_after_fifth_frame.zero_()
         speech = speaker.stream(TEXT, seed=2, max_seconds=2.4)
         audio = np.concatenate(list(speech))
