@@ -181,8 +181,9 @@ def test_an_unknown_voice_is_one_line_naming_the_voices(tmp_path, hub_copy_dir):
 
 
 def say_to(out: Path, model_dir: Path, mimi_file: Path, *args: str) -> np.ndarray:
+    """`csm say` in float32, to compare with the float32 reference."""
     result = runner.invoke(app, [*SAY, "--out", str(out), "--model", str(model_dir), "--codec", str(mimi_file),
-                                 *args])
+                                 "--quantize", "none", *args])
     assert result.exit_code == 0, result.stderr
     return sf.read(out, dtype="float32")[0]
 
