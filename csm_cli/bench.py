@@ -22,10 +22,11 @@ from rich.table import Table
 
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
 from .checkpoint import TOKENIZER_FILES, resolve_repo
+from .checks import number, whole_number
 from .codec import Codec
 from .config import CSM_1B, CsmArgs
 from .errors import CsmError
-from .generator import StreamingGenerator, resolve_device, resolve_dtype
+from .generator import MAX_SECONDS, StreamingGenerator, resolve_device, resolve_dtype
 from .model import CSM
 from .playback import Underruns
 from .progress import LoadProgress
@@ -110,10 +111,9 @@ class BenchOptions:
     compare_eager: bool = False
 
     def __post_init__(self) -> None:
-        if self.frames < 2:
-            raise CsmError(f"--frames must be at least 2 (the time per frame needs two), got {self.frames}")
-        if self.context_seconds < 0:
-            raise CsmError(f"--context-seconds must not be negative, got {self.context_seconds:g}")
+        window = CSM_1B.backbone.max_seq_len
+        whole_number("--frames", self.frames, 2, window)  # the time per frame needs two
+        number("--context-seconds", self.context_seconds, 0, MAX_SECONDS, " seconds")
 
 
 @dataclass(frozen=True)

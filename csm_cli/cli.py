@@ -2,15 +2,18 @@
 torch, moshi and sounddevice are imported inside the commands so that `csm --help` answers at once."""
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 
+from .checks import whole_number
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .errors import CsmError
 
@@ -18,7 +21,36 @@ if TYPE_CHECKING:
     from .generator import StreamingGenerator
     from .prompt import Segment
 
+class CsmGroup(typer.core.TyperGroup):
+    """Typer's command group, with its usage errors (an unknown option, `--topk 1.5`) on one line as every other
+    error: `csm: error: MESSAGE (see csm say --help)`, with Typer's exit status (2 for usage errors)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            status = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except typer.TyperException as e:  # click's exceptions as Typer vendors them
+            message = " ".join(e.format_message().split())
+            if message:  # empty when the error was to show the help, which Typer has printed
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see {_command_path(ctx)} --help)" if ctx is not None else ""
+                print(f"csm: error: {message}{hint}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)  # not standalone, Typer returns an Exit's status
+
+
+def _command_path(ctx: typer.Context | None) -> str:
+    """`csm say` whatever the program was started as (`python -m csm_cli` included)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["csm", *names])
+
+
 app = typer.Typer(
+    cls=CsmGroup,
     help="Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated.",
     no_args_is_help=True,
     add_completion=False,
@@ -68,9 +100,12 @@ def user_errors() -> Iterator[None]:
 
 
 def parse_speaker(value: str, option: str = "--speaker") -> int:
-    if not value.strip().isdigit():
-        raise CsmError(f"{option} must be a non-negative integer, got {value!r}")
-    return int(value)
+    from .generator import MAX_SPEAKER
+
+    digits = value.strip()
+    if not re.fullmatch("[0-9]+", digits):
+        raise CsmError(f"{option} must be a whole number from 0 to {MAX_SPEAKER}, got {value!r}")
+    return whole_number(option, int(digits), 0, MAX_SPEAKER)
 
 
 def check_writable(path: Path) -> None:
@@ -138,13 +173,17 @@ def say(
 ) -> None:
     """Say TEXT, or standard input sentence by sentence as it arrives."""
     with user_errors():
-        from .generator import Settings
+        from .conversation import pause_frames
+        from .generator import Settings, resolve_device, resolve_dtype
         from .pcm import prepare_out_dir
         from .say import Output, expected_seconds, say, warn
         from .script import passages
         from .text_input import Replacer, read_text
 
         speaker_id = parse_speaker(speaker)
+        settings = Settings(temperature, topk, seed, max_seconds)
+        pause_frames(pause)
+        resolve_dtype(dtype, resolve_device(model_device))
         from_stdin = text is None or text == "-"
         if not from_stdin and not text.strip():
             raise CsmError("the text is empty: give something to say")
@@ -164,9 +203,6 @@ def say(
             from .playback import check_output_device
 
             check_output_device(device)
-        if pause < 0:
-            raise CsmError(f"--pause must not be negative, got {pause:g}")
-        settings = Settings(temperature, topk, seed, max_seconds)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
         output = Output(
             play=play, device=device, wav=None if out is None or raw else Path(out),

@@ -14,14 +14,16 @@ from typing import Any
 import numpy as np
 
 from .audio import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
+from .checks import number
 from .errors import CsmError
-from .generator import Settings, StreamingGenerator
+from .generator import MAX_SEED, Settings, StreamingGenerator
 from .pcm import numbered_path
 from .prompt import Segment
 from .script import Passage, parse_line, split_utterances
 from .wav import WavWriter
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
+MAX_PAUSE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ class SpokenLine:
         }
 
 
+def pause_frames(seconds: float) -> int:
+    """The silence between utterances, `--pause` seconds, in whole frames."""
+    return round(number("--pause", seconds, 0, MAX_PAUSE_SECONDS, " seconds") * FRAME_RATE)
+
+
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
                  memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None) -> None:
@@ -87,7 +94,7 @@ class Conversation:
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
         self.history: deque[Segment] = deque()
-        self.pause = np.zeros(round(pause_seconds * FRAME_RATE) * SAMPLES_PER_FRAME, dtype=np.float32)
+        self.pause = np.zeros(pause_frames(pause_seconds) * SAMPLES_PER_FRAME, dtype=np.float32)
         self.out_dir = out_dir
         self.lines: list[SpokenLine] = []
         self.samples = 0
@@ -95,8 +102,15 @@ class Conversation:
     def context_for(self, utterance: Utterance) -> list[Segment]:
         """Voice prompts, then as many of the latest utterances as fit with `utterance` and its frame budget."""
         rows = self.generator.segment_rows
-        budget = (self.generator.model.max_seq_len - rows(Segment(utterance.speaker, utterance.text))
-                  - self.settings.max_frames)
+        window = self.generator.model.max_seq_len
+        text_rows = rows(Segment(utterance.speaker, utterance.text))
+        budget = window - text_rows - self.settings.max_frames
+        if budget < 0:
+            raise CsmError(
+                f"the text takes {text_rows} of the model's {window} positions, leaving room for "
+                f"{max(window - text_rows, 0) / FRAME_RATE:.1f} seconds of speech but --max-seconds is "
+                f"{self.settings.max_seconds:g}: lower --max-seconds"
+            )
         prompt_rows = sum(rows(prompt) for prompt in self.prompts)
         if prompt_rows > budget:
             raise CsmError(
@@ -120,7 +134,7 @@ class Conversation:
         line = SpokenLine(index, utterance.speaker, utterance.text, time.monotonic(), start_sample=self.samples,
                           end_sample=self.samples)
         self.lines.append(line)
-        seed = None if self.settings.seed is None else self.settings.seed + index
+        seed = None if self.settings.seed is None else (self.settings.seed + index) % (MAX_SEED + 1)
         speech = self.generator.stream(
             utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
