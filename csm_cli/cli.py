@@ -4,11 +4,12 @@ torch, moshi and sounddevice are imported inside the commands so that `csm --hel
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import typer.core
@@ -18,6 +19,7 @@ from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .errors import CsmError
 
 if TYPE_CHECKING:
+    from .audiofile import SampleFormat
     from .generator import StreamingGenerator
     from .prompt import Segment
 
@@ -81,22 +83,39 @@ EagerOption = Annotated[bool, typer.Option("--eager", help="Run every frame eage
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
 
 
+INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
-    quietly as a closed pipe does."""
+    quietly as a closed pipe does. Outputs are closed by the time an exception gets here."""
     from .pcm import OutputClosed, exit_for_closed_output
 
     try:
         yield
     except CsmError as e:
         print(f"csm: error: {e}", file=sys.stderr)
-        raise typer.Exit(e.exit_code) from None
+        leave(e.exit_code)
     except KeyboardInterrupt:
         print("csm: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
+        leave(INTERRUPTED_EXIT_STATUS)
     except OutputClosed:
         exit_for_closed_output()
+
+
+def leave(status: int) -> NoReturn:
+    """Ends the program with `status`. After Ctrl-C, or while the producer thread may still be inside torch, the
+    interpreter's teardown takes seconds and can abort ("terminate called without an active exception"): the
+    outputs are closed by then, so the standard streams are flushed and the process leaves at once."""
+    if status != INTERRUPTED_EXIT_STATUS and not any(
+        thread.name == "csm-producer" and thread.is_alive() for thread in threading.enumerate()
+    ):
+        raise typer.Exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):  # closed, or None when started without it
+            stream.flush()
+    os._exit(status)
 
 
 def parse_speaker(value: str, option: str = "--speaker") -> int:
@@ -108,10 +127,11 @@ def parse_speaker(value: str, option: str = "--speaker") -> int:
     return whole_number(option, int(digits), 0, MAX_SPEAKER)
 
 
-def check_writable(path: Path) -> None:
-    """Fails before the model loads if `path` cannot be created or overwritten."""
-    if path.is_dir():
-        raise CsmError(f"cannot write {path}: it is a directory")
+def check_writable(path: Path, sample_format: "SampleFormat") -> None:
+    """Fails before the model loads if `path` cannot be created or overwritten as an audio file."""
+    from .audiofile import check_output_file
+
+    check_output_file(path, sample_format)
     parent = path.parent
     if not parent.is_dir():
         raise CsmError(f"cannot write {path}: directory {parent} does not exist")
@@ -143,10 +163,15 @@ def say(
     ] = None,
     speaker: Annotated[str, typer.Option(help="Speaker id, a non-negative integer.")] = "0",
     out: Annotated[
-        str | None, typer.Option(help="Also record to this 24 kHz mono WAV file; '-' writes raw PCM to stdout.")
+        str | None, typer.Option(help="Also write the speech to this 24 kHz mono file (.wav, .flac, .ogg, .opus), "
+                                      "its format by extension; '-' writes raw PCM to stdout.")
     ] = None,
-    pcm_format: Annotated[str, typer.Option("--format", help="Raw PCM for --out -: s16 (16-bit LE) or f32.")] = "s16",
-    out_dir: Annotated[Path | None, typer.Option(help="Write one numbered WAV per utterance here.")] = None,
+    sample_format: Annotated[
+        str, typer.Option("--format", help="Samples of --out - (raw PCM) and WAV files: s16 (16-bit) or f32.")
+    ] = "s16",
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Write one WAV per utterance here: LINE-PART.wav (0003-2.wav).")
+    ] = None,
     play: Annotated[
         bool | None, typer.Option(help="Play through the sound card [default: yes, unless --out -].")
     ] = None,
@@ -173,9 +198,9 @@ def say(
 ) -> None:
     """Say TEXT, or standard input sentence by sentence as it arrives."""
     with user_errors():
+        from .audiofile import prepare_out_dir
         from .conversation import pause_frames
         from .generator import Settings, resolve_device, resolve_dtype
-        from .pcm import prepare_out_dir
         from .say import Output, expected_seconds, say, warn
         from .script import passages
         from .text_input import Replacer, read_text
@@ -189,8 +214,8 @@ def say(
             raise CsmError("the text is empty: give something to say")
         if not from_stdin:
             text = Replacer("the text argument", warn)(text)
-        if pcm_format not in ("s16", "f32"):
-            raise CsmError(f"--format must be s16 or f32, got {pcm_format!r}")
+        if sample_format not in ("s16", "f32"):
+            raise CsmError(f"--format must be s16 or f32, got {sample_format!r}")
         if out is not None and out_dir is not None:
             raise CsmError("choose --out FILE.wav for the whole run or --out-dir DIR for one file per utterance")
         raw = out == "-"
@@ -198,15 +223,15 @@ def say(
         if not play and out is None and out_dir is None:
             raise CsmError("--no-play needs --out or --out-dir: otherwise the speech goes nowhere")
         if out is not None and not raw:
-            check_writable(Path(out))
+            check_writable(Path(out), sample_format)
         if play:
             from .playback import check_output_device
 
             check_output_device(device)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
         output = Output(
-            play=play, device=device, wav=None if out is None or raw else Path(out),
-            raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
+            play=play, device=device, file=None if out is None or raw else Path(out), raw=raw,
+            sample_format=sample_format, out_dir=prepare_out_dir(out_dir) if out_dir else None,
             quiet=quiet, stats=stats, live_status=not (from_stdin and sys.stdin.isatty()),
         )
         say(

@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 
 from .audio import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
+from .audiofile import AudioFileWriter, SampleFormat, numbered_path
 from .checks import number
 from .errors import CsmError
 from .generator import MAX_SEED, Settings, StreamingGenerator
-from .pcm import numbered_path
 from .prompt import Segment
 from .script import Passage, parse_line, split_utterances
-from .wav import WavWriter
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
 MAX_PAUSE_SECONDS = 60.0
@@ -88,7 +87,8 @@ def pause_frames(seconds: float) -> int:
 
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
-                 memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None) -> None:
+                 memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
+                 sample_format: SampleFormat = "s16") -> None:
         self.generator = generator
         self.settings = settings
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
@@ -96,6 +96,7 @@ class Conversation:
         self.history: deque[Segment] = deque()
         self.pause = np.zeros(pause_frames(pause_seconds) * SAMPLES_PER_FRAME, dtype=np.float32)
         self.out_dir = out_dir
+        self.sample_format: SampleFormat = sample_format
         self.lines: list[SpokenLine] = []
         self.samples = 0
 
@@ -140,7 +141,9 @@ class Conversation:
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
             max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames,
         )
-        wav = WavWriter(numbered_path(self.out_dir, index + 1)) if self.out_dir else None
+        wav = None
+        if self.out_dir:
+            wav = AudioFileWriter(numbered_path(self.out_dir, utterance.line, utterance.part), self.sample_format)
         try:
             for chunk in speech:
                 if wav:

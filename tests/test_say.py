@@ -139,13 +139,40 @@ def test_a_closed_pipe_ends_quietly(model):
     assert stderr.decode().split() == ["141"]
 
 
-def test_out_dir_numbers_one_wav_per_line(tmp_path, model):
-    result = runner.invoke(app, ["say", "--out-dir", str(tmp_path / "lines"), "--no-play", "-q", *model],
-                           input="One.\n\n0: Two.\nThree.\n")
+def test_out_dir_names_one_wav_per_line_and_part_and_never_mixes_runs(tmp_path, model):
+    lines = tmp_path / "lines"
+    long_line = " ".join(["Word."] * 4)  # more words than --max-seconds 1.5 holds: two parts
+    result = runner.invoke(app, ["say", "--out-dir", str(lines), "--no-play", "-q", *model],
+                           input=f"One.\n\n0: Two.\n{long_line}\n")
     assert result.exit_code == 0, result.stderr
-    files = sorted((tmp_path / "lines").iterdir())
-    assert [f.name for f in files] == ["0001.wav", "0002.wav", "0003.wav"]
+    files = sorted(lines.iterdir())
+    assert [f.name for f in files] == ["0001-1.wav", "0002-1.wav", "0003-1.wav", "0003-2.wav"]
     assert all(sf.info(str(f)).frames % SAMPLES_PER_FRAME == 0 for f in files)
+    again = runner.invoke(app, ["say", "Hi.", "--out-dir", str(lines), "--no-play", "-q", *model])
+    assert again.exit_code == 1
+    assert again.stderr.strip() == (
+        f"csm: error: --out-dir {lines} already holds 4 numbered files of an earlier run (0001-1.wav ...): "
+        "choose another directory or remove them, so that runs do not mix")
+    assert sorted(lines.iterdir()) == files
+
+
+@pytest.mark.parametrize(("name", "container"), [("x.flac", "FLAC"), ("x.ogg", "OGG"), ("x.opus", "OGG"),
+                                                 ("x.mp3", "MP3"), ("x.wav", "WAV")])
+def test_out_writes_the_format_its_extension_names(tmp_path, model, name, container):
+    result = runner.invoke(app, ["say", "Hello.", "--out", str(tmp_path / name), "--no-play", "-q", *model])
+    assert result.exit_code == 0, result.stderr
+    info = sf.info(str(tmp_path / name))
+    assert (info.format, info.samplerate, info.channels) == (container, SAMPLE_RATE, 1) and info.frames > 0
+
+
+def test_format_f32_writes_a_float_wav_with_the_samples_of_raw_pcm(tmp_path, model):
+    result = runner.invoke(app, ["say", "Hello.", "--out", str(tmp_path / "x.wav"), "--format", "f32", "--no-play",
+                                 "-q", *model])
+    raw = runner.invoke(app, ["say", "Hello.", "--out", "-", "--format", "f32", "-q", *model])
+    assert result.exit_code == 0 and raw.exit_code == 0, result.stderr + raw.stderr
+    samples, _ = sf.read(str(tmp_path / "x.wav"), dtype="float32")
+    assert sf.info(str(tmp_path / "x.wav")).subtype == "FLOAT"
+    np.testing.assert_array_equal(samples, np.frombuffer(raw.stdout_bytes, dtype="<f4"))
 
 
 def test_stdin_run_records_one_wav(tmp_path, model):
@@ -190,7 +217,11 @@ def test_voice_prompts_of_any_rate_and_channels_are_used(tmp_path, model):
     (["--context", "x.wav", "--out", "a.wav"], "give one --context-text per --context file"),
     (["--out", "a.wav", "--out-dir", "d"], "choose --out FILE.wav for the whole run or --out-dir"),
     (["--out", "-", "--format", "u8"], "--format must be s16 or f32"),
-    (["--pause", "-1", "--out", "a.wav"], "--pause must not be negative"),
+    (["--pause", "-1", "--out", "a.wav"], "--pause must be a number from 0 to 60 seconds, got -1"),
+    (["--out", "a.aiff"], "cannot write a.aiff: the extension .aiff is not a supported format; use one of .wav, "
+                          ".flac, .ogg, .opus, .mp3 (or --out - for raw PCM)"),
+    (["--out", "a.flac", "--format", "f32"], "--format f32 is for .wav files and --out -"),
+    (["--out", "/dev/full"], "cannot write /dev/full: it is not a regular file"),
 ])
 def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)
