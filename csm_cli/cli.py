@@ -3,6 +3,7 @@ torch, moshi and sounddevice are imported inside the commands so that `csm --hel
 
 import os
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import typer.core
 
 from .checks import whole_number
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
-from .errors import CsmError
+from .errors import INTERRUPTED_EXIT_STATUS, CsmError
 
 if TYPE_CHECKING:
     from .audiofile import SampleFormat
@@ -83,15 +84,14 @@ EagerOption = Annotated[bool, typer.Option("--eager", help="Run every frame eage
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
 
 
-INTERRUPTED_EXIT_STATUS = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
     quietly as a closed pipe does. Outputs are closed by the time an exception gets here."""
     from .pcm import OutputClosed, exit_for_closed_output
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt from here on
     try:
         yield
     except CsmError as e:

@@ -26,6 +26,7 @@ from .script import Passage
 
 # Speech runs at about 2.5 words a second: how long the player expects one text to last.
 WORDS_PER_SECOND_SPOKEN = 2.5
+PRODUCER_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,31 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
         if output.play:
             playback = _play(chunks, output, expected_seconds, waiting)
         else:
-            for _ in chunks:
-                pass
+            _generate(chunks)
     finally:
         if isinstance(sink, AudioFileWriter):
             sink.close()
     _report(conversation, started, playback, output)
+
+
+def _generate(chunks: Iterator[np.ndarray]) -> None:
+    """Runs through the chunks in a producer thread, so that the main thread stays free for Ctrl-C: a model step
+    cannot be interrupted, and on a busy CPU one takes longer than the 200 ms Ctrl-C may take."""
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for _ in chunks:
+                pass
+        except BaseException as e:
+            errors.append(e)
+
+    producer = threading.Thread(target=produce, name="csm-producer", daemon=True)
+    producer.start()
+    while producer.is_alive():
+        producer.join(PRODUCER_POLL_S)
+    if errors:
+        raise errors[0]
 
 
 def _recorded(chunks: Iterator[np.ndarray], sink: AudioFileWriter | RawPcmWriter) -> Iterator[np.ndarray]:
