@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
-from csm_cli.audiofile import AudioFileWriter, check_output_file, supported_extensions
+from csm_cli.audiofile import AudioFileWriter, check_output_file, numbered_path, prepare_out_dir, supported_extensions
 from csm_cli.errors import CsmError
 
 CHUNK = (0.2 * np.sin(np.arange(SAMPLES_PER_FRAME) / 7)).astype(np.float32)
@@ -102,3 +102,31 @@ def test_a_full_disk_is_an_error_and_the_header_matches_the_data_on_disk(small_d
     assert info.frames > SAMPLE_RATE  # the audio before the disk filled up is there
     assert path.stat().st_size == 44 + 2 * info.frames
     assert len(sf.read(str(path))[0]) == info.frames
+
+
+def test_numbered_path_sorts_in_speaking_order() -> None:
+    assert numbered_path(Path("out"), 3, 2) == Path("out/0003-2.wav")
+    assert numbered_path(Path("out"), 12345, 1) == Path("out/12345-1.wav")
+
+
+def test_prepare_out_dir_creates_missing_directories(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "b"
+    assert prepare_out_dir(directory) == directory
+    assert directory.is_dir()
+    assert prepare_out_dir(directory) == directory
+    assert list(directory.iterdir()) == []
+
+
+def test_prepare_out_dir_refuses_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "taken.wav"
+    path.write_bytes(b"")
+    with pytest.raises(CsmError, match="is a file"):
+        prepare_out_dir(path)
+    with pytest.raises(CsmError, match="cannot write files"):
+        prepare_out_dir(path / "below")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where nobody can create files")
+def test_prepare_out_dir_refuses_a_directory_without_write_access() -> None:
+    with pytest.raises(CsmError, match="cannot write files in --out-dir /proc"):
+        prepare_out_dir(Path("/proc"))
