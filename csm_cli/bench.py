@@ -25,11 +25,12 @@ import torch
 from rich.table import Table
 
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
+from .checks import number, whole_number
 from .codec import Codec
 from .config import CSM_1B, CsmArgs
 from .conversation import Conversation, Utterance
 from .errors import CsmError
-from .generator import Settings, StreamingGenerator, resolve_device, resolve_precision
+from .generator import MAX_SECONDS, Settings, StreamingGenerator, resolve_device, resolve_precision
 from .model import CSM
 from .playback import Underruns
 from .progress import LoadProgress
@@ -123,12 +124,10 @@ class BenchOptions:
     conversation_lines: int = 0
 
     def __post_init__(self) -> None:
-        if self.frames < 2:
-            raise CsmError(f"--frames must be at least 2 (the time per frame needs two), got {self.frames}")
-        if self.context_seconds < 0:
-            raise CsmError(f"--context-seconds must not be negative, got {self.context_seconds:g}")
-        if self.conversation_lines < 0:
-            raise CsmError(f"--conversation must not be negative, got {self.conversation_lines}")
+        window = CSM_1B.backbone.max_seq_len
+        whole_number("--frames", self.frames, 2, window)  # the time per frame needs two
+        number("--context-seconds", self.context_seconds, 0, MAX_SECONDS, " seconds")
+        whole_number("--conversation", self.conversation_lines, 0, window)
 
 
 @dataclass(frozen=True)

@@ -2,24 +2,59 @@
 torch, moshi and sounddevice are imported inside the commands so that `csm --help` answers at once."""
 
 import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
+from .checks import whole_number
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
-from .errors import CsmError
+from .errors import INTERRUPTED_EXIT_STATUS, CsmError
 
 if TYPE_CHECKING:
+    from .audiofile import SampleFormat
     from .generator import StreamingGenerator
     from .prompt import Segment
     from .voice import Voice
 
+class CsmGroup(typer.core.TyperGroup):
+    """Typer's command group, with its usage errors (an unknown option, `--topk 1.5`) on one line as every other
+    error: `csm: error: MESSAGE (see csm say --help)`, with Typer's exit status (2 for usage errors)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            status = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except typer.TyperException as e:  # click's exceptions as Typer vendors them
+            message = " ".join(e.format_message().split())
+            if message:  # empty when the error was to show the help, which Typer has printed
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see {_command_path(ctx)} --help)" if ctx is not None else ""
+                print(f"csm: error: {message}{hint}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)  # not standalone, Typer returns an Exit's status
+
+
+def _command_path(ctx: typer.Context | None) -> str:
+    """`csm say` whatever the program was started as (`python -m csm_cli` included)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["csm", *names])
+
+
 app = typer.Typer(
+    cls=CsmGroup,
     help="Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated.",
     no_args_is_help=True,
     add_completion=False,
@@ -59,31 +94,51 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
-    quietly as a closed pipe does."""
+    quietly as a closed pipe does. Outputs are closed by the time an exception gets here."""
     from .pcm import OutputClosed, exit_for_closed_output
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt from here on
     try:
         yield
     except CsmError as e:
         print(f"csm: error: {e}", file=sys.stderr)
-        raise typer.Exit(e.exit_code) from None
+        leave(e.exit_code)
     except KeyboardInterrupt:
         print("csm: interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
+        leave(INTERRUPTED_EXIT_STATUS)
     except OutputClosed:
         exit_for_closed_output()
 
 
+def leave(status: int) -> NoReturn:
+    """Ends the program with `status`. After Ctrl-C, or while the producer thread may still be inside torch, the
+    interpreter's teardown takes seconds and can abort ("terminate called without an active exception"): the
+    outputs are closed by then, so the standard streams are flushed and the process leaves at once."""
+    if status != INTERRUPTED_EXIT_STATUS and not any(
+        thread.name == "csm-producer" and thread.is_alive() for thread in threading.enumerate()
+    ):
+        raise typer.Exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError, AttributeError):  # closed, or None when started without it
+            stream.flush()
+    os._exit(status)
+
+
 def parse_speaker(value: str, option: str = "--speaker") -> int:
-    if not value.strip().isdigit():
-        raise CsmError(f"{option} must be a non-negative integer, got {value!r}")
-    return int(value)
+    from .generator import MAX_SPEAKER
+
+    digits = value.strip()
+    if not re.fullmatch("[0-9]+", digits):
+        raise CsmError(f"{option} must be a whole number from 0 to {MAX_SPEAKER}, got {value!r}")
+    return whole_number(option, int(digits), 0, MAX_SPEAKER)
 
 
-def check_writable(path: Path) -> None:
-    """Fails before the model loads if `path` cannot be created or overwritten."""
-    if path.is_dir():
-        raise CsmError(f"cannot write {path}: it is a directory")
+def check_writable(path: Path, sample_format: "SampleFormat") -> None:
+    """Fails before the model loads if `path` cannot be created or overwritten as an audio file."""
+    from .audiofile import check_output_file
+
+    check_output_file(path, sample_format)
     parent = path.parent
     if not parent.is_dir():
         raise CsmError(f"cannot write {path}: directory {parent} does not exist")
@@ -115,10 +170,15 @@ def say(
     ] = None,
     speaker: Annotated[str, typer.Option(help="Speaker id, a non-negative integer.")] = "0",
     out: Annotated[
-        str | None, typer.Option(help="Also record to this 24 kHz mono WAV file; '-' writes raw PCM to stdout.")
+        str | None, typer.Option(help="Also write the speech to this 24 kHz mono file (.wav, .flac, .ogg, .opus), "
+                                      "its format by extension; '-' writes raw PCM to stdout.")
     ] = None,
-    pcm_format: Annotated[str, typer.Option("--format", help="Raw PCM for --out -: s16 (16-bit LE) or f32.")] = "s16",
-    out_dir: Annotated[Path | None, typer.Option(help="Write one numbered WAV per utterance here.")] = None,
+    sample_format: Annotated[
+        str, typer.Option("--format", help="Samples of --out - (raw PCM) and WAV files: s16 (16-bit) or f32.")
+    ] = "s16",
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Write one WAV per utterance here: LINE-PART.wav (0003-2.wav).")
+    ] = None,
     play: Annotated[
         bool | None, typer.Option(help="Play through the sound card [default: yes, unless --out -].")
     ] = None,
@@ -151,21 +211,25 @@ def say(
 ) -> None:
     """Say TEXT, or standard input sentence by sentence as it arrives."""
     with user_errors():
-        from .generator import Settings
-        from .pcm import prepare_out_dir
+        from .audiofile import prepare_out_dir
+        from .conversation import pause_frames
+        from .generator import Settings, resolve_device, resolve_dtype
         from .say import Output, expected_seconds, say, warn
         from .script import passages
         from .text_input import Replacer, read_text
         from .voice import choose_voices
 
         speaker_id = parse_speaker(speaker)
+        settings = Settings(temperature, topk, seed, max_seconds)
+        pause_frames(pause)
+        resolve_dtype(dtype, resolve_device(model_device))
         from_stdin = text is None or text == "-"
         if not from_stdin and not text.strip():
             raise CsmError("the text is empty: give something to say")
         if not from_stdin:
             text = Replacer("the text argument", warn)(text)
-        if pcm_format not in ("s16", "f32"):
-            raise CsmError(f"--format must be s16 or f32, got {pcm_format!r}")
+        if sample_format not in ("s16", "f32"):
+            raise CsmError(f"--format must be s16 or f32, got {sample_format!r}")
         if out is not None and out_dir is not None:
             raise CsmError("choose --out FILE.wav for the whole run or --out-dir DIR for one file per utterance")
         raw = out == "-"
@@ -173,20 +237,17 @@ def say(
         if not play and out is None and out_dir is None:
             raise CsmError("--no-play needs --out or --out-dir: otherwise the speech goes nowhere")
         if out is not None and not raw:
-            check_writable(Path(out))
+            check_writable(Path(out), sample_format)
         if play:
             from .playback import check_output_device
 
             check_output_device(device)
-        if pause < 0:
-            raise CsmError(f"--pause must not be negative, got {pause:g}")
-        settings = Settings(temperature, topk, seed, max_seconds)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
         voices = choose_voices(offered_voices(model, voice, bool(context), quiet), voice, voice_text, speaker_id,
                                has_context=bool(context))
         output = Output(
-            play=play, device=device, wav=None if out is None or raw else Path(out),
-            raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
+            play=play, device=device, file=None if out is None or raw else Path(out), raw=raw,
+            sample_format=sample_format, out_dir=prepare_out_dir(out_dir) if out_dir else None,
             quiet=quiet, stats=stats, live_status=not (from_stdin and sys.stdin.isatty()),
         )
         say(

@@ -14,14 +14,15 @@ from typing import Any
 import numpy as np
 
 from .audio import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
+from .audiofile import AudioFileWriter, SampleFormat, numbered_path
+from .checks import number
 from .errors import CsmError
-from .generator import Settings, StreamingGenerator
-from .pcm import numbered_path
+from .generator import MAX_SEED, Settings, StreamingGenerator
 from .prompt import Segment
 from .script import Passage, parse_line, split_utterances
-from .wav import WavWriter
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
+MAX_PAUSE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,24 +80,38 @@ class SpokenLine:
         }
 
 
+def pause_frames(seconds: float) -> int:
+    """The silence between utterances, `--pause` seconds, in whole frames."""
+    return round(number("--pause", seconds, 0, MAX_PAUSE_SECONDS, " seconds") * FRAME_RATE)
+
+
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
-                 memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None) -> None:
+                 memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
+                 sample_format: SampleFormat = "s16") -> None:
         self.generator = generator
         self.settings = settings
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
         self.history: deque[Segment] = deque()
-        self.pause = np.zeros(round(pause_seconds * FRAME_RATE) * SAMPLES_PER_FRAME, dtype=np.float32)
+        self.pause = np.zeros(pause_frames(pause_seconds) * SAMPLES_PER_FRAME, dtype=np.float32)
         self.out_dir = out_dir
+        self.sample_format: SampleFormat = sample_format
         self.lines: list[SpokenLine] = []
         self.samples = 0
 
     def context_for(self, utterance: Utterance) -> list[Segment]:
         """Voice prompts, then as many of the latest utterances as fit with `utterance` and its frame budget."""
         rows = self.generator.segment_rows
-        budget = (self.generator.model.max_seq_len - rows(Segment(utterance.speaker, utterance.text))
-                  - self.settings.max_frames)
+        window = self.generator.model.max_seq_len
+        text_rows = rows(Segment(utterance.speaker, utterance.text))
+        budget = window - text_rows - self.settings.max_frames
+        if budget < 0:
+            raise CsmError(
+                f"the text takes {text_rows} of the model's {window} positions, leaving room for "
+                f"{max(window - text_rows, 0) / FRAME_RATE:.1f} seconds of speech but --max-seconds is "
+                f"{self.settings.max_seconds:g}: lower --max-seconds"
+            )
         prompt_rows = sum(rows(prompt) for prompt in self.prompts)
         if prompt_rows > budget:
             raise CsmError(
@@ -120,13 +135,15 @@ class Conversation:
         line = SpokenLine(index, utterance.speaker, utterance.text, time.monotonic(), start_sample=self.samples,
                           end_sample=self.samples)
         self.lines.append(line)
-        seed = None if self.settings.seed is None else self.settings.seed + index
+        seed = None if self.settings.seed is None else (self.settings.seed + index) % (MAX_SEED + 1)
         speech = self.generator.stream(
             utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
             max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames,
         )
-        wav = WavWriter(numbered_path(self.out_dir, index + 1)) if self.out_dir else None
+        wav = None
+        if self.out_dir:
+            wav = AudioFileWriter(numbered_path(self.out_dir, utterance.line, utterance.part), self.sample_format)
         try:
             for chunk in speech:
                 if wav:

@@ -9,10 +9,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .audio import FRAME_RATE, SAMPLES_PER_FRAME, seconds_to_frames
+from .audio import AUDIO_VOCAB_SIZE, FRAME_RATE, FRAME_SECONDS, SAMPLES_PER_FRAME, seconds_to_frames
 from .checkpoint import load_model
+from .checks import number, whole_number
 from .codec import Codec
-from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
+from .config import CSM_1B, DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .ending import frame_budget, until_silence
 from .errors import CsmError
 from .graphs import FrameGraphs
@@ -37,9 +38,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         try:
             resolved = torch.device(device)
         except RuntimeError:
-            raise CsmError(f"unknown torch device {device!r} (try cpu, cuda or cuda:1)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CsmError(f"{device} was asked for but torch sees no CUDA GPU")
+            raise CsmError(f"--model-device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise CsmError(f"--model-device {device} is not supported: csm runs on cpu or cuda (cuda:N)")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CsmError(f"--model-device {device} was asked for but torch sees no CUDA GPU: use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise CsmError(f"--model-device {device}: torch sees {torch.cuda.device_count()} CUDA GPUs "
+                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if resolved.type == "cpu":
         set_threads()
     return resolved
@@ -48,11 +55,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise CsmError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    return DTYPES[dtype]
+    resolved = dtype if isinstance(dtype, torch.dtype) else DTYPES.get(dtype)
+    if resolved not in DTYPES.values():
+        raise CsmError(f"--dtype {dtype} is not supported: choose {', '.join(DTYPES)}")
+    return resolved
+
+
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below, logits / temperature overflows; above, it is noise
+MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds
+MAX_SECONDS = CSM_1B.backbone.max_seq_len * FRAME_SECONDS
+MAX_SPEAKER = 999_999
 
 
 def resolve_precision(quantize: str | Quantization | None, dtype: str | torch.dtype | None,
@@ -76,14 +88,12 @@ class Settings:
     chunk_frames: int = 1
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise CsmError(f"temperature must be positive, got {self.temperature:g}")
-        if self.topk < 1:
-            raise CsmError(f"topk must be at least 1, got {self.topk}")
-        if self.chunk_frames < 1:
-            raise CsmError(f"chunk_frames must be at least 1, got {self.chunk_frames}")
-        if self.max_frames < 1:
-            raise CsmError(f"max_seconds must allow at least one 80 ms frame, got {self.max_seconds:g}")
+        number("--temperature", self.temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
+        whole_number("--topk", self.topk, 1, AUDIO_VOCAB_SIZE)
+        if self.seed is not None:
+            whole_number("--seed", self.seed, 0, MAX_SEED)
+        number("--max-seconds", self.max_seconds, FRAME_SECONDS, MAX_SECONDS, " seconds")  # the model's window
+        whole_number("chunk_frames", self.chunk_frames, 1, CSM_1B.backbone.max_seq_len)
 
     @property
     def max_frames(self) -> int:
@@ -238,10 +248,9 @@ class StreamingGenerator:
         The model has one set of caches: starting a stream ends the one before it. The utterance ends at the
         model's end frame, at its text's frame budget or after a stretch of silence (`ending`), within
         `max_seconds`; stop_at_end=False generates all of `max_seconds` whatever the model says (for benchmarks)."""
-        if not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise CsmError("the text is empty: give something to say")
-        if speaker < 0:
-            raise CsmError(f"speaker must be a non-negative integer, got {speaker}")
+        whole_number("--speaker", speaker, 0, MAX_SPEAKER)
         settings = Settings(temperature, topk, seed, max_seconds, chunk_frames)
         max_frames = settings.max_frames
         if self._active is not None:

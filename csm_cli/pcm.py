@@ -1,4 +1,4 @@
-"""Audio leaving the program: raw PCM on a byte stream (``--out -``) and numbered files for ``--out-dir``.
+"""Audio leaving the program as raw PCM on a byte stream (``--out -``).
 
 A reader that goes away (``csm say --out - | head -c 1000``) ends the program quietly: RawPcmWriter raises
 OutputClosed, and the CLI calls exit_for_closed_output(), which follows the Python docs' note on SIGPIPE
@@ -8,18 +8,18 @@ OutputClosed, and the CLI calls exit_for_closed_output(), which follows the Pyth
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO, Literal, NoReturn
 
 import numpy as np
 
-from .errors import CsmError
-from .wav import to_pcm16
-
 PcmFormat = Literal["s16", "f32"]
 SIGPIPE_EXIT_STATUS = 128 + signal.SIGPIPE  # 141: what a shell reports for a stage killed by SIGPIPE
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """Float samples in [-1, 1] as 16-bit little-endian PCM, clipped."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
 def _to_f32le(samples: np.ndarray) -> bytes:
@@ -61,24 +61,3 @@ def exit_for_closed_output() -> NoReturn:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     sys.exit(SIGPIPE_EXIT_STATUS)
-
-
-def numbered_path(directory: Path, index: int, width: int = 4) -> Path:
-    """The WAV file of the index-th utterance, zero-padded so that names sort in speaking order: 0001.wav."""
-    assert index >= 0, index
-    return directory / f"{index:0{width}d}.wav"
-
-
-def prepare_out_dir(directory: Path) -> Path:
-    """Creates the output directory if missing and checks that files can be created in it."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except FileExistsError:
-        raise CsmError(f"output directory {directory} is a file: choose a directory path") from None
-    except OSError as e:
-        raise CsmError(
-            f"cannot write files in output directory {directory} ({e.strerror}): choose a writable directory"
-        ) from None
-    return directory

@@ -1,10 +1,10 @@
 """Plays a chunk stream through the sound card while it is still being generated.
 
-Three threads meet at two rings. A producer thread is the only one that iterates the chunks (in production that
-runs the model) and writes them into the play ring, blocking while it is full. PortAudio's callback copies from
-the play ring to the sound card, or silence when the ring runs dry (an underrun), and copies what it handed over
-into a tap ring. A recorder thread drains the tap ring into ``record``. The main thread decides when to start
-the stream, reports status, and on Ctrl-C or an error stops everything and re-raises.
+Two threads meet at a ring. A producer thread is the only one that iterates the chunks (in production that runs
+the model) and writes them into the ring, blocking while it is full. PortAudio's callback copies from the ring to
+the sound card, or silence when the ring runs dry (an underrun). The main thread decides when to start the stream,
+reports status, watches that the sound card keeps taking audio, and on Ctrl-C or an error stops everything and
+re-raises. A sound server that dies or freezes is an error within STALL_S, not a run that hangs or ends "done".
 """
 
 import math
@@ -28,9 +28,9 @@ DEFAULT_RING_SECONDS = 5.0
 PREROLL_MARGIN_S = 0.25  # spare audio kept in hand when generation is slower than real time
 STATUS_INTERVAL_S = 0.1
 TAIL_PADDING_S = 0.05  # silence fed after the last sample on top of the stream's latency: PortAudio drops the rest
-TAP_SECONDS = 5.0  # how far the recorder may fall behind the sound card before samples go unrecorded
-RECORD_POLL_S = 0.02
-PRODUCER_JOIN_S = 0.1  # the producer may be inside a long model step: it is a daemon and is not waited for longer
+STALL_S = 0.5  # the sound card not asking for audio this long, once started, is a fault of the sound server
+PRODUCER_JOIN_S = 0.05
+STREAM_CLOSE_S = 0.1  # longest the main thread waits for PortAudio to let go of a stream after an error
 NO_PLAY_HINT = "or write a file instead with --out FILE --no-play"
 
 
@@ -50,7 +50,6 @@ class PlaybackStats:
     underruns: int  # gaps in playback because the ring ran dry before the producer finished
     realtime_factor: float | None
     preroll_wait_s: float  # from the first chunk in the ring to the stream's start
-    samples_not_recorded: int  # handed to the sound card but dropped because ``record`` fell behind
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,22 +160,22 @@ class Underruns:
 
 
 class _Callback:
-    """PortAudio's stream callback: copies from the play ring, or silence, and taps what it hands over.
-    Runs on the audio thread, so it only copies into preallocated arrays and counts."""
+    """PortAudio's stream callback: copies from the ring, or silence. Runs on the audio thread, so it only copies
+    into preallocated arrays and counts."""
 
-    def __init__(self, ring: RingBuffer, tap: RingBuffer | None, callback_stop: type[Exception],
-                 waiting: threading.Event) -> None:
+    def __init__(self, ring: RingBuffer, callback_stop: type[Exception], waiting: threading.Event) -> None:
         self._ring = ring
-        self._tap = tap
         self._callback_stop = callback_stop
         self._waiting = waiting
         self.holding = False  # silence while the source waits for input, until the player resumes
         self.tail_samples_left = 0  # set from the stream's latency before it starts
         self.played_samples = 0
         self.underruns = Underruns()
-        self.samples_not_recorded = 0
+        self.calls = 0  # the main thread's sign that the sound card is still taking audio
+        self.stopped = False  # the stream ends because every sample was played, not because it failed
 
     def __call__(self, outdata: np.ndarray, frames: int, when: Any, flags: Any) -> None:
+        self.calls += 1
         out = outdata[:, 0]
         if self.holding and not self._ring.closed:
             out[:] = 0.0
@@ -184,22 +183,18 @@ class _Callback:
         ended = self._ring.closed  # read before the ring: a short read after this is the end, not an underrun
         count = self._ring.read_into(out)
         self.played_samples += count
-        handed = frames
         if count < frames:
             out[count:] = 0.0
             if ended:
-                handed = count
                 self.tail_samples_left -= frames - count
             elif self._waiting.is_set():
-                handed = count
                 self.holding = True
             else:
                 self.underruns.short_block(count)
         else:
             self.underruns.full_block()
-        if self._tap is not None:
-            self.samples_not_recorded += handed - self._tap.try_write(out[:handed])
         if ended and self.tail_samples_left <= 0:
+            self.stopped = True
             raise self._callback_stop
 
 
@@ -226,16 +221,13 @@ class _Player:
         self,
         chunks: Iterator[np.ndarray],
         ring_seconds: float,
-        record: Callable[[np.ndarray], None] | None,
         expected_seconds: float | None,
         waiting: threading.Event,
     ) -> None:
         self._chunks = chunks
         self.waiting = waiting
-        self._record = record
         self._expected_seconds = expected_seconds
         self.ring = RingBuffer(max(1, math.ceil(ring_seconds / FRAME_SECONDS)))
-        self.tap = RingBuffer(math.ceil(TAP_SECONDS / FRAME_SECONDS)) if record is not None else None
         self.stop = threading.Event()
         self.wake = threading.Event()  # set when a chunk is in the ring, a worker ends or the stream finishes
         self.finished = threading.Event()  # set by PortAudio when the stream has stopped
@@ -270,20 +262,6 @@ class _Player:
             if close is not None:
                 close()
             self.ring.close()
-
-    def deliver_recording(self) -> None:
-        """The recorder thread: hands the tap ring's samples to ``record`` until the tap is closed and empty."""
-        assert self.tap is not None and self._record is not None
-        scratch = np.empty(self.tap.capacity, dtype=np.float32)
-        while True:
-            closed = self.tap.closed
-            count = self.tap.read_into(scratch)
-            if count:
-                self._record(scratch[:count].copy())
-            elif closed:
-                return
-            else:
-                time.sleep(RECORD_POLL_S)
 
     def can_play(self) -> bool:
         """Whether to start (or resume after a wait for input): what is buffered can play through, or all that is
@@ -321,14 +299,45 @@ class _Player:
             underruns=callback.underruns.count,
             realtime_factor=self.realtime_factor(),
             preroll_wait_s=preroll_wait_s,
-            samples_not_recorded=callback.samples_not_recorded,
         )
 
 
-def _raise_worker_error(*workers: _Worker | None) -> None:
-    for worker in workers:
-        if worker is not None and worker.error is not None:
-            raise worker.error
+def _raise_worker_error(worker: _Worker) -> None:
+    if worker.error is not None:
+        raise worker.error
+
+
+class _Watchdog:
+    """Whether the sound card still asks for audio: the callback's count of calls must move within STALL_S."""
+
+    def __init__(self, callback: _Callback) -> None:
+        self._callback = callback
+        self._calls = callback.calls
+        self._moved_at = time.monotonic()
+
+    def check(self, device_name: str) -> None:
+        now = time.monotonic()
+        if self._callback.calls != self._calls:
+            self._calls, self._moved_at = self._callback.calls, now
+        elif now - self._moved_at > STALL_S:
+            raise CsmError(f"output device {device_name!r} stopped taking audio for {STALL_S:g} s (the sound server "
+                           f"froze or died): playback stopped, {NO_PLAY_HINT}")
+
+
+def _close_stream(stream: Any, abort: bool) -> None:
+    """Stops and closes the stream, waiting at most STREAM_CLOSE_S when it ends on an error: a frozen sound server
+    can block PortAudio's stop for ever, and the program must still end (its exit does not wait for this thread)."""
+    def close() -> None:
+        if abort:
+            stream.abort()
+        stream.close()
+
+    if not abort:
+        close()
+        return
+    closer = threading.Thread(target=close, name="csm-stream-close", daemon=True)
+    closer.start()
+    closer.join(STREAM_CLOSE_S)
 
 
 def _start(sd: ModuleType, stream: Any, device_name: str) -> None:
@@ -343,26 +352,25 @@ def play(
     chunks: Iterator[np.ndarray],
     *,
     device: int | str | None = None,
-    record: Callable[[np.ndarray], None] | None = None,
     on_status: Callable[[PlaybackStatus], None] | None = None,
     ring_seconds: float = DEFAULT_RING_SECONDS,
     expected_seconds: float | None = None,
     waiting: threading.Event | None = None,
 ) -> PlaybackStats:
     """Plays float32 24 kHz mono chunks (whole frames) as they are generated; returns when every sample has
-    reached the speaker. ``record`` gets exactly the samples handed to the sound card (underrun silence included),
-    from another thread, all of them before play() returns. ``expected_seconds`` (an estimate of the whole
+    reached the speaker. ``expected_seconds`` (an estimate of the whole
     utterance) lets a slower-than-real-time start wait just long enough to play without a gap. ``waiting`` is set
     by a source that blocks for input (lines on stdin) and cleared here with its next chunk: the ring running dry
     meanwhile is a pause, not an underrun, and playback resumes under the same start policy.
 
-    Must run in the main thread: Ctrl-C stops playback, flushes ``record``, stops the producer at its next chunk
-    and re-raises KeyboardInterrupt. An exception from the chunk iterator is re-raised here."""
+    Must run in the main thread: Ctrl-C stops playback, stops the producer at its next chunk and re-raises
+    KeyboardInterrupt. An exception from the chunk iterator is re-raised here; a sound card that stops taking audio
+    or a stream that ends before its last sample raises CsmError."""
     started_at = time.monotonic()
     sd = _sounddevice()
     info = _output_device(sd, device)
-    player = _Player(chunks, ring_seconds, record, expected_seconds, waiting or threading.Event())
-    callback = _Callback(player.ring, player.tap, sd.CallbackStop, player.waiting)
+    player = _Player(chunks, ring_seconds, expected_seconds, waiting or threading.Event())
+    callback = _Callback(player.ring, sd.CallbackStop, player.waiting)
 
     def stream_finished() -> None:
         player.finished.set()
@@ -385,25 +393,27 @@ def play(
     callback.tail_samples_left = math.ceil((stream.latency + TAIL_PADDING_S) * SAMPLE_RATE)
 
     producer = _Worker("csm-producer", player.produce, player.wake)
-    recorder = _Worker("csm-recorder", player.deliver_recording, player.wake) if record is not None else None
     stream_started_at: float | None = None
+    watchdog: _Watchdog | None = None
     try:
         producer.start()
-        if recorder is not None:
-            recorder.start()
         next_status_at = time.monotonic()
         while not player.finished.is_set():
             player.wake.wait(max(0.0, next_status_at - time.monotonic()))
             player.wake.clear()
-            _raise_worker_error(producer, recorder)
+            _raise_worker_error(producer)
             if stream_started_at is None:
                 if player.ring.drained:
                     break  # the stream ended before any audio
                 if player.can_play():
                     _start(sd, stream, info["name"])
                     stream_started_at = time.monotonic()
-            elif callback.holding and player.can_play():
-                callback.holding = False
+                    watchdog = _Watchdog(callback)
+            else:
+                assert watchdog is not None
+                watchdog.check(info["name"])
+                if callback.holding and player.can_play():
+                    callback.holding = False
             if time.monotonic() >= next_status_at:
                 next_status_at = time.monotonic() + STATUS_INTERVAL_S
                 if on_status is not None:
@@ -415,18 +425,17 @@ def play(
                         else "speaking"
                     )
                     on_status(player.status(state, callback))
+        if stream_started_at is not None and not callback.stopped:
+            raise CsmError(f"output device {info['name']!r} ended the stream before the last sample (the sound "
+                           f"server died): playback stopped, {NO_PLAY_HINT}")
     except BaseException:
-        stream.abort()
+        player.stop.set()  # a producer still running ends at its next chunk and closes the chunks
+        _close_stream(stream, abort=True)
+        producer.join(PRODUCER_JOIN_S)  # not longer: it may be inside a long model step, and it is a daemon
         raise
-    finally:
-        player.stop.set()  # a producer still running (after an error, Ctrl-C or a failed stream) ends at a chunk
-        stream.close()
-        if recorder is not None:
-            assert player.tap is not None
-            player.tap.close()
-            recorder.join()
-        producer.join(PRODUCER_JOIN_S)
-    _raise_worker_error(producer, recorder)
+    _close_stream(stream, abort=False)
+    producer.join()  # it has closed the ring: it is done
+    _raise_worker_error(producer)
 
     if on_status is not None:
         on_status(player.status("done", callback))

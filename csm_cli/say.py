@@ -1,5 +1,8 @@
-"""`csm say`: a conversation's chunks sent where they are asked to go: the sound card, a WAV file, raw PCM on
-stdout, one WAV per line. Everything here runs after the options have been checked."""
+"""`csm say`: a conversation's chunks sent where they are asked to go: the sound card, an audio file, raw PCM on
+stdout, one file per utterance. Everything here runs after the options have been checked.
+
+Files and raw PCM get the chunks as they are generated, pauses between lines included, before they reach the
+sound card: what the sound card did (an underrun, a fault) does not change them."""
 
 import json
 import sys
@@ -13,24 +16,26 @@ from typing import Any
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .audiofile import AudioFileWriter, SampleFormat
 from .conversation import Conversation, utterances
 from .ending import window_words
 from .generator import Settings, StreamingGenerator
-from .pcm import PcmFormat, RawPcmWriter
+from .pcm import RawPcmWriter
 from .prompt import Segment
 from .script import Passage
-from .wav import WavWriter
 
 # Speech runs at about 2.5 words a second: how long the player expects one text to last.
 WORDS_PER_SECOND_SPOKEN = 2.5
+PRODUCER_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
 class Output:
     play: bool
     device: str | None = None
-    wav: Path | None = None
-    raw: PcmFormat | None = None  # raw PCM on stdout in this format
+    file: Path | None = None  # one audio file for the whole run
+    raw: bool = False  # raw PCM on stdout
+    sample_format: SampleFormat = "s16"  # of raw PCM and WAV files
     out_dir: Path | None = None
     quiet: bool = False
     stats: bool = False
@@ -60,29 +65,57 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
     gives the voice prompts of the loaded generator, put before `prompts`."""
     generator = load()
     conversation = Conversation(generator, settings, [*voices(generator), *prompts], memory, pause_seconds,
-                                output.out_dir)
+                                output.out_dir, output.sample_format)
     waiting = threading.Event()
     if expected_seconds is None:
         passages = flag_waits(passages, waiting)
     chunks = conversation.speak(utterances(passages, speaker, window_words(generator.model.max_seq_len), warn))
-    sink = WavWriter(output.wav) if output.wav else RawPcmWriter(fmt=output.raw) if output.raw else None
+    sink = (AudioFileWriter(output.file, output.sample_format) if output.file
+            else RawPcmWriter(fmt=output.sample_format) if output.raw else None)
+    if sink is not None:
+        chunks = _recorded(chunks, sink)
     started = time.monotonic()
     playback = None
     try:
         if output.play:
-            playback = _play(chunks, sink.write if sink else None, output, expected_seconds, waiting)
+            playback = _play(chunks, output, expected_seconds, waiting)
         else:
-            for chunk in chunks:
-                if sink:
-                    sink.write(chunk)
+            _generate(chunks)
     finally:
-        if isinstance(sink, WavWriter):
+        if isinstance(sink, AudioFileWriter):
             sink.close()
     _report(conversation, started, playback, output)
 
 
-def _play(chunks: Iterator[np.ndarray], record: Callable[[np.ndarray], None] | None, output: Output,
-          expected_seconds: float | None, waiting: threading.Event) -> dict[str, Any]:
+def _generate(chunks: Iterator[np.ndarray]) -> None:
+    """Runs through the chunks in a producer thread, so that the main thread stays free for Ctrl-C: a model step
+    cannot be interrupted, and on a busy CPU one takes longer than the 200 ms Ctrl-C may take."""
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for _ in chunks:
+                pass
+        except BaseException as e:
+            errors.append(e)
+
+    producer = threading.Thread(target=produce, name="csm-producer", daemon=True)
+    producer.start()
+    while producer.is_alive():
+        producer.join(PRODUCER_POLL_S)
+    if errors:
+        raise errors[0]
+
+
+def _recorded(chunks: Iterator[np.ndarray], sink: AudioFileWriter | RawPcmWriter) -> Iterator[np.ndarray]:
+    """The chunks, each written to `sink` as it is generated."""
+    for chunk in chunks:
+        sink.write(chunk)
+        yield chunk
+
+
+def _play(chunks: Iterator[np.ndarray], output: Output, expected_seconds: float | None,
+          waiting: threading.Event) -> dict[str, Any]:
     from rich.console import Console
 
     from .playback import play
@@ -90,7 +123,7 @@ def _play(chunks: Iterator[np.ndarray], record: Callable[[np.ndarray], None] | N
 
     console = None if output.live_status else Console(stderr=True, force_terminal=False)
     with StatusDisplay(console, quiet=output.quiet) as status:
-        stats = play(chunks, device=output.device, record=record, on_status=status,
+        stats = play(chunks, device=output.device, on_status=status,
                      expected_seconds=expected_seconds, waiting=waiting)
     if not output.quiet:
         print(summary(stats), file=sys.stderr)

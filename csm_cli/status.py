@@ -64,10 +64,7 @@ class StatusDisplay:
 
 def summary(stats: PlaybackStats) -> str:
     first_audio = "-" if stats.time_to_first_audio_s is None else f"{stats.time_to_first_audio_s:.2f} s"
-    line = (
+    return (
         f"first audio after {first_audio}, {stats.seconds_played:.1f} s played, {stats.underruns} underruns, "
         f"RTF {_rtf(stats.realtime_factor)}"
     )
-    if stats.samples_not_recorded:
-        line += f", {stats.samples_not_recorded} samples missing from the recording"
-    return line

@@ -85,9 +85,13 @@ def test_bench_compares_with_eager_and_takes_context(transformers_dir, mimi_file
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--frames", "1"], "--frames must be at least 2"),
-    (["--context-seconds", "-1"], "--context-seconds must not be negative"),
-    (["--conversation", "-1"], "--conversation must not be negative"),
+    (["--frames", "1"], "--frames must be a whole number from 2 to 2048, got 1"),
+    (["--frames", "100000"], "--frames must be a whole number from 2 to 2048, got 100000"),
+    (["--context-seconds", "-1"], "--context-seconds must be a number from 0 to 163.84 seconds, got -1"),
+    (["--context-seconds", "nan"], "--context-seconds must be a number from 0 to 163.84 seconds, got nan"),
+    (["--context-seconds", "inf"], "--context-seconds must be a number from 0 to 163.84 seconds, got inf"),
+    (["--model-device", "mps"], "--model-device mps is not supported"),
+    (["--conversation", "-1"], "--conversation must be a whole number from 0 to 2048, got -1"),
     (["--quantize", "int4"], "unknown quantization 'int4'"),
     (["--quantize", "int8", "--dtype", "float32"], "--quantize int8 computes in bfloat16"),
     (["--frames", "100", "--context-seconds", "160"], "lower --context-seconds or --frames"),

@@ -56,14 +56,9 @@ def test_say_with_the_original_layout_and_a_tokenizer_directory(tmp_path, origin
     [
         (["say", ""], "the text is empty"),
         (["say", "  \t "], "the text is empty"),
-        (["say", "Hi", "--speaker", "-1"], "--speaker must be a non-negative integer, got '-1'"),
-        (["say", "Hi", "--speaker", "abc"], "--speaker must be a non-negative integer"),
-        (["say", "Hi", "--speaker", "1.5"], "--speaker must be a non-negative integer"),
         (["say", "Hi", "--model", "/no/such/model"], "directory /no/such/model does not exist"),
-        (["say", "Hi", "--max-seconds", "200"], "lower --max-seconds"),
-        (["say", "Hi", "--temperature", "0"], "temperature must be positive"),
-        (["say", "Hi", "--dtype", "float8"], "unknown dtype 'float8'"),
-        (["say", "Hi", "--model-device", "tpu:9"], "unknown torch device"),
+        (["say", "Hi", "--max-seconds", "163.84"],
+         "leaving room for 163.3 seconds of speech but --max-seconds is 163.84"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, transformers_dir, mimi_file, args, message):
@@ -75,6 +70,60 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, transformers_dir, mi
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, message)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--max-seconds", "inf", "a number from 0.08 to 163.84 seconds"),
+    ("--max-seconds", "nan", "a number from 0.08 to 163.84 seconds"),
+    ("--max-seconds", "1e9", "a number from 0.08 to 163.84 seconds"),
+    ("--max-seconds", "0.01", "a number from 0.08 to 163.84 seconds"),
+    ("--pause", "nan", "a number from 0 to 60 seconds"),
+    ("--pause", "inf", "a number from 0 to 60 seconds"),
+    ("--pause", "1e300", "a number from 0 to 60 seconds"),
+    ("--pause", "-0.1", "a number from 0 to 60 seconds"),
+    ("--topk", "0", "a whole number from 1 to 2051"),
+    ("--topk", "100000", "a whole number from 1 to 2051"),
+    ("--seed", "-1", "a whole number from 0 to 18446744073709551615"),
+    ("--seed", str(2**64), "a whole number from 0 to 18446744073709551615"),
+    ("--speaker", "²", "a whole number from 0 to 999999"),
+    ("--speaker", "\N{ARABIC-INDIC DIGIT THREE}", "a whole number from 0 to 999999"),
+    ("--speaker", "-1", "a whole number from 0 to 999999"),
+    ("--speaker", "1.5", "a whole number from 0 to 999999"),
+    ("--speaker", "10000000", "a whole number from 0 to 999999"),
+    ("--temperature", "nan", "a number from 0.01 to 10"),
+    ("--temperature", "1e-300", "a number from 0.01 to 10"),
+    ("--temperature", "0", "a number from 0.01 to 10"),
+    ("--temperature", "inf", "a number from 0.01 to 10"),
+])
+def test_bad_numbers_name_the_option_before_loading(option, value, allowed):
+    result = runner.invoke(app, ["say", "Hi", option, value, "--no-play", "--out", "x.wav", "--model", "/unused"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, f"{option} must be {allowed}, got ")
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--model-device", "mps", "--model-device mps is not supported: csm runs on cpu or cuda"),
+    ("--model-device", "tpu:9", "--model-device 'tpu:9' is not a torch device"),
+    ("--model-device", "cuda:7", "--model-device cuda:7 was asked for but torch sees no CUDA GPU"),
+    ("--dtype", "float8", "--dtype float8 is not supported: choose bfloat16, float16, float32"),
+])
+def test_devices_and_dtypes_are_refused_for_what_they_are(option, value, message):
+    result = runner.invoke(app, ["say", "Hi", option, value, "--no-play", "--out", "x.wav", "--model", "/unused"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, message)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["say", "Hi", "--foo"], "No such option: --foo"),
+    (["say", "Hi", "--topk", "1.5"], "Invalid value for '--topk'"),
+    (["say", "Hi", "--max-seconds"], "Option '--max-seconds' requires an argument"),
+    (["bench", "--frames", "x"], "Invalid value for '--frames'"),
+    (["speak", "Hi"], "No such command 'speak'"),
+])
+def test_usage_errors_are_one_line_with_status_2(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, message)
 
 
 @pytest.mark.parametrize(("out", "message"), [

@@ -98,10 +98,11 @@ def test_voice_prompts_longer_than_the_window_say_how_much_to_cut(generator):
 
 def test_out_dir_gets_one_numbered_wav_per_utterance(generator, tmp_path):
     conversation = Conversation(generator, SHORT, out_dir=tmp_path)
-    list(conversation.speak([Utterance(0, "One."), Utterance(1, "Two."), Utterance(0, "Three.")]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["0001.wav", "0002.wav", "0003.wav"]
+    list(conversation.speak([Utterance(0, "One.", 1, 1), Utterance(1, "Two.", 1, 2), Utterance(0, "Three.", 3, 1)]))
+    names = ["0001-1.wav", "0001-2.wav", "0003-1.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
     for line in conversation.lines:
-        frames = sf.info(str(tmp_path / f"{line.index + 1:04d}.wav")).frames
+        frames = sf.info(str(tmp_path / names[line.index])).frames
         assert frames == line.end_sample - line.start_sample
 
 

@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 from csm_cli.audio import SAMPLES_PER_FRAME
-from csm_cli.errors import CsmError
-from csm_cli.pcm import (
-    SIGPIPE_EXIT_STATUS,
-    OutputClosed,
-    RawPcmWriter,
-    numbered_path,
-    prepare_out_dir,
-)
+from csm_cli.pcm import SIGPIPE_EXIT_STATUS, OutputClosed, RawPcmWriter
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0], dtype=np.float32)
@@ -86,31 +79,3 @@ def test_closed_pipe_ends_the_program_quietly_with_sigpipe_status() -> None:
     assert head.stdout == bytes(1000)
     assert writer.stderr.read() == b""
     assert writer.returncode == SIGPIPE_EXIT_STATUS == 141
-
-
-def test_numbered_path_sorts_in_speaking_order() -> None:
-    assert numbered_path(Path("out"), 1) == Path("out/0001.wav")
-    assert numbered_path(Path("out"), 123, width=2) == Path("out/123.wav")
-
-
-def test_prepare_out_dir_creates_missing_directories(tmp_path: Path) -> None:
-    directory = tmp_path / "a" / "b"
-    assert prepare_out_dir(directory) == directory
-    assert directory.is_dir()
-    assert prepare_out_dir(directory) == directory
-    assert list(directory.iterdir()) == []
-
-
-def test_prepare_out_dir_refuses_a_file(tmp_path: Path) -> None:
-    path = tmp_path / "taken.wav"
-    path.write_bytes(b"")
-    with pytest.raises(CsmError, match="is a file"):
-        prepare_out_dir(path)
-    with pytest.raises(CsmError, match="cannot write files"):
-        prepare_out_dir(path / "below")
-
-
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where nobody can create files")
-def test_prepare_out_dir_refuses_a_directory_without_write_access() -> None:
-    with pytest.raises(CsmError, match="cannot write files in output directory /proc"):
-        prepare_out_dir(Path("/proc"))

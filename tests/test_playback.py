@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 from pulse import aligned, similarity
 
 from csm_cli.audio import FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from csm_cli.errors import CsmError
 from csm_cli.playback import PlaybackStatus, output_devices, play, preroll_satisfied, render_device_table
-from csm_cli.wav import WavWriter, to_pcm16
 
 REPO = Path(__file__).resolve().parents[1]
 TAIL_SAMPLES = SAMPLE_RATE // 10  # the last 100 ms, which a player that stops too early loses
@@ -29,7 +27,6 @@ PLAY_UNTIL_INTERRUPTED = """
 import signal, sys, time
 import numpy as np
 from csm_cli.playback import play
-from csm_cli.wav import WavWriter
 
 interrupted_at = 0.0
 
@@ -53,12 +50,11 @@ def report(status):
 report.seen = False
 
 signal.signal(signal.SIGINT, interrupt)
-with WavWriter(sys.argv[1]) as wav:
-    try:
-        play(endless_chunks(), record=wav.write, on_status=report)
-    except KeyboardInterrupt:
-        print(f"play() ended {time.monotonic() - interrupted_at:.3f} s after SIGINT", flush=True)
-        sys.exit(130)
+try:
+    play(endless_chunks(), on_status=report)
+except KeyboardInterrupt:
+    print(f"play() ended {time.monotonic() - interrupted_at:.3f} s after SIGINT", flush=True)
+    sys.exit(130)
 """
 
 
@@ -87,42 +83,32 @@ def _chunks(
         start += size
 
 
-def test_the_speaker_and_the_recording_get_every_sample(pulse_server, tmp_path):
+def test_the_speaker_gets_every_sample(pulse_server, tmp_path):
     speech = _test_signal(3.0)
     statuses: list[PlaybackStatus] = []
-    with pulse_server.record_monitor(tmp_path / "monitor.raw") as monitor, WavWriter(tmp_path / "out.wav") as wav:
-        stats = play(_chunks(speech), record=wav.write, on_status=statuses.append)
+    with pulse_server.record_monitor(tmp_path / "monitor.raw") as monitor:
+        stats = play(_chunks(speech), on_status=statuses.append)
 
     assert stats.underruns == 0
     assert stats.seconds_generated == stats.seconds_played == len(speech) / SAMPLE_RATE
-    assert stats.samples_not_recorded == 0
     assert stats.time_to_first_audio_s is not None and stats.time_to_first_audio_s < 0.5
     heard = aligned(monitor.samples(), speech)
     assert similarity(heard, speech) >= 0.999
     assert similarity(heard[-TAIL_SAMPLES:], speech[-TAIL_SAMPLES:]) >= 0.999, "the end was cut off"
-    recorded, rate = soundfile.read(tmp_path / "out.wav", dtype="int16")
-    assert rate == SAMPLE_RATE
-    np.testing.assert_array_equal(recorded, np.frombuffer(to_pcm16(speech), dtype="<i2"))
     states = [status.state for status in statuses]
     assert states[-1] == "done"
     assert "draining" in states  # the producer is done long before the sound card
     assert statuses[-1].seconds_played == stats.seconds_played
 
 
-def test_underruns_are_counted_and_recorded_as_the_silence_played(pulse_server):
+def test_underruns_are_counted(pulse_server):
     """Slower than real time with no estimate of the length, playback starts on a full ring and then runs dry."""
     speech = _test_signal(0.64)
-    recorded: list[np.ndarray] = []
-    stats = play(
-        _chunks(speech, frames_per_chunk=(1,), seconds_per_frame=0.12), record=recorded.append, ring_seconds=0.16
-    )
+    stats = play(_chunks(speech, frames_per_chunk=(1,), seconds_per_frame=0.12), ring_seconds=0.16)
 
     assert stats.underruns > 0
     assert stats.preroll_wait_s > 0.05
     assert stats.seconds_played == stats.seconds_generated == len(speech) / SAMPLE_RATE
-    handed_over = np.concatenate(recorded)
-    assert len(handed_over) > len(speech)
-    np.testing.assert_array_equal(handed_over[handed_over != 0], speech)
 
 
 def test_waiting_for_input_is_a_pause_and_a_buffered_line_plays_while_the_source_waits_again(pulse_server):
@@ -132,11 +118,9 @@ def test_waiting_for_input_is_a_pause_and_a_buffered_line_plays_while_the_source
     first, second = _test_signal(0.32, seed=1), _test_signal(0.48, seed=2)
     waiting = threading.Event()
     second_heard = threading.Event()
-    heard: list[np.ndarray] = []
 
-    def record(samples: np.ndarray) -> None:
-        heard.append(samples)
-        if np.isin(second[-SAMPLES_PER_FRAME:], np.concatenate(heard)).all():
+    def report(status: PlaybackStatus) -> None:
+        if status.seconds_played * SAMPLE_RATE >= len(first) + len(second):
             second_heard.set()
 
     def lines() -> Iterator[np.ndarray]:
@@ -147,9 +131,8 @@ def test_waiting_for_input_is_a_pause_and_a_buffered_line_plays_while_the_source
         waiting.set()
         assert second_heard.wait(5.0), "the second line stayed in the ring while the source waited"
 
-    stats = play(lines(), record=record, waiting=waiting)
+    stats = play(lines(), on_status=report, waiting=waiting)
     assert stats.underruns == 0
-    np.testing.assert_array_equal(np.concatenate(heard), np.concatenate([first, second]))
     assert stats.realtime_factor is not None and 1.4 < stats.realtime_factor < 1.8  # 0.12 s per 80 ms frame
 
 
@@ -199,10 +182,9 @@ def test_an_error_in_the_chunks_is_raised_by_play_promptly(pulse_server):
     assert time.monotonic() - started < 1.0
 
 
-def test_interrupt_stops_playback_closes_the_chunks_and_leaves_a_valid_wav(pulse_server, tmp_path):
-    wav = tmp_path / "interrupted.wav"
+def test_interrupt_stops_playback_and_closes_the_chunks(pulse_server):
     child = subprocess.Popen(
-        [sys.executable, "-c", PLAY_UNTIL_INTERRUPTED, str(wav)],
+        [sys.executable, "-c", PLAY_UNTIL_INTERRUPTED],
         cwd=REPO,
         env={**os.environ, **pulse_server.env},
         stdout=subprocess.PIPE,
@@ -222,10 +204,6 @@ def test_interrupt_stops_playback_closes_the_chunks_and_leaves_a_valid_wav(pulse
     ended = re.search(r"play\(\) ended ([0-9.]+) s after SIGINT", out)
     assert ended is not None, out
     assert float(ended[1]) < 0.2
-    info = soundfile.info(wav)
-    assert info.frames > SAMPLE_RATE // 2
-    assert wav.stat().st_size == 44 + 2 * info.frames
-    assert len(soundfile.read(wav)[0]) == info.frames
 
 
 def test_devices_lists_the_sound_server(pulse_server):
@@ -256,3 +234,22 @@ def test_missing_portaudio_is_a_user_error(monkeypatch):
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     with pytest.raises(CsmError, match=r"PortAudio library not found.*--out FILE --no-play"):
         output_devices()
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
+def test_a_sound_server_that_dies_or_freezes_mid_playback_is_an_error_within_a_second(pulse_server, fault):
+    faulted_at: list[float] = []
+
+    def report(status: PlaybackStatus) -> None:
+        if status.seconds_played > 0.3 and not faulted_at:
+            os.kill(pulse_server.pid, fault)
+            faulted_at.append(time.monotonic())
+
+    try:
+        with pytest.raises(CsmError, match=r"output device .* (stopped taking audio|ended the stream)"):
+            play(_chunks(_test_signal(4.0)), on_status=report)
+        assert faulted_at, "the fault was never injected"
+        assert time.monotonic() - faulted_at[0] < 1.0
+    finally:
+        if fault == signal.SIGSTOP:
+            os.kill(pulse_server.pid, signal.SIGCONT)

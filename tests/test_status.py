@@ -6,7 +6,7 @@ from csm_cli.playback import PlaybackStats, PlaybackStatus
 from csm_cli.status import StatusDisplay, summary
 
 STATS = PlaybackStats(time_to_first_audio_s=0.042, seconds_generated=3.2, seconds_played=3.2, underruns=1,
-                      realtime_factor=0.31, preroll_wait_s=0.0, samples_not_recorded=0)
+                      realtime_factor=0.31, preroll_wait_s=0.0)
 
 
 def status(state: str, played: float) -> PlaybackStatus:
