@@ -19,30 +19,41 @@ if TYPE_CHECKING:
     from .prompt import Segment
     from .voice import Voice
 
+# Help as Unix tools print it: plain text (no markup to swallow "[...]"), a metavar for each value, each default.
 app = typer.Typer(
-    help="Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ModelOption = Annotated[str, typer.Option(help="Hub id or local directory of a CSM checkpoint (either layout).")]
-CodecOption = Annotated[
-    Path | None, typer.Option(help="Local Mimi safetensors file [default: moshi's Mimi from the hub].")
-]
-TokenizerOption = Annotated[
-    str, typer.Option(help="Hub id or directory of the tokenizer, used when the model repo has none.")
-]
-ModelDeviceOption = Annotated[
-    str | None, typer.Option(help="Torch device for the model, e.g. cuda, cuda:1, cpu [default: cuda if present].")
-]
-DtypeOption = Annotated[
-    str | None, typer.Option(help="bfloat16, float16 or float32 [default: bfloat16 on CUDA, float32 on CPU].")
-]
+ModelOption = Annotated[str, typer.Option(
+    metavar="ID|DIR", help="Hub id or local directory of a CSM checkpoint (either layout).")]
+CodecOption = Annotated[Path | None, typer.Option(
+    metavar="FILE", show_default="moshi's Mimi from the hub", help="Local Mimi safetensors file.")]
+TokenizerOption = Annotated[str, typer.Option(
+    metavar="ID|DIR", help="Hub id or directory of the tokenizer, used when the model repo has none.")]
+ModelDeviceOption = Annotated[str | None, typer.Option(
+    metavar="DEVICE", show_default="cuda if present, else cpu",
+    help="Torch device for the model, e.g. cuda, cuda:1, cpu.")]
+DtypeOption = Annotated[str | None, typer.Option(
+    metavar="DTYPE", show_default="bfloat16 on CUDA, float32 on CPU", help="bfloat16, float16 or float32.")]
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"csm {version('csm-cli')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def csm() -> None:
+def csm(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
     """Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated."""
 
 
@@ -104,35 +115,42 @@ def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], defa
 
 @app.command()
 def say(
-    text: Annotated[
-        str | None, typer.Argument(help="What to say; '-' or nothing reads lines from standard input.")
+    text: Annotated[str | None, typer.Argument(metavar="TEXT", hidden=True)] = None,
+    speaker: Annotated[str, typer.Option(metavar="N", help="Speaker id, a non-negative integer.")] = "0",
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="FILE", help="Also record to this 24 kHz mono WAV file; '-' writes raw PCM to stdout.")
     ] = None,
-    speaker: Annotated[str, typer.Option(help="Speaker id, a non-negative integer.")] = "0",
-    out: Annotated[
-        str | None, typer.Option(help="Also record to this 24 kHz mono WAV file; '-' writes raw PCM to stdout.")
-    ] = None,
-    pcm_format: Annotated[str, typer.Option("--format", help="Raw PCM for --out -: s16 (16-bit LE) or f32.")] = "s16",
-    out_dir: Annotated[Path | None, typer.Option(help="Write one numbered WAV per utterance here.")] = None,
-    play: Annotated[
-        bool | None, typer.Option(help="Play through the sound card [default: yes, unless --out -].")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="Output device name or index (see `csm devices`).")] = None,
-    pause: Annotated[float, typer.Option(help="Seconds of silence between utterances.")] = 0.2,
+    pcm_format: Annotated[str, typer.Option(
+        "--format", metavar="s16|f32", help="Raw PCM for --out -: s16 (16-bit LE) or f32.")] = "s16",
+    out_dir: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="Write one numbered WAV per utterance here.")] = None,
+    play: Annotated[bool | None, typer.Option(
+        show_default="yes, unless --out -", help="Play through the sound card.")] = None,
+    device: Annotated[str | None, typer.Option(
+        metavar="NAME|INDEX", show_default="the system's",
+        help="Output device (see `csm devices`).")] = None,
+    pause: Annotated[float, typer.Option(metavar="SECONDS", help="Silence between utterances.")] = 0.2,
     memory: Annotated[bool, typer.Option(help="Keep what was said as context for what follows.")] = True,
     voice: Annotated[str | None, typer.Option(
+        metavar="NAME|FILE|none",
+        show_default="the model's conversational_a for speaker 0 and conversational_b for speaker 1, unless --context",
         help="Voice of --speaker: a voice of the model (see `csm voices`), an audio file with --voice-text, or "
-             "none [default: the model's conversational_a for speaker 0 and conversational_b for speaker 1, "
-             "unless --context is given].")] = None,
-    voice_text: Annotated[str | None, typer.Option(help="What is said in the --voice recording.")] = None,
-    context: Annotated[list[Path] | None, typer.Option(help="Voice prompt audio file (repeatable).")] = None,
-    context_text: Annotated[list[str] | None, typer.Option(help="What is said in each --context file.")] = None,
-    context_speaker: Annotated[
-        list[str] | None, typer.Option(help="Speaker of each --context file [default: --speaker].")
-    ] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
-    topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
-    seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible speech.")] = None,
-    max_seconds: Annotated[float, typer.Option(help="Most seconds of speech per utterance.")] = 30.0,
+             "none.")] = None,
+    voice_text: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="What is said in the --voice recording.")] = None,
+    context: Annotated[list[Path] | None, typer.Option(
+        metavar="FILE", help="Voice prompt audio file (repeatable).")] = None,
+    context_text: Annotated[list[str] | None, typer.Option(
+        metavar="TEXT", help="What is said in each --context file.")] = None,
+    context_speaker: Annotated[list[str] | None, typer.Option(
+        metavar="N", show_default="--speaker", help="Speaker of each --context file.")] = None,
+    temperature: Annotated[float, typer.Option(metavar="T", help="Sampling temperature.")] = 0.9,
+    topk: Annotated[int, typer.Option(
+        metavar="K", help="Sample among the k most likely codes; 1 is greedy.")] = 50,
+    seed: Annotated[int | None, typer.Option(
+        metavar="N", show_default="random", help="Random seed, for reproducible speech.")] = None,
+    max_seconds: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Most seconds of speech per utterance.")] = 30.0,
     model: ModelOption = DEFAULT_MODEL,
     codec: CodecOption = None,
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
@@ -142,7 +160,9 @@ def say(
     stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Say TEXT, or standard input sentence by sentence as it arrives."""
+    """Say TEXT, or standard input sentence by sentence as it arrives.
+
+    With no TEXT, or TEXT '-', the text comes from standard input."""
     with user_errors():
         from .generator import Settings
         from .pcm import prepare_out_dir
@@ -276,18 +296,17 @@ class CompareWith(StrEnum):
 
 @app.command()
 def bench(
-    frames: Annotated[int, typer.Option(help="Frames of 80 ms per text; end of speech is ignored.")] = 125,
-    context_seconds: Annotated[
-        float, typer.Option(help="Seconds of context (random audio codes) before each text.")
-    ] = 0.0,
+    frames: Annotated[int, typer.Option(
+        metavar="N", help="Frames of 80 ms per text; end of speech is ignored.")] = 125,
+    context_seconds: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Context (random audio codes) before each text.")] = 0.0,
     random_weights: Annotated[bool, typer.Option(
         "--random-weights",
         help="Full-size CSM-1B and Mimi with random weights, to measure speed without the checkpoint "
              "(--model and --codec are not used; token ids are synthetic when no tokenizer is at hand).",
     )] = False,
-    compare: Annotated[
-        CompareWith | None, typer.Option(help="Also run this path in the same process and print the ratio.")
-    ] = None,
+    compare: Annotated[CompareWith | None, typer.Option(
+        metavar="eager", help="Also run this path in the same process and print the ratio.")] = None,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
@@ -320,4 +339,4 @@ def bench(
 
 
 def main() -> None:
-    app()
+    app(prog_name="csm")
