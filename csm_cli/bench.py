@@ -106,10 +106,13 @@ def load_for_bench(model: str, codec: Path | None, tokenizer: str, device: str |
 class BenchOptions:
     frames: int = 125
     context_seconds: float = 0.0
-    fast: bool = True  # CUDA graphs where the device has them
+    fast: bool = True  # CUDA graphs (on a CUDA device)
     compare_eager: bool = False
 
     def __post_init__(self) -> None:
+        if self.compare_eager and not self.fast:
+            raise CsmError("--compare eager sets CUDA graphs beside eager, but here every frame runs eagerly (on a "
+                           "CPU, or with --eager): leave --compare out")
         if self.frames < 2:
             raise CsmError(f"--frames must be at least 2 (the time per frame needs two), got {self.frames}")
         if self.context_seconds < 0:
@@ -205,7 +208,8 @@ class _Run:
     underruns: int
 
 
-def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequence[Segment], frames: int) -> _Run:
+def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequence[Segment], frames: int,
+           advance: Callable[[], None]) -> _Run:
     ring = RingBuffer(frames)  # room for every frame: the producer never waits for the consumer
     consumer = RealtimeConsumer(ring)
     consumer.start()
@@ -218,6 +222,7 @@ def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequenc
         for chunk in speech:
             ring.write(chunk)
             arrivals.append(time.perf_counter())
+            advance()
     finally:
         ring.close()
         consumer.join()
@@ -245,22 +250,26 @@ def context_segments(seconds: float) -> list[Segment]:
     return [Segment(1, CONTEXT_TEXT, codes=np.random.default_rng(SEED).integers(0, CODEC_CARDINALITY, shape))]
 
 
-def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) -> PathFigures:
-    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text."""
+def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions, progress: LoadProgress) -> PathFigures:
+    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text; shows the frames
+    done in `progress`."""
     started = time.perf_counter()
     generator = make()
+    path = "eager" if generator.graphs is None else "cuda-graphs"
     context = context_segments(options.context_seconds)
     longest = max(len(generator.prompt_rows(text, 0, context)[0]) for text in TEXTS)
     if longest + options.frames > generator.model.max_seq_len:
         raise CsmError(f"{options.context_seconds:g} s of context and {options.frames} frames need "
                        f"{longest + options.frames} positions, more than the model's {generator.model.max_seq_len}: "
                        "lower --context-seconds or --frames")
-    _speak(generator, TEXTS[0], SEED, context, WARMUP_FRAMES)
-    warmup_s = time.perf_counter() - started
-    runs = [_speak(generator, text, SEED + i, context, options.frames) for i, text in enumerate(TEXTS)]
+    with progress as shown, shown.steps_task(f"benchmarking {path}: frames",
+                                             WARMUP_FRAMES + len(TEXTS) * options.frames) as advance:
+        _speak(generator, TEXTS[0], SEED, context, WARMUP_FRAMES, advance)
+        warmup_s = time.perf_counter() - started
+        runs = [_speak(generator, text, SEED + i, context, options.frames, advance) for i, text in enumerate(TEXTS)]
     per_frame = Percentiles.of(1000 * np.concatenate([run.frame_intervals_s for run in runs]))
     return PathFigures(
-        path="eager" if generator.graphs is None else "cuda-graphs",
+        path=path,
         warmup_s=warmup_s,
         time_to_first_audio_ms=Percentiles.of([1000 * run.first_audio_s for run in runs]),
         steady_ms_per_frame=per_frame,
@@ -270,8 +279,10 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) ->
     )
 
 
-def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions) -> BenchReport:
-    """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked."""
+def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions,
+              progress: LoadProgress) -> BenchReport:
+    """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked;
+    shows how far each run is in `progress`."""
     started = time.perf_counter()
     loaded = load()
     load_s = time.perf_counter() - started
@@ -280,8 +291,8 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     figures = bench_path(lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast),
-                         options)
-    eager = bench_path(lambda: loaded, options) if options.compare_eager else None
+                         options, progress)
+    eager = bench_path(lambda: loaded, options, progress) if options.compare_eager else None
     return BenchReport(
         device=torch.cuda.get_device_name(device) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
         dtype=str(loaded.model.audio_head.dtype).removeprefix("torch."),
@@ -300,12 +311,11 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
 
 def render_table(report: BenchReport) -> Table:
     tokens = ", synthetic token ids" if report.synthetic_tokens else ""
-    memory = "-" if report.peak_gpu_memory_mib is None else f"{report.peak_gpu_memory_mib:,.0f} MiB"
+    memory = "" if report.peak_gpu_memory_mib is None else f"; peak GPU memory {report.peak_gpu_memory_mib:,.0f} MiB"
     table = Table(
         title=f"csm bench: {report.device}, {report.dtype}, torch {report.torch}",
         caption=(f"weights: {report.weights}{tokens}; {report.texts} texts x {report.frames} frames, end of speech "
-                 f"ignored; {report.context_seconds:g} s of context; load {report.load_s:.1f} s; "
-                 f"peak GPU memory {memory}"),
+                 f"ignored; {report.context_seconds:g} s of context; load {report.load_s:.1f} s{memory}"),
     )
     table.add_column("")
     paths = [report.figures] if report.eager is None else [report.figures, report.eager]
@@ -322,7 +332,8 @@ def render_table(report: BenchReport) -> Table:
     def p50_p95(values: Percentiles, digits: int) -> str:
         return f"{values.p50:.{digits}f} / {values.p95:.{digits}f} ms"
 
-    row("warm-up incl. capture", lambda f: f"{f.warmup_s:.2f} s")
+    captured = any(figures.path == "cuda-graphs" for figures in paths)
+    row("warm-up incl. capture" if captured else "warm-up", lambda f: f"{f.warmup_s:.2f} s")
     row("first audio p50 / p95", lambda f: p50_p95(f.time_to_first_audio_ms, 0), "time_to_first_audio")
     row("per frame p50 / p95", lambda f: p50_p95(f.steady_ms_per_frame, 1), "steady_ms_per_frame")
     row("Mimi per frame", lambda f: f"{f.mimi_ms_per_frame:.2f} ms")

@@ -40,6 +40,9 @@ ModelDeviceOption = Annotated[str | None, typer.Option(
 DtypeOption = Annotated[str | None, typer.Option(
     metavar="DTYPE", show_default="bfloat16 on CUDA, float32 on CPU", help="bfloat16, float16 or float32.")]
 
+ThreadsOption = Annotated[int | None, typer.Option(
+    metavar="N", show_default="the physical cores", help="CPU threads for the model.")]
+
 
 def print_version(value: bool) -> None:
     if value:
@@ -157,6 +160,7 @@ def say(
     model_device: ModelDeviceOption = None,
     dtype: DtypeOption = None,
     eager: EagerOption = False,
+    threads: ThreadsOption = None,
     stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -169,6 +173,7 @@ def say(
         from .say import Output, expected_seconds, say, warn
         from .script import passages
         from .text_input import Replacer, read_text
+        from .threads import use_cpu_threads
         from .voice import choose_voices
 
         speaker_id = parse_speaker(speaker)
@@ -197,6 +202,7 @@ def say(
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
         voices = choose_voices(offered_voices(model, voice, bool(context), quiet), voice, voice_text, speaker_id,
                                has_context=bool(context))
+        use_cpu_threads(threads)
         output = Output(
             play=play, device=device, wav=None if out is None or raw else Path(out),
             raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
@@ -314,6 +320,7 @@ def bench(
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
     model_device: ModelDeviceOption = None,
     dtype: DtypeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Measure speed on fixed texts and seeds: time to first audio, time per frame, real-time factor."""
@@ -323,14 +330,19 @@ def bench(
         from rich.console import Console
 
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
+        from .generator import resolve_device
         from .progress import LoadProgress
+        from .threads import use_cpu_threads
 
-        options = BenchOptions(frames, context_seconds, fast=not eager, compare_eager=compare is CompareWith.eager)
+        graphs = not eager and resolve_device(model_device).type == "cuda"
+        options = BenchOptions(frames, context_seconds, fast=graphs, compare_eager=compare is CompareWith.eager)
+        use_cpu_threads(threads)
         report = run_bench(
             lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, random_weights,
                                    LoadProgress(enabled=not quiet)),
             RANDOM_WEIGHTS if random_weights else model,
             options,
+            LoadProgress(enabled=not quiet),
         )
         if json_output:
             print(json.dumps(report.to_dict(), indent=2))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .audio import SAMPLE_RATE
 from .conversation import Conversation, utterances
@@ -104,7 +105,7 @@ def _report(conversation: Conversation, started: float, playback: dict[str, Any]
         rtf = f"{elapsed / seconds:.2f}" if seconds else "-"
         print(f"{seconds:.1f} s of speech in {len(conversation.lines)} utterances, RTF {rtf}", file=sys.stderr)
     if output.stats:
-        record = {"seconds": seconds, "playback": playback,
+        record = {"seconds": seconds, "threads": torch.get_num_threads(), "playback": playback,
                   "utterances": [line.to_dict(started) for line in conversation.lines]}
         print(json.dumps(record), file=sys.stderr)
 

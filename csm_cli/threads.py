@@ -1,0 +1,35 @@
+"""How many CPU threads torch computes with: set once per process, before the model runs."""
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import CsmError
+
+
+def physical_cores() -> int:
+    """The cores this process may run on, the hardware threads of one core counted once."""
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:  # no topology to read: count the CPU as a core
+            cores.add(str(cpu))
+    return len(cores)
+
+
+def use_cpu_threads(threads: int | None = None) -> int:
+    """Sets torch's intra-op threads to `threads`, or by default to one per physical core, and returns the number.
+
+    The producer thread that runs the model is one of those threads (torch's parallel loops run on the calling
+    thread and the pool). Torch's inter-op pool, which csm never uses, is cut to one thread, so that nothing else
+    competes with the producer and the sound card's thread (which mostly sleeps)."""
+    if threads is not None and threads < 1:
+        raise CsmError(f"--threads must be at least 1, got {threads}")
+    count = threads or physical_cores()
+    torch.set_num_threads(count)
+    if torch.get_num_interop_threads() != 1:
+        torch.set_num_interop_threads(1)
+    return count
