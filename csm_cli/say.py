@@ -86,16 +86,20 @@ def _play(chunks: Iterator[np.ndarray], record: Callable[[np.ndarray], None] | N
           expected_seconds: float | None, waiting: threading.Event) -> dict[str, Any]:
     from rich.console import Console
 
+    from . import library_messages
     from .playback import play
     from .status import StatusDisplay, summary
 
     console = None if output.live_status else Console(stderr=True, force_terminal=False)
+    messages_before = library_messages.count()
     with StatusDisplay(console, quiet=output.quiet) as status:
         stats = play(chunks, device=output.device, record=record, on_status=status,
                      expected_seconds=expected_seconds, waiting=waiting)
+    messages = library_messages.count() - messages_before
     if not output.quiet:
-        print(summary(stats), file=sys.stderr)
-    return stats.to_dict()
+        hidden = f", {messages} sound-library messages kept off the terminal" if messages else ""
+        print(summary(stats) + hidden, file=sys.stderr)
+    return {**stats.to_dict(), "sound_library_messages": messages}
 
 
 def _report(conversation: Conversation, started: float, playback: dict[str, Any] | None, output: Output) -> None:

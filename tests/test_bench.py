@@ -78,7 +78,7 @@ def test_comparing_eager_with_eager_is_refused(transformers_dir, mimi_file, args
 
 
 def test_bench_shows_its_progress_on_a_terminal(transformers_dir, mimi_file):
-    output = run_on_terminal(["bench", "--frames", "30", *model_args(transformers_dir, mimi_file)])
+    output = run_on_terminal(["bench", "--frames", "10", *model_args(transformers_dir, mimi_file)])
     assert "benchmarking eager: frames" in output
     assert "real-time factor" in output
 
