@@ -99,6 +99,28 @@ def check_writable(path: Path) -> None:
         raise CsmError(f"cannot write {path}: permission denied")
 
 
+def read_text_file(path: Path) -> str:
+    """The text of --file FILE, read whole before the model loads: UTF-8, a byte-order mark dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CsmError(f"--file {path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise CsmError(f"--file {path} is a directory: give a text file") from None
+    except OSError as e:
+        raise CsmError(f"cannot read --file {path} ({e.strerror}): give a readable text file") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CsmError(f"--file {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): "
+                       "convert it, e.g. with iconv -t UTF-8") from None
+    if "\0" in text:
+        raise CsmError(f"--file {path} is not a text file (it holds NUL bytes): give a text file")
+    if not text.strip():
+        raise CsmError(f"--file {path} is empty: give something to say")
+    return text
+
+
 def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], default_speaker: int) -> list["Segment"]:
     """--context FILE --context-text TEXT [--context-speaker N], each repeatable, read before the model loads."""
     from .prompt import Segment
@@ -119,6 +141,8 @@ def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], defa
 @app.command()
 def say(
     text: Annotated[str | None, typer.Argument(metavar="TEXT", hidden=True)] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", metavar="FILE", help="Say the lines of this UTF-8 text file ('-': standard input).")] = None,
     speaker: Annotated[str, typer.Option(metavar="N", help="Speaker id, a non-negative integer.")] = "0",
     out: Annotated[str | None, typer.Option(
         "--out", "-o", metavar="FILE", help="Also record to this 24 kHz mono WAV file; '-' writes raw PCM to stdout.")
@@ -166,7 +190,7 @@ def say(
 ) -> None:
     """Say TEXT, or standard input sentence by sentence as it arrives.
 
-    With no TEXT, or TEXT '-', the text comes from standard input."""
+    With no TEXT, or TEXT '-', the text comes from standard input; with --file FILE, from FILE."""
     with user_errors():
         from .generator import Settings
         from .pcm import prepare_out_dir
@@ -177,11 +201,13 @@ def say(
         from .voice import choose_voices
 
         speaker_id = parse_speaker(speaker)
-        from_stdin = text is None or text == "-"
-        if not from_stdin and not text.strip():
-            raise CsmError("the text is empty: give something to say")
+        if text is not None and file is not None:
+            raise CsmError("give TEXT or --file FILE, not both")
+        from_stdin = (text is None or text == "-") and (file is None or str(file) == "-")
         if not from_stdin:
-            text = Replacer("the text argument", warn)(text)
+            text = Replacer("the text argument", warn)(text) if file is None else read_text_file(file)
+            if not text.strip():
+                raise CsmError("the text is empty: give something to say")
         if pcm_format not in ("s16", "f32"):
             raise CsmError(f"--format must be s16 or f32, got {pcm_format!r}")
         if out is not None and out_dir is not None:
@@ -203,11 +229,14 @@ def say(
         voices = choose_voices(offered_voices(model, voice, bool(context), quiet), voice, voice_text, speaker_id,
                                has_context=bool(context))
         use_cpu_threads(threads)
+        typing = from_stdin and sys.stdin.isatty()
         output = Output(
             play=play, device=device, wav=None if out is None or raw else Path(out),
             raw=pcm_format if raw else None, out_dir=prepare_out_dir(out_dir) if out_dir else None,
-            quiet=quiet, stats=stats, live_status=not (from_stdin and sys.stdin.isatty()),
+            quiet=quiet, stats=stats, live_status=not typing,
         )
+        if typing and not quiet:
+            print("csm: type what to say and press Enter; Ctrl-D ends the input", file=sys.stderr)
         say(
             passages(read_text(sys.stdin, warn) if from_stdin else [text + "\n"]),  # the text as whole lines
             load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet),
