@@ -296,8 +296,6 @@ def read_until(stream, marker: str, timeout: float) -> str:
 
 
 def test_typing_at_a_terminal_says_how_to_end_and_waits_for_text(pulse_server, model):
-    import pty
-
     terminal, keyboard = pty.openpty()
     process = subprocess.Popen([sys.executable, "-m", "csm_cli", "say", "--stats", *model], stdin=keyboard,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **pulse_server.env})
