@@ -226,9 +226,9 @@ def say(
             raise CsmError(f"--pause must not be negative, got {pause:g}")
         settings = Settings(temperature, topk, seed, max_seconds)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
+        use_cpu_threads(threads)
         voices = choose_voices(offered_voices(model, voice, bool(context), quiet), voice, voice_text, speaker_id,
                                has_context=bool(context))
-        use_cpu_threads(threads)
         typing = from_stdin and sys.stdin.isatty()
         output = Output(
             play=play, device=device, wav=None if out is None or raw else Path(out),
