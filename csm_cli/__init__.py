@@ -1,6 +1,7 @@
 """csm: speak text aloud with Sesame's CSM-1B, streaming audio while it is generated.
 
-`StreamingGenerator` and `Segment` are imported lazily, so that the CLI starts without loading torch.
+`StreamingGenerator`, `Segment` and `load_voice_prompt` are imported lazily, so that the CLI starts without loading
+torch.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -8,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .generator import Speech, StreamingGenerator
     from .prompt import Segment
+    from .voice import load_voice_prompt
 
-__all__ = ["Segment", "Speech", "StreamingGenerator"]
+__all__ = ["Segment", "Speech", "StreamingGenerator", "load_voice_prompt"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from .prompt import Segment
 
         return Segment
+    if name == "load_voice_prompt":
+        from .voice import load_voice_prompt
+
+        return load_voice_prompt
     raise AttributeError(f"module 'csm_cli' has no attribute {name!r}")

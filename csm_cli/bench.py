@@ -119,11 +119,14 @@ def load_for_bench(model: str, codec: Path | None, tokenizer: str, device: str |
 class BenchOptions:
     frames: int = 125
     context_seconds: float = 0.0
-    fast: bool = True  # CUDA graphs where the device has them
+    fast: bool = True  # CUDA graphs (on a CUDA device)
     compare_eager: bool = False
     conversation_lines: int = 0
 
     def __post_init__(self) -> None:
+        if self.compare_eager and not self.fast:
+            raise CsmError("--compare eager sets CUDA graphs beside eager, but here every frame runs eagerly (on a "
+                           "CPU, or with --eager): leave --compare out")
         window = CSM_1B.backbone.max_seq_len
         whole_number("--frames", self.frames, 2, window)  # the time per frame needs two
         number("--context-seconds", self.context_seconds, 0, MAX_SECONDS, " seconds")
@@ -232,7 +235,8 @@ class _Run:
     underruns: int
 
 
-def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequence[Segment], frames: int) -> _Run:
+def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequence[Segment], frames: int,
+           advance: Callable[[], None]) -> _Run:
     ring = RingBuffer(frames)  # room for every frame: the producer never waits for the consumer
     consumer = RealtimeConsumer(ring)
     consumer.start()
@@ -245,6 +249,7 @@ def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequenc
         for chunk in speech:
             ring.write(chunk)
             arrivals.append(time.perf_counter())
+            advance()
     finally:
         ring.close()
         consumer.join()
@@ -272,22 +277,27 @@ def context_segments(seconds: float) -> list[Segment]:
     return [Segment(1, CONTEXT_TEXT, codes=np.random.default_rng(SEED).integers(0, CODEC_CARDINALITY, shape))]
 
 
-def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions) -> tuple[PathFigures, StreamingGenerator]:
-    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text."""
+def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
+               progress: LoadProgress) -> tuple[PathFigures, StreamingGenerator]:
+    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text; shows the frames
+    done in `progress`."""
     started = time.perf_counter()
     generator = make()
+    path = "eager" if generator.graphs is None else "cuda-graphs"
     context = context_segments(options.context_seconds)
     longest = max(len(generator.prompt_rows(text, 0, context)[0]) for text in TEXTS)
     if longest + options.frames > generator.model.max_seq_len:
         raise CsmError(f"{options.context_seconds:g} s of context and {options.frames} frames need "
                        f"{longest + options.frames} positions, more than the model's {generator.model.max_seq_len}: "
                        "lower --context-seconds or --frames")
-    _speak(generator, TEXTS[0], SEED, context, WARMUP_FRAMES)
-    warmup_s = time.perf_counter() - started
-    runs = [_speak(generator, text, SEED + i, context, options.frames) for i, text in enumerate(TEXTS)]
+    with progress as shown, shown.steps_task(f"benchmarking {path}: frames",
+                                             WARMUP_FRAMES + len(TEXTS) * options.frames) as advance:
+        _speak(generator, TEXTS[0], SEED, context, WARMUP_FRAMES, advance)
+        warmup_s = time.perf_counter() - started
+        runs = [_speak(generator, text, SEED + i, context, options.frames, advance) for i, text in enumerate(TEXTS)]
     per_frame = Percentiles.of(1000 * np.concatenate([run.frame_intervals_s for run in runs]))
     figures = PathFigures(
-        path="eager" if generator.graphs is None else "cuda-graphs",
+        path=path,
         warmup_s=warmup_s,
         time_to_first_audio_ms=Percentiles.of([1000 * run.first_audio_s for run in runs]),
         steady_ms_per_frame=per_frame,
@@ -313,8 +323,10 @@ def bench_conversation(generator: StreamingGenerator, options: BenchOptions) -> 
     return ConversationFigures(options.conversation_lines, options.frames, first_audio[False], first_audio[True])
 
 
-def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions) -> BenchReport:
-    """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked."""
+def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions,
+              progress: LoadProgress) -> BenchReport:
+    """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked;
+    shows how far each run is in `progress`."""
     started = time.perf_counter()
     loaded = load()
     load_s = time.perf_counter() - started
@@ -323,9 +335,9 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     figures, generator = bench_path(
-        lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast), options)
+        lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast), options, progress)
     conversation = bench_conversation(generator, options) if options.conversation_lines else None
-    eager = bench_path(lambda: loaded, options)[0] if options.compare_eager else None
+    eager = bench_path(lambda: loaded, options, progress)[0] if options.compare_eager else None
     return BenchReport(
         device=torch.cuda.get_device_name(device) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
         dtype=str(loaded.model.audio_head.dtype).removeprefix("torch."),
@@ -370,7 +382,8 @@ def render_table(report: BenchReport) -> Table:
     def p50_p95(values: Percentiles, digits: int) -> str:
         return f"{values.p50:.{digits}f} / {values.p95:.{digits}f} ms"
 
-    row("warm-up incl. capture", lambda f: f"{f.warmup_s:.2f} s")
+    captured = any(figures.path == "cuda-graphs" for figures in paths)
+    row("warm-up incl. capture" if captured else "warm-up", lambda f: f"{f.warmup_s:.2f} s")
     row("first audio p50 / p95", lambda f: p50_p95(f.time_to_first_audio_ms, 0), "time_to_first_audio")
     row("per frame p50 / p95", lambda f: p50_p95(f.steady_ms_per_frame, 1), "steady_ms_per_frame")
     row("Mimi per frame", lambda f: f"{f.mimi_ms_per_frame:.2f} ms")

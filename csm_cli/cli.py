@@ -53,37 +53,50 @@ def _command_path(ctx: typer.Context | None) -> str:
     return " ".join(["csm", *names])
 
 
+# Help as Unix tools print it: plain text (no markup to swallow "[...]"), a metavar for each value, each default.
 app = typer.Typer(
     cls=CsmGroup,
     help="Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ModelOption = Annotated[str, typer.Option(help="Hub id or local directory of a CSM checkpoint (either layout).")]
-CodecOption = Annotated[
-    Path | None, typer.Option(help="Local Mimi safetensors file [default: moshi's Mimi from the hub].")
-]
-TokenizerOption = Annotated[
-    str, typer.Option(help="Hub id or directory of the tokenizer, used when the model repo has none.")
-]
-ModelDeviceOption = Annotated[
-    str | None, typer.Option(help="Torch device for the model, e.g. cuda, cuda:1, cpu [default: cuda if present].")
-]
-DtypeOption = Annotated[
-    str | None, typer.Option(help="bfloat16, float16 or float32 [default: bfloat16 on CUDA, float32 on CPU].")
-]
-QuantizeOption = Annotated[
-    str | None, typer.Option(help="Int8 weights on the CPU: none, int8 (bfloat16 activations, logits within "
-                                  "cosine 0.99 of float32) or int8-dynamic (int8 activations too: faster, further "
-                                  "from float32; see the README) [default: int8 on a CPU unless --dtype is given, "
-                                  "none on CUDA].")
-]
+ModelOption = Annotated[str, typer.Option(
+    metavar="ID|DIR", help="Hub id or local directory of a CSM checkpoint (either layout).")]
+CodecOption = Annotated[Path | None, typer.Option(
+    metavar="FILE", show_default="moshi's Mimi from the hub", help="Local Mimi safetensors file.")]
+TokenizerOption = Annotated[str, typer.Option(
+    metavar="ID|DIR", help="Hub id or directory of the tokenizer, used when the model repo has none.")]
+ModelDeviceOption = Annotated[str | None, typer.Option(
+    metavar="DEVICE", show_default="cuda if present, else cpu",
+    help="Torch device for the model, e.g. cuda, cuda:1, cpu.")]
+DtypeOption = Annotated[str | None, typer.Option(
+    metavar="DTYPE", show_default="bfloat16 on CUDA, float32 on CPU", help="bfloat16, float16 or float32.")]
+QuantizeOption = Annotated[str | None, typer.Option(
+    metavar="none|int8|int8-dynamic", show_default="int8 on a CPU unless --dtype is given, none on CUDA",
+    help="Int8 weights on the CPU: none, int8 (bfloat16 activations, logits within cosine 0.99 of float32) or "
+         "int8-dynamic (int8 activations too: faster, further from float32; see the README).")]
+
+ThreadsOption = Annotated[int | None, typer.Option(
+    metavar="N", show_default="the physical cores", help="CPU threads for the model.")]
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"csm {version('csm-cli')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def csm() -> None:
+def csm(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
     """Speak text aloud with Sesame's CSM-1B, playing the audio while it is being generated."""
 
 
@@ -146,6 +159,28 @@ def check_writable(path: Path, sample_format: "SampleFormat") -> None:
         raise CsmError(f"cannot write {path}: permission denied")
 
 
+def read_text_file(path: Path) -> str:
+    """The text of --file FILE, read whole before the model loads: UTF-8, a byte-order mark dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CsmError(f"--file {path} does not exist: check the path") from None
+    except IsADirectoryError:
+        raise CsmError(f"--file {path} is a directory: give a text file") from None
+    except OSError as e:
+        raise CsmError(f"cannot read --file {path} ({e.strerror}): give a readable text file") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CsmError(f"--file {path} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}): "
+                       "convert it, e.g. with iconv -t UTF-8") from None
+    if "\0" in text:
+        raise CsmError(f"--file {path} is not a text file (it holds NUL bytes): give a text file")
+    if not text.strip():
+        raise CsmError(f"--file {path} is empty: give something to say")
+    return text
+
+
 def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], default_speaker: int) -> list["Segment"]:
     """--context FILE --context-text TEXT [--context-speaker N], each repeatable, read before the model loads."""
     from .prompt import Segment
@@ -165,40 +200,47 @@ def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], defa
 
 @app.command()
 def say(
-    text: Annotated[
-        str | None, typer.Argument(help="What to say; '-' or nothing reads lines from standard input.")
+    text: Annotated[str | None, typer.Argument(metavar="TEXT", hidden=True)] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", "-f", metavar="FILE", help="Say the lines of this UTF-8 text file ('-': standard input).")] = None,
+    speaker: Annotated[str, typer.Option(metavar="N", help="Speaker id, a non-negative integer.")] = "0",
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="FILE",
+        help="Also write the speech to this 24 kHz mono file (.wav, .flac, .ogg, .opus, .mp3), its format by "
+             "extension; '-' writes raw PCM to stdout.")
     ] = None,
-    speaker: Annotated[str, typer.Option(help="Speaker id, a non-negative integer.")] = "0",
-    out: Annotated[
-        str | None, typer.Option(help="Also write the speech to this 24 kHz mono file (.wav, .flac, .ogg, .opus), "
-                                      "its format by extension; '-' writes raw PCM to stdout.")
-    ] = None,
-    sample_format: Annotated[
-        str, typer.Option("--format", help="Samples of --out - (raw PCM) and WAV files: s16 (16-bit) or f32.")
+    sample_format: Annotated[str, typer.Option(
+        "--format", metavar="s16|f32", help="Samples of --out - (raw PCM) and WAV files: s16 (16-bit) or f32.")
     ] = "s16",
-    out_dir: Annotated[
-        Path | None, typer.Option(help="Write one WAV per utterance here: LINE-PART.wav (0003-2.wav).")
-    ] = None,
-    play: Annotated[
-        bool | None, typer.Option(help="Play through the sound card [default: yes, unless --out -].")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="Output device name or index (see `csm devices`).")] = None,
-    pause: Annotated[float, typer.Option(help="Seconds of silence between utterances.")] = 0.2,
+    out_dir: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="Write one WAV per utterance here: LINE-PART.wav (0003-2.wav).")] = None,
+    play: Annotated[bool | None, typer.Option(
+        show_default="yes, unless --out -", help="Play through the sound card.")] = None,
+    device: Annotated[str | None, typer.Option(
+        metavar="NAME|INDEX", show_default="the system's",
+        help="Output device (see `csm devices`).")] = None,
+    pause: Annotated[float, typer.Option(metavar="SECONDS", help="Silence between utterances.")] = 0.2,
     memory: Annotated[bool, typer.Option(help="Keep what was said as context for what follows.")] = True,
     voice: Annotated[str | None, typer.Option(
+        metavar="NAME|FILE|none",
+        show_default="the model's conversational_a for speaker 0 and conversational_b for speaker 1, unless --context",
         help="Voice of --speaker: a voice of the model (see `csm voices`), an audio file with --voice-text, or "
-             "none [default: the model's conversational_a for speaker 0 and conversational_b for speaker 1, "
-             "unless --context is given].")] = None,
-    voice_text: Annotated[str | None, typer.Option(help="What is said in the --voice recording.")] = None,
-    context: Annotated[list[Path] | None, typer.Option(help="Voice prompt audio file (repeatable).")] = None,
-    context_text: Annotated[list[str] | None, typer.Option(help="What is said in each --context file.")] = None,
-    context_speaker: Annotated[
-        list[str] | None, typer.Option(help="Speaker of each --context file [default: --speaker].")
-    ] = None,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
-    topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
-    seed: Annotated[int | None, typer.Option(help="Random seed, for reproducible speech.")] = None,
-    max_seconds: Annotated[float, typer.Option(help="Most seconds of speech per utterance.")] = 30.0,
+             "none.")] = None,
+    voice_text: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="What is said in the --voice recording.")] = None,
+    context: Annotated[list[Path] | None, typer.Option(
+        metavar="FILE", help="Voice prompt audio file (repeatable).")] = None,
+    context_text: Annotated[list[str] | None, typer.Option(
+        metavar="TEXT", help="What is said in each --context file.")] = None,
+    context_speaker: Annotated[list[str] | None, typer.Option(
+        metavar="N", show_default="--speaker", help="Speaker of each --context file.")] = None,
+    temperature: Annotated[float, typer.Option(metavar="T", help="Sampling temperature.")] = 0.9,
+    topk: Annotated[int, typer.Option(
+        metavar="K", help="Sample among the k most likely codes; 1 is greedy.")] = 50,
+    seed: Annotated[int | None, typer.Option(
+        metavar="N", show_default="random", help="Random seed, for reproducible speech.")] = None,
+    max_seconds: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Most seconds of speech per utterance.")] = 30.0,
     model: ModelOption = DEFAULT_MODEL,
     codec: CodecOption = None,
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
@@ -206,10 +248,13 @@ def say(
     dtype: DtypeOption = None,
     quantize: QuantizeOption = None,
     eager: EagerOption = False,
+    threads: ThreadsOption = None,
     stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Say TEXT, or standard input sentence by sentence as it arrives."""
+    """Say TEXT, or standard input sentence by sentence as it arrives.
+
+    With no TEXT, or TEXT '-', the text comes from standard input; with --file FILE, from FILE."""
     with user_errors():
         from .audiofile import prepare_out_dir
         from .conversation import pause_frames
@@ -217,17 +262,20 @@ def say(
         from .say import Output, expected_seconds, say, warn
         from .script import passages
         from .text_input import Replacer, read_text
+        from .threads import use_cpu_threads
         from .voice import choose_voices
 
         speaker_id = parse_speaker(speaker)
         settings = Settings(temperature, topk, seed, max_seconds)
         pause_frames(pause)
         resolve_dtype(dtype, resolve_device(model_device))
-        from_stdin = text is None or text == "-"
-        if not from_stdin and not text.strip():
-            raise CsmError("the text is empty: give something to say")
+        if text is not None and file is not None:
+            raise CsmError("give TEXT or --file FILE, not both")
+        from_stdin = (text is None or text == "-") and (file is None or str(file) == "-")
         if not from_stdin:
-            text = Replacer("the text argument", warn)(text)
+            text = Replacer("the text argument", warn)(text) if file is None else read_text_file(file)
+            if not text.strip():
+                raise CsmError("the text is empty: give something to say")
         if sample_format not in ("s16", "f32"):
             raise CsmError(f"--format must be s16 or f32, got {sample_format!r}")
         if out is not None and out_dir is not None:
@@ -243,13 +291,17 @@ def say(
 
             check_output_device(device)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
+        use_cpu_threads(threads)
         voices = choose_voices(offered_voices(model, voice, bool(context), quiet), voice, voice_text, speaker_id,
                                has_context=bool(context))
+        typing = from_stdin and sys.stdin.isatty()
         output = Output(
             play=play, device=device, file=None if out is None or raw else Path(out), raw=raw,
             sample_format=sample_format, out_dir=prepare_out_dir(out_dir) if out_dir else None,
-            quiet=quiet, stats=stats, live_status=not (from_stdin and sys.stdin.isatty()),
+            quiet=quiet, stats=stats, live_status=not typing,
         )
+        if typing and not quiet:
+            print("csm: type what to say and press Enter; Ctrl-D ends the input", file=sys.stderr)
         say(
             passages(read_text(sys.stdin, warn) if from_stdin else [text + "\n"]),  # the text as whole lines
             load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet),
@@ -344,19 +396,19 @@ class CompareWith(StrEnum):
 
 @app.command()
 def bench(
-    frames: Annotated[int, typer.Option(help="Frames of 80 ms per text; end of speech is ignored.")] = 125,
-    context_seconds: Annotated[
-        float, typer.Option(help="Seconds of context (random audio codes) before each text.")
-    ] = 0.0,
+    frames: Annotated[int, typer.Option(
+        metavar="N", help="Frames of 80 ms per text; end of speech is ignored.")] = 125,
+    context_seconds: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Context (random audio codes) before each text.")] = 0.0,
     random_weights: Annotated[bool, typer.Option(
         "--random-weights",
         help="Full-size CSM-1B and Mimi with random weights, to measure speed without the checkpoint "
              "(--model and --codec are not used; token ids are synthetic when no tokenizer is at hand).",
     )] = False,
-    compare: Annotated[
-        CompareWith | None, typer.Option(help="Also run this path in the same process and print the ratio.")
-    ] = None,
+    compare: Annotated[CompareWith | None, typer.Option(
+        metavar="eager", help="Also run this path in the same process and print the ratio.")] = None,
     conversation: Annotated[int, typer.Option(
+        metavar="LINES",
         help="Also speak this many lines as a conversation after the context, each prompt prefilled whole, then "
              "with the prefix cache, and report each line's first audio both ways.",
     )] = 0,
@@ -368,6 +420,7 @@ def bench(
     model_device: ModelDeviceOption = None,
     dtype: DtypeOption = None,
     quantize: QuantizeOption = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Measure speed on fixed texts and seeds: time to first audio, time per frame, real-time factor."""
@@ -377,15 +430,20 @@ def bench(
         from rich.console import Console
 
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
+        from .generator import resolve_device
         from .progress import LoadProgress
+        from .threads import use_cpu_threads
 
-        options = BenchOptions(frames, context_seconds, fast=not eager, compare_eager=compare is CompareWith.eager,
+        graphs = not eager and resolve_device(model_device).type == "cuda"
+        options = BenchOptions(frames, context_seconds, fast=graphs, compare_eager=compare is CompareWith.eager,
                                conversation_lines=conversation)
+        use_cpu_threads(threads)
         report = run_bench(
             lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, quantize, random_weights,
                                    LoadProgress(enabled=not quiet)),
             RANDOM_WEIGHTS if random_weights else model,
             options,
+            LoadProgress(enabled=not quiet),
         )
         if json_output:
             print(json.dumps(report.to_dict(), indent=2))
@@ -394,4 +452,4 @@ def bench(
 
 
 def main() -> None:
-    app()
+    app(prog_name="csm")

@@ -23,7 +23,7 @@ from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, te
 from .quantize import Quantization, activation_dtype, resolve_quantization
 from .quantize import quantize as quantize_model
 from .repository import fetch_model_files
-from .threads import set_threads
+from .threads import use_cpu_threads
 from .voice import Voice, cached_voice_codes, model_voices, unknown_voice
 
 T = TypeVar("T")
@@ -31,7 +31,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device asked for (default: CUDA if present); on a CPU, torch's threads set (`threads.set_threads`)."""
+    """The device asked for (default: CUDA if present); on a CPU, torch's threads set (`threads.use_cpu_threads`)."""
     if device is None:
         resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -48,7 +48,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise CsmError(f"--model-device {device}: torch sees {torch.cuda.device_count()} CUDA GPUs "
                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if resolved.type == "cpu":
-        set_threads()
+        use_cpu_threads()
     return resolved
 
 

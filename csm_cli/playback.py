@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from rich.table import Table
 
+from . import library_messages
 from .audio import FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from .errors import CsmError
 from .ring import RingBuffer
@@ -81,7 +82,9 @@ def preroll_satisfied(
 
 
 def _sounddevice() -> ModuleType:
-    """sounddevice, imported on first use: it loads the system's PortAudio library."""
+    """sounddevice, imported on first use: it loads the system's PortAudio library. The sound libraries' own
+    messages are kept off the terminal from then on."""
+    library_messages.keep_off_terminal()
     try:
         import sounddevice
     except OSError as e:

@@ -1,4 +1,5 @@
-"""A rich progress display on stderr while files download, weights load and CUDA graphs are captured."""
+"""A rich progress display on stderr while files download, weights load, CUDA graphs are captured and the bench
+runs."""
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ class _ByUnit(ProgressColumn):
 
 
 class LoadProgress:
-    """One transient progress display for everything done at load time; disabled, it shows nothing."""
+    """One transient progress display for the steps of one stage (loading, a bench run); disabled, it shows
+    nothing."""
 
     def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
         self._progress = Progress(

@@ -5,15 +5,17 @@ Files and raw PCM get the chunks as they are generated, pauses between lines inc
 sound card: what the sound card did (an underrun, a fault) does not change them."""
 
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .audio import SAMPLE_RATE
 from .audiofile import AudioFileWriter, SampleFormat
@@ -46,12 +48,15 @@ def warn(message: str) -> None:
     print(f"csm: warning: {message}", file=sys.stderr)
 
 
-def flag_waits(passages: Iterable[Passage], waiting: threading.Event) -> Iterator[Passage]:
-    """The passages, with `waiting` set whenever the next one is asked for (the player clears it with audio)."""
+def flag_waits(passages: Iterable[Passage], waiting: threading.Event, reading: threading.Event) -> Iterator[Passage]:
+    """The passages, with `waiting` set whenever the next one is asked for (the player clears it with audio), and
+    `reading` set only until it has come."""
     source = iter(passages)
     while True:
         waiting.set()
+        reading.set()
         passage = next(source, None)
+        reading.clear()
         if passage is None:
             return
         yield passage
@@ -67,8 +72,9 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
     conversation = Conversation(generator, settings, [*voices(generator), *prompts], memory, pause_seconds,
                                 output.out_dir, output.sample_format)
     waiting = threading.Event()
+    reading = threading.Event()
     if expected_seconds is None:
-        passages = flag_waits(passages, waiting)
+        passages = flag_waits(passages, waiting, reading)
     chunks = conversation.speak(utterances(passages, speaker, window_words(generator.model.max_seq_len), warn))
     sink = (AudioFileWriter(output.file, output.sample_format) if output.file
             else RawPcmWriter(fmt=output.sample_format) if output.raw else None)
@@ -78,7 +84,7 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
     playback = None
     try:
         if output.play:
-            playback = _play(chunks, output, expected_seconds, waiting)
+            playback = _play(chunks, output, expected_seconds, waiting, reading)
         else:
             _generate(chunks)
     finally:
@@ -115,19 +121,37 @@ def _recorded(chunks: Iterator[np.ndarray], sink: AudioFileWriter | RawPcmWriter
 
 
 def _play(chunks: Iterator[np.ndarray], output: Output, expected_seconds: float | None,
-          waiting: threading.Event) -> dict[str, Any]:
+          waiting: threading.Event, reading: threading.Event) -> dict[str, Any]:
     from rich.console import Console
 
-    from .playback import play
+    from . import library_messages
+    from .playback import PlaybackStatus, play
     from .status import StatusDisplay, summary
 
     console = None if output.live_status else Console(stderr=True, force_terminal=False)
-    with StatusDisplay(console, quiet=output.quiet) as status:
+    messages_before = library_messages.count()
+    age_at_play = process_age_s()
+    with StatusDisplay(console, quiet=output.quiet) as display:
+
+        def status(current: PlaybackStatus) -> None:
+            """Nothing to play while the next line is read is a wait for text, before the first line too."""
+            idle = current.buffer_seconds == 0 and current.state in ("buffering", "waiting")
+            display(replace(current, state="waiting") if idle and reading.is_set() else current)
+
         stats = play(chunks, device=output.device, on_status=status,
                      expected_seconds=expected_seconds, waiting=waiting)
+    messages = library_messages.count() - messages_before
     if not output.quiet:
-        print(summary(stats), file=sys.stderr)
-    return stats.to_dict()
+        hidden = f", {messages} sound-library messages kept off the terminal" if messages else ""
+        print(summary(stats) + hidden, file=sys.stderr)
+    first_sound = None if stats.time_to_first_audio_s is None else age_at_play + stats.time_to_first_audio_s
+    return {**stats.to_dict(), "launch_to_first_sound_s": first_sound, "sound_library_messages": messages}
+
+
+def process_age_s() -> float:
+    """Seconds since this process was launched: its start time in /proc/self/stat, in clock ticks since boot."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()  # from field 3, after the command name
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def _report(conversation: Conversation, started: float, playback: dict[str, Any] | None, output: Output) -> None:
@@ -137,7 +161,7 @@ def _report(conversation: Conversation, started: float, playback: dict[str, Any]
         rtf = f"{elapsed / seconds:.2f}" if seconds else "-"
         print(f"{seconds:.1f} s of speech in {len(conversation.lines)} utterances, RTF {rtf}", file=sys.stderr)
     if output.stats:
-        record = {"seconds": seconds, "playback": playback,
+        record = {"seconds": seconds, "threads": torch.get_num_threads(), "playback": playback,
                   "utterances": [line.to_dict(started) for line in conversation.lines]}
         print(json.dumps(record), file=sys.stderr)
 

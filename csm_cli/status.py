@@ -19,8 +19,9 @@ def _rtf(realtime_factor: float | None) -> str:
 
 
 def describe(status: PlaybackStatus) -> str:
+    state = "waiting for text" if status.state == "waiting" else status.state
     return (
-        f"{status.state:<9} {status.seconds_played:6.1f} s played  buffer {status.buffer_seconds:4.1f} s  "
+        f"{state:<9} {status.seconds_played:6.1f} s played  buffer {status.buffer_seconds:4.1f} s  "
         f"RTF {_rtf(status.realtime_factor)}"
     )
 

@@ -1,32 +1,43 @@
-"""How many threads torch computes with on the CPU: one per physical core this process may run on (a second
-hyperthread of a core adds no bandwidth to the weight reads a frame is bound by), set once per process."""
+"""How many CPU threads torch computes with: one per physical core this process may run on by default (a second
+hyperthread of a core adds no bandwidth to the weight reads a frame is bound by), set once per process, before the
+model runs."""
 
 import os
 from pathlib import Path
 
 import torch
 
+from .errors import CsmError
+
 _chosen: int | None = None
 
 
 def physical_cores() -> int:
-    """The distinct (package, core) pairs among the CPUs this process may run on; the CPU count if unknown."""
-    cpus = os.sched_getaffinity(0)
+    """The cores this process may run on, the hardware threads of one core counted once."""
     cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    for cpu in os.sched_getaffinity(0):
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
         try:
-            cores.add((topology.joinpath("physical_package_id").read_text(), topology.joinpath("core_id").read_text()))
-        except OSError:
-            return len(cpus)
-    return len(cores) or len(cpus)
+            cores.add(siblings.read_text().strip())
+        except OSError:  # no topology to read: count the CPU as a core
+            cores.add(str(cpu))
+    return len(cores)
 
 
-def set_threads(count: int | None = None) -> int:
-    """Sets torch's threads to `count`, or to the physical cores unless a count was set before; returns it."""
+def use_cpu_threads(threads: int | None = None) -> int:
+    """Sets torch's intra-op threads to `threads`, or, unless a count was set before, to one per physical core;
+    returns the number in use.
+
+    The producer thread that runs the model is one of those threads (torch's parallel loops run on the calling
+    thread and the pool). Torch's inter-op pool, which csm never uses, is cut to one thread, so that nothing else
+    competes with the producer and the sound card's thread (which mostly sleeps)."""
     global _chosen
-    if count is None and _chosen is not None:
+    if threads is not None and threads < 1:
+        raise CsmError(f"--threads must be at least 1, got {threads}")
+    if threads is None and _chosen is not None:
         return _chosen
-    _chosen = count or physical_cores()
+    _chosen = threads or physical_cores()
     torch.set_num_threads(_chosen)
+    if torch.get_num_interop_threads() != 1:
+        torch.set_num_interop_threads(1)
     return _chosen

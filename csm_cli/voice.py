@@ -21,8 +21,9 @@ _SILENT_PEAK = 1e-4  # -80 dBFS
 _COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF")
 
 
-def load_voice_prompt(path: Path) -> np.ndarray:
+def load_voice_prompt(path: str | Path) -> np.ndarray:
     """Reads any audio file libsndfile decodes, mixed to mono and resampled to 24 kHz: float32 [samples]."""
+    path = Path(path)
     samples, rate = _read_audio(path)
     mono = samples.mean(axis=1, dtype=np.float32)
     _check_audible(mono, path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from checkpoints import BACKBONE, DECODER
 from rich.console import Console
+from terminal import run_on_terminal
 from test_cli import assert_one_line_error, model_args
 from typer.testing import CliRunner
 
@@ -73,15 +74,27 @@ def test_bench_speaks_a_conversation_with_and_without_the_prefix_cache(transform
         assert len(conversation[name]) == 3 and all(ms > 0 for ms in conversation[name])
 
 
-def test_bench_compares_with_eager_and_takes_context(transformers_dir, mimi_file):
-    result = runner.invoke(app, ["bench", "--frames", "2", "--context-seconds", "1", "--compare", "eager", "--json",
-                                 "-q", *model_args(transformers_dir, mimi_file)])
+def test_bench_on_a_cpu_shows_no_gpu_fields_and_takes_context(transformers_dir, mimi_file):
+    result = runner.invoke(app, ["bench", "--frames", "2", "--context-seconds", "1", "-q", "--threads", "1",
+                                 *model_args(transformers_dir, mimi_file)], terminal_width=200)
     assert result.exit_code == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["context_seconds"] == 1.0
-    assert_sane_figures(report["compare"]["eager"])
-    assert set(report["compare"]["speedup"]) == {"time_to_first_audio", "steady_ms_per_frame"}
-    assert all(ratio > 0 for ratio in report["compare"]["speedup"].values())
+    for expected in ("cpu (1 threads)", "1 s of context", "warm-up ", "first audio p50 / p95", "eager"):
+        assert expected in result.stdout, expected
+    for gpu_only in ("GPU", "capture", "cuda-graphs", "eager / "):
+        assert gpu_only not in result.stdout, gpu_only
+
+
+@pytest.mark.parametrize("args", [["--compare", "eager"], ["--compare", "eager", "--eager"]])
+def test_comparing_eager_with_eager_is_refused(transformers_dir, mimi_file, args):
+    result = runner.invoke(app, ["bench", *args, "-q", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "every frame runs eagerly (on a CPU, or with --eager): leave --compare out")
+
+
+def test_bench_shows_its_progress_on_a_terminal(transformers_dir, mimi_file):
+    output = run_on_terminal(["bench", "--frames", "10", *model_args(transformers_dir, mimi_file)])
+    assert "benchmarking eager: frames" in output
+    assert "real-time factor" in output
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -147,6 +160,6 @@ def test_random_weights_take_a_tokenizer_when_there_is_one(tokenizer_dir):
 def test_random_weights_bench_with_synthetic_token_ids(tmp_path):
     generator = load_random_weights(TINY, str(tmp_path / "no-tokenizer"), "cpu", None, LoadProgress(enabled=False))
     assert isinstance(generator.tokenizer, SyntheticTokenizer)
-    report = run_bench(lambda: generator, RANDOM_WEIGHTS, BenchOptions(frames=2))
+    report = run_bench(lambda: generator, RANDOM_WEIGHTS, BenchOptions(frames=2), LoadProgress(enabled=False))
     assert report.weights == RANDOM_WEIGHTS and report.synthetic_tokens
     assert report.figures.path == "eager" and np.isfinite(report.figures.realtime_factor)

@@ -1,6 +1,8 @@
 """`csm say` end to end, through typer's runner and as a subprocess where the environment matters."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +39,7 @@ def assert_valid_speech(path: Path) -> int:
 
 def test_say_renders_a_wav_of_whole_frames(tmp_path, transformers_dir, mimi_file):
     out = tmp_path / "speech.wav"
-    result = runner.invoke(app, ["say", "Hello there.", "--speaker", "0", "--out", str(out), "--no-play",
+    result = runner.invoke(app, ["say", "Hello there.", "--speaker", "0", "-o", str(out), "--no-play",
                                  "--seed", "1", "--max-seconds", "1", *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 0, result.stderr
     assert assert_valid_speech(out) <= SAMPLE_RATE
@@ -203,3 +205,70 @@ def test_help_does_not_import_torch():
     assert result.stdout.split() == ["False", "False"]
     help_text = subprocess.run([sys.executable, "-m", "csm_cli", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "say" in help_text.stdout
+
+
+def csm_help(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "csm_cli", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["say"], ["devices"], ["bench"]])
+def test_help_shows_metavars_and_defaults_not_python_types(command):
+    text = csm_help(*command, "--help")
+    assert text == csm_help(*command, "-h")
+    assert text.startswith(f"Usage: {' '.join(['csm', *command])} ")
+    assert re.search(r"<[\w|\[\]]+>", text) is None, text  # <str>, <list[Path]>, <bool>
+    assert "-h, --help" in text
+
+
+def test_say_help_names_each_value_and_default():
+    text = " ".join(csm_help("say", "--help").split())  # unwrapped
+    for expected in ("Usage: csm say [OPTIONS] [TEXT]", "-o, --out FILE", "--context FILE", "--speaker N",
+                     "--pause SECONDS", "[default: 0.2]", "[default: (--speaker)]",
+                     "Play through the sound card. [default: (yes, unless --out -)]",
+                     "[default: (bfloat16 on CUDA, float32 on CPU)]"):
+        assert expected in text, expected
+
+
+def test_version():
+    from importlib.metadata import version
+
+    assert csm_help("--version") == f"csm {version('csm-cli')}\n"
+
+
+def test_file_lines_are_said_like_standard_input(tmp_path, transformers_dir, mimi_file):
+    text = tmp_path / "dialogue.txt"
+    text.write_text("\ufeffHello there.\n\n1: How are you?\n", encoding="utf-8")
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "-f", str(text), "-o", str(out), "--no-play", "--stats", "-q", "--seed", "1",
+                                 "--max-seconds", "2", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads(result.stderr.strip().splitlines()[-1])
+    assert [(u["speaker"], u["text"]) for u in stats["utterances"]] == [(0, "Hello there."), (1, "How are you?")]
+    assert_valid_speech(out)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"caf\xe9 au lait\n", "is not UTF-8 text (byte 0xe9 at offset 3): convert it, e.g. with iconv -t UTF-8"),
+    (b"RIFF\x00\x00\x00\x00WAVE", "is not a text file (it holds NUL bytes)"),
+    (b" \n\t\n", "is empty: give something to say"),
+    (None, "does not exist: check the path"),
+    ("dir", "is a directory: give a text file"),
+])
+def test_a_file_that_is_not_text_is_one_line_before_loading(tmp_path, content, message):
+    path = tmp_path / "text.txt"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    result = runner.invoke(app, ["say", "--file", str(path), "-o", str(tmp_path / "x.wav"), "--no-play",
+                                 "--model", "/unused"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, f"--file {path} {message}")
+
+
+def test_text_and_a_file_together_are_refused():
+    result = runner.invoke(app, ["say", "Hi", "-f", "notes.txt", "-o", "x.wav", "--no-play", "--model", "/unused"])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "give TEXT or --file FILE, not both")

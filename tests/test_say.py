@@ -385,3 +385,47 @@ def test_ctrl_c_exits_130_at_once_in_every_state(request, tmp_path, transformers
     # two shared cores, 0.4-0.9 s under a load average of 10-13, hence this bound
     assert sorted(took)[len(took) // 2] < 1.0, took
     assert max(took) < 2.0, took
+
+
+def read_until(stream, marker: str, timeout: float) -> str:
+    """What `stream` gives until `marker` has come, or the timeout."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while marker not in text and time.monotonic() < deadline:
+        text += read_some(stream, deadline - time.monotonic()).decode()
+    return text
+
+
+def test_typing_at_a_terminal_says_how_to_end_and_waits_for_text(pulse_server, model):
+    terminal, keyboard = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "csm_cli", "say", "--stats", *model], stdin=keyboard,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **pulse_server.env})
+    os.close(keyboard)
+    try:
+        before = read_until(process.stderr, "waiting for text", timeout=180)  # loading, on a shared machine
+        lines = [line for line in before.splitlines() if line]
+        assert lines[0] == "csm: type what to say and press Enter; Ctrl-D ends the input", before
+        assert lines[1].startswith("waiting for text "), before  # not "buffering"
+        os.write(terminal, b"Hello there.\n")
+        spoken = read_until(process.stderr, "speaking", timeout=60)
+        spoken += read_until(process.stderr, "waiting for text", timeout=60)
+        assert "speaking" in spoken and "waiting for text" in spoken.split("speaking")[-1], spoken
+        os.write(terminal, b"\x04")  # Ctrl-D
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        os.close(terminal)
+    assert process.returncode == 0, rest
+    stats = json.loads(rest.decode().strip().splitlines()[-1])
+    assert [u["text"] for u in stats["utterances"]] == ["Hello there."]
+
+
+def test_stats_report_the_time_from_launch_to_first_sound(pulse_server, model):
+    launched = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "csm_cli", "say", "Hello.", "--stats", "-q", *model],
+                            env={**os.environ, **pulse_server.env}, capture_output=True, text=True, timeout=300)
+    lifetime = time.monotonic() - launched
+    assert result.returncode == 0, result.stderr
+    playback = json.loads(result.stderr.strip().splitlines()[-1])["playback"]
+    # the process starts, imports and loads the model before play() is called and the first sound is handed over
+    assert playback["time_to_first_audio_s"] < playback["launch_to_first_sound_s"] < lifetime

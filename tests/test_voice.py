@@ -222,3 +222,13 @@ def test_a_recording_of_ones_own_with_its_text(tmp_path, hub_copy_dir, mimi_file
                      "--voice-text", "A tone.")
     assert len(samples) == FRAMES * 1920
     assert len(list(voice_codes.iterdir())) == 1
+def test_the_package_exports_the_loader_the_readme_shows(tmp_path, generator):
+    import csm_cli
+
+    path = tmp_path / "how-are-you.wav"
+    sf.write(path, np.stack([_tone(44_100), _tone(44_100)], axis=1), 44_100)
+    voice = csm_cli.load_voice_prompt(str(path))
+    assert voice.dtype == np.float32 and voice.ndim == 1 and len(voice) == SAMPLE_RATE
+    context = [csm_cli.Segment(speaker=1, text="How are you?", audio=voice)]
+    chunk = next(iter(generator.stream("Hello there.", speaker=0, context=context, seed=1, max_seconds=0.5)))
+    assert chunk.dtype == np.float32 and chunk.ndim == 1
