@@ -6,8 +6,8 @@ PYTHON ?= python3
 # pulls a multi-GB CUDA build. On a GPU machine, install the CUDA torch you want first: `pip install -e .` keeps it.
 TORCH ?= torch==2.13.0
 MOSHI := moshi==0.2.13
-# PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests.
-APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
+# PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests; curl for the server's.
+APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install system-packages test lint

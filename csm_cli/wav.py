@@ -18,6 +18,19 @@ def to_pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
+UNKNOWN_LENGTH = 0xFFFFFFFF  # the data size a WAV header carries while its length is not known (a stream)
+
+
+def wav_header(data_bytes: int, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV holding `data_bytes` bytes of samples (or UNKNOWN_LENGTH)."""
+    byte_rate = sample_rate * _BYTES_PER_SAMPLE
+    return (
+        b"RIFF" + struct.pack("<I", min(36 + data_bytes, UNKNOWN_LENGTH)) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, byte_rate, _BYTES_PER_SAMPLE, 16)
+        + b"data" + struct.pack("<I", data_bytes)
+    )
+
+
 class WavWriter:
     """Appends float32 chunks to a mono WAV file and rewrites the header sizes after each one,
     so that an interrupted run leaves a playable file holding every chunk written so far.
@@ -38,12 +51,7 @@ class WavWriter:
         return file
 
     def _header(self, data_bytes: int) -> bytes:
-        byte_rate = self.sample_rate * _BYTES_PER_SAMPLE
-        return (
-            b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, self.sample_rate, byte_rate, _BYTES_PER_SAMPLE, 16)
-            + b"data" + struct.pack("<I", data_bytes)
-        )
+        return wav_header(data_bytes, self.sample_rate)
 
     def write(self, samples: np.ndarray) -> None:
         if self._file is None:
