@@ -81,19 +81,27 @@ class Codec:
 
 class DecodeStream:
     """Mimi's streaming decode state of one utterance, bound to Mimi only while this stream decodes: utterances of
-    several streams decode interleaved, chunk by chunk, each continuing its own state, and Mimi is never left
-    streaming between calls (its encoder still encodes context audio whole)."""
+    several streams decode interleaved, chunk by chunk, each continuing its own state. Whatever Mimi had bound
+    before (nothing, so that its encoder encodes context audio whole, or the fast path's graphed decode state) is
+    bound again after each call."""
 
     def __init__(self, codec: Codec) -> None:
         self._codec = codec
-        with codec.mimi.streaming(1):
-            self._state = codec.mimi.get_streaming_state()
+        mimi = codec.mimi
+        bound = mimi.get_streaming_state()
+        mimi.set_streaming_state(dict.fromkeys(bound))
+        try:
+            with mimi.streaming(1):
+                self._state = mimi.get_streaming_state()
+        finally:
+            mimi.set_streaming_state(bound)
 
     def decode_chunk(self, codes: torch.Tensor) -> np.ndarray:
         """Codes [C, n] of the next n frames -> n * 1920 samples, continuing this stream's state."""
         mimi = self._codec.mimi
+        bound = mimi.get_streaming_state()
         mimi.set_streaming_state(self._state)
         try:
             return self._codec.decode_chunk(codes)
         finally:
-            mimi.set_streaming_state(dict.fromkeys(self._state))
+            mimi.set_streaming_state(bound)
