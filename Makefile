@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check csm_cli tests
+	$(VENV)/bin/ruff check csm_cli tests bench
 
 test: lint
 	$(VENV)/bin/python -m pytest
