@@ -242,3 +242,16 @@ def test_a_taken_port_is_one_error_line(server, model):
                           text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
+
+
+def test_the_load_benchmark_reports_each_round(server):
+    bench = Path(__file__).parent.parent / "bench" / "serve_load.py"
+    done = subprocess.run([sys.executable, str(bench), "--url", server.url, "--api-key", KEY, "--clients", "1,2",
+                           "--requests", "1", "--text", "Hello there.", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rounds = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["clients"], r["requests"]) for r in rounds] == [(1, 1), (2, 2)]
+    for figures in rounds:
+        assert 0 < figures["first_audio_p50_s"] <= figures["first_audio_p95_s"] < figures["wall_s"]
+        assert figures["aggregate_rtf"] > 0 and figures["audio_s"] > 0
