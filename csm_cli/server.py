@@ -172,9 +172,9 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         encoder = ENCODERS[body.response_format]()
         if body.stream_format == "sse":
             tokens = len(generator.tokenizer.encode(speaker, text))
-            return StreamingResponse(sse_body(stream, events, first, encoder, tokens), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return StreamingResponse(audio_body(stream, events, first, encoder), media_type=encoder.media_type)
+            return StreamResponse(stream, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache"})
+        return StreamResponse(stream, audio_body(events, first, encoder), media_type=encoder.media_type)
 
     return app
 
@@ -252,46 +252,53 @@ def request_error(errors: Any) -> ApiError:
     return ApiError(400, where + first.get("msg", "invalid"), param=param, code="invalid_request")
 
 
-async def audio_body(stream: Stream, events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:
-    """The response's bytes as chunks arrive. Leaving early (the client went away) closes the stream, which stops
-    its generation before its next chunk."""
-    try:
-        event = first
-        while isinstance(event, Chunk):
-            if data := encoder.encode(event.samples):
-                yield data
-            event = await events.get()
-        if isinstance(event, Done):
-            yield encoder.finish()
-    finally:
-        stream.close()
+class StreamResponse(StreamingResponse):
+    """A streamed body whose stream is closed however the response ends: complete, or the client gone (which stops
+    the generation before its next chunk), even before the first byte."""
+
+    def __init__(self, stream: Stream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.close()
 
 
-async def sse_body(stream: Stream, events: _Events, first: Event, encoder: Any, input_tokens: int
-                   ) -> AsyncIterator[bytes]:
+async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:
+    """The response's bytes as chunks arrive."""
+    event = first
+    while isinstance(event, Chunk):
+        if data := encoder.encode(event.samples):
+            yield data
+        event = await events.get()
+    if isinstance(event, Done):
+        yield encoder.finish()
+
+
+async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: int) -> AsyncIterator[bytes]:
     """OpenAI's speech events: speech.audio.delta with base64 audio, then speech.audio.done with the usage (input
     tokens: the text's; output tokens: the 80 ms frames sent, pauses between sentences included)."""
 
     def sse(payload: dict[str, Any]) -> bytes:
         return f"data: {json.dumps(payload)}\n\n".encode()
 
-    try:
-        frames = 0
-        event = first
-        while isinstance(event, Chunk):
-            frames += len(event.samples) // SAMPLES_PER_FRAME
-            if data := encoder.encode(event.samples):
-                yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-            event = await events.get()
-        if isinstance(event, Failed):
-            yield sse(failure_error(event).body())
-            return
-        if data := encoder.finish():
+    frames = 0
+    event = first
+    while isinstance(event, Chunk):
+        frames += len(event.samples) // SAMPLES_PER_FRAME
+        if data := encoder.encode(event.samples):
             yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-        yield sse({"type": "speech.audio.done", "usage": {"input_tokens": input_tokens, "output_tokens": frames,
-                                                           "total_tokens": input_tokens + frames}})
-    finally:
-        stream.close()
+        event = await events.get()
+    if isinstance(event, Failed):
+        yield sse(failure_error(event).body())
+        return
+    if data := encoder.finish():
+        yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    yield sse({"type": "speech.audio.done", "usage": {"input_tokens": input_tokens, "output_tokens": frames,
+                                                       "total_tokens": input_tokens + frames}})
 
 
 def bind(host: str, port: int) -> socket.socket:
