@@ -21,19 +21,21 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
 from .audio import SAMPLES_PER_FRAME
-from .conversation import WORDS_PER_SECOND, Conversation, Utterance
+from .conversation import PACK_WORDS, Conversation, Utterance
 from .encoders import ENCODERS
+from .ending import window_words
 from .errors import CsmError
 from .generator import Settings, StreamingGenerator
 from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
-from .script import split_utterances
+from .script import SentenceSplitter, split_utterances
+from .wav import to_pcm16
 
 MODEL_ID = "csm-1b"
 SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
@@ -82,13 +84,17 @@ class _Events:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
 
     def put(self, event: Event) -> None:
         with suppress(RuntimeError):  # the loop is closed: the server is shutting down
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
-    async def get(self) -> Event:
+    def put_now(self, message: Any) -> None:
+        """From the event loop's own thread."""
+        self._queue.put_nowait(message)
+
+    async def get(self) -> Any:
         return await self._queue.get()
 
 
@@ -160,7 +166,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds,
                                         state=stream.state)
-            script = [Utterance(speaker, part) for part in split_utterances(text, max_words(settings))]
+            script = utterances_of(text, speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
             first = await events.get()
         except BaseException:
@@ -176,7 +182,142 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
                                   headers={"Cache-Control": "no-cache"})
         return StreamResponse(stream, audio_body(events, first, encoder), media_type=encoder.media_type)
 
+    @app.websocket("/v1/audio/speech/stream")
+    async def speech_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            if not authorized(websocket, options.api_key):
+                raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
+            speaker = speakers.resolve(websocket.query_params.get("voice", "0"))
+            settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
+            events = _Events()
+            try:
+                stream = open_stream(scheduler, events)
+            except ApiError as e:
+                raise ClosingError(e, status.WS_1013_TRY_AGAIN_LATER) from None
+        except (ApiError, ClosingError) as e:
+            closing = e if isinstance(e, ClosingError) else ClosingError(e, status.WS_1008_POLICY_VIOLATION)
+            await websocket.send_json(closing.error.body() | {"type": "error"})
+            await websocket.close(closing.code)
+            return
+        conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds, state=stream.state)
+        session = SpeechSession(websocket, stream, events, conversation, speaker, options.max_input_chars)
+        try:
+            await session.run()
+        finally:
+            stream.close()
+
     return app
+
+
+class ClosingError(Exception):
+    """An error after which a WebSocket is closed with `code`."""
+
+    def __init__(self, error: ApiError, code: int) -> None:
+        super().__init__(error.message)
+        self.error, self.code = error, code
+
+
+def query_seed(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().lstrip("-").isdigit():
+        raise ApiError(400, f"seed must be a whole number, got {value!r}", param="seed", code="invalid_request")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """The client flushed after sentence `sentences - 1`: 'done' follows once those are spoken."""
+
+    sentences: int
+
+
+class SpeechSession:
+    """One WebSocket conversation: text deltas in, each sentence spoken as soon as it is complete, with the
+    sentences before it as context; audio frames out, tagged with their sentence's index. Every message sent goes
+    through one queue, so the socket has one writer."""
+
+    def __init__(self, websocket: WebSocket, stream: Stream, events: _Events, conversation: Conversation,
+                 speaker: int, max_chars: int) -> None:
+        self.websocket, self.stream, self.events = websocket, stream, events
+        self.conversation, self.speaker, self.max_chars = conversation, speaker, max_chars
+        self.splitter = SentenceSplitter()
+        self.sentences = 0  # queued so far
+        self.finished: set[int] = set()
+        self.flushes: list[int] = []
+
+    async def run(self) -> None:
+        receiving = asyncio.create_task(self.receive())
+        sending = asyncio.create_task(self.send())
+        try:
+            await asyncio.wait([receiving, sending], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiving, sending):
+                task.cancel()
+            await asyncio.gather(receiving, sending, return_exceptions=True)
+
+    async def receive(self) -> None:
+        with suppress(WebSocketDisconnect):
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    self.handle(message.get("text"))
+                except ApiError as e:
+                    self.events.put_now(e.body() | {"type": "error"})
+
+    def handle(self, text: str | None) -> None:
+        if text is None:
+            raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_message")
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise ApiError(400, "the message is not valid JSON", code="invalid_json") from None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "text" and isinstance(message.get("text"), str):
+            if len(self.splitter.pending) + len(message["text"]) > self.max_chars:
+                raise ApiError(400, f"the unfinished sentence would pass this server's limit of {self.max_chars} "
+                                    "characters (--max-input-chars): end sentences sooner or flush",
+                               param="text", code="input_too_long")
+            self.speak(self.splitter.feed(message["text"]))
+        elif kind == "flush":
+            self.speak(self.splitter.flush())
+            self.events.put_now(Flushed(self.sentences))
+        else:
+            raise ApiError(400, 'messages are {"type": "text", "text": "..."} or {"type": "flush"}',
+                           param="type", code="invalid_message")
+
+    def speak(self, sentences: list[str]) -> None:
+        for sentence in sentences:
+            index = self.sentences
+            self.sentences += 1
+            self.events.put_now({"type": "sentence", "sentence": index, "text": sentence})
+            script = utterances_of(sentence, self.speaker, self.conversation.generator)
+            self.stream.submit(index, lambda script=script: self.conversation.speak(script))
+
+    async def send(self) -> None:
+        while True:
+            event = await self.events.get()
+            if isinstance(event, Chunk):
+                audio = base64.b64encode(to_pcm16(event.samples)).decode()
+                await self.websocket.send_json({"type": "audio", "sentence": event.tag, "audio": audio})
+                continue
+            if isinstance(event, Done):
+                self.finished.add(event.tag)
+                await self.websocket.send_json({"type": "sentence.done", "sentence": event.tag})
+            elif isinstance(event, Failed):
+                self.finished.add(event.tag)
+                await self.websocket.send_json(failure_error(event).body() | {"type": "error",
+                                                                              "sentence": event.tag})
+            elif isinstance(event, Flushed):
+                self.flushes.append(event.sentences)
+            else:
+                await self.websocket.send_json(event)
+            while self.flushes and all(i in self.finished for i in range(self.flushes[0])):
+                self.flushes.pop(0)
+                await self.websocket.send_json({"type": "done"})
 
 
 class Speakers:
@@ -220,9 +361,11 @@ def request_settings(defaults: Settings, seed: int | None) -> Settings:
     return Settings(defaults.temperature, defaults.topk, seed, defaults.max_seconds, defaults.chunk_frames)
 
 
-def max_words(settings: Settings) -> int:
-    """The most words of one utterance, as `csm say` splits long lines."""
-    return max(1, int(settings.max_seconds * WORDS_PER_SECOND))
+def utterances_of(text: str, speaker: int, generator: StreamingGenerator) -> list[Utterance]:
+    """A request's text as `csm say` speaks a line: sentences, short ones packed, one too long for the model's
+    window cut at clauses."""
+    most = window_words(generator.model.max_seq_len)
+    return [Utterance(speaker, piece) for piece in split_utterances(text, most, min(PACK_WORDS, most))]
 
 
 def open_stream(scheduler: Scheduler, events: _Events) -> Stream:

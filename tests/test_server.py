@@ -18,6 +18,8 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
 
@@ -242,6 +244,65 @@ def test_a_taken_port_is_one_error_line(server, model):
                           text=True, timeout=60)
     assert done.returncode == 1
     assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
+
+
+def ws_url(server: Server, query: str = "") -> str:
+    return server.url.replace("http://", "ws://") + "/v1/audio/speech/stream" + query
+
+
+def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
+    """Text sent in small deltas: the first sentence's audio comes before the rest of the text is sent; every
+    frame names its sentence; after the flush, 'done' follows the last sentence."""
+    with connect(ws_url(server, "?voice=1&seed=2"), additional_headers=AUTH) as ws:
+        for piece in ["Hel", "lo th", "ere. ", "How"]:
+            ws.send(json.dumps({"type": "text", "text": piece}))
+        received = []
+        while not received or received[-1]["type"] != "audio":
+            received.append(json.loads(ws.recv(timeout=120)))
+        assert received[-1]["sentence"] == 0, "no audio before the text was complete"
+        for piece in [" are you", " today? I am", " fine"]:
+            ws.send(json.dumps({"type": "text", "text": piece}))
+        ws.send(json.dumps({"type": "flush"}))
+        while received[-1]["type"] != "done":
+            received.append(json.loads(ws.recv(timeout=120)))
+    sentences = [m["text"] for m in received if m["type"] == "sentence"]
+    assert sentences == ["Hello there.", "How are you today?", "I am fine"]
+    frames = [m["sentence"] for m in received if m["type"] == "audio"]
+    assert frames == sorted(frames) and set(frames) == {0, 1, 2}
+    assert [m["sentence"] for m in received if m["type"] == "sentence.done"] == [0, 1, 2]
+    first = b"".join(base64.b64decode(m["audio"]) for m in received if m["type"] == "audio" and m["sentence"] == 0)
+    assert first == speech(server, voice="1", input="Hello there.", response_format="pcm", seed=2).content
+
+
+def test_a_websocket_answers_bad_messages_and_goes_on(server):
+    with connect(ws_url(server), additional_headers=AUTH) as ws:
+        for bad in ["{not json", json.dumps({"type": "speak"}), json.dumps({"type": "text", "text": "x" * 300})]:
+            ws.send(bad)
+            assert json.loads(ws.recv(timeout=60))["type"] == "error"
+        ws.send(json.dumps({"type": "text", "text": "Fine."}))
+        ws.send(json.dumps({"type": "flush"}))
+        kinds = []
+        while not kinds or kinds[-1] != "done":
+            kinds.append(json.loads(ws.recv(timeout=120))["type"])
+        assert "audio" in kinds
+
+
+def test_a_websocket_without_the_key_is_refused(server):
+    with connect(ws_url(server)) as ws:
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+
+
+def test_a_websocket_that_leaves_mid_sentence_frees_its_slot(server):
+    with connect(ws_url(server), additional_headers=AUTH) as ws:
+        ws.send(json.dumps({"type": "text", "text": TEXT}))
+        ws.send(json.dumps({"type": "flush"}))
+        while json.loads(ws.recv(timeout=120))["type"] != "audio":
+            pass
+    server.wait_idle(timeout=30)
 
 
 def test_the_load_benchmark_reports_each_round(server):
