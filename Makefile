@@ -6,8 +6,8 @@ PYTHON ?= python3
 # pulls a multi-GB CUDA build. On a GPU machine, install the CUDA torch you want first: `pip install -e .` keeps it.
 TORCH ?= torch==2.13.0
 MOSHI := moshi==0.2.13
-# PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests.
-APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
+# PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests; curl for the server's.
+APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # What the GPU machines' image lacks, as wheels for its Python 3.12, carried in .whl/ (ignored by git).
@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check csm_cli tests scripts
+	$(VENV)/bin/ruff check csm_cli tests scripts bench
 
 test: lint
 	$(VENV)/bin/python -m pytest

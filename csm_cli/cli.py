@@ -390,6 +390,47 @@ def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> No
         Console(width=120).print(table)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on; beyond loopback, set --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="CSM_API_KEY", help="Require 'Authorization: Bearer KEY' on every request but /health.")] = None,
+    max_streams: Annotated[int, typer.Option(
+        help="Most requests and WebSocket connections generated at once; more are answered 429.")] = 4,
+    max_input_chars: Annotated[int, typer.Option(help="Longest input of one request, in characters.")] = 4096,
+    pause: Annotated[float, typer.Option(help="Seconds of silence between the sentences of a request.")] = 0.2,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
+    topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
+    max_seconds: Annotated[float, typer.Option(help="Most seconds of speech per utterance.")] = 30.0,
+    model: ModelOption = DEFAULT_MODEL,
+    codec: CodecOption = None,
+    tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
+    model_device: ModelDeviceOption = None,
+    dtype: DtypeOption = None,
+    eager: EagerOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces."""
+    with user_errors():
+        from .generator import Settings
+        from .server import ServeOptions
+        from .server import serve as run_server
+
+        if max_streams < 1:
+            raise CsmError(f"--max-streams must be at least 1, got {max_streams}")
+        if max_input_chars < 1:
+            raise CsmError(f"--max-input-chars must be at least 1, got {max_input_chars}")
+        if not 0 <= port <= 65535:
+            raise CsmError(f"--port must lie in 0..65535, got {port}")
+        if pause < 0:
+            raise CsmError(f"--pause must not be negative, got {pause:g}")
+        options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
+                               api_key or None)
+        run_server(lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet), host, port,
+                   options, quiet)
+
+
 class CompareWith(StrEnum):
     eager = "eager"
 

@@ -65,6 +65,10 @@ class Codec:
         with self.mimi.streaming(1):
             yield
 
+    def decode_stream(self) -> "DecodeStream":
+        """A fresh streaming decode of its own, for one utterance that may interleave with others."""
+        return DecodeStream(self)
+
     def mimi_input(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [C, n] -> Mimi's input [1, C, n] on its device, clamped to Mimi's 2048 codes (the model's vocabulary
         has 3 more, which a trained model does not emit)."""
@@ -73,3 +77,31 @@ class Codec:
     @staticmethod
     def _to_samples(pcm: torch.Tensor) -> np.ndarray:
         return pcm[0, 0].float().cpu().numpy()
+
+
+class DecodeStream:
+    """Mimi's streaming decode state of one utterance, bound to Mimi only while this stream decodes: utterances of
+    several streams decode interleaved, chunk by chunk, each continuing its own state. Whatever Mimi had bound
+    before (nothing, so that its encoder encodes context audio whole, or the fast path's graphed decode state) is
+    bound again after each call."""
+
+    def __init__(self, codec: Codec) -> None:
+        self._codec = codec
+        mimi = codec.mimi
+        bound = mimi.get_streaming_state()
+        mimi.set_streaming_state(dict.fromkeys(bound))
+        try:
+            with mimi.streaming(1):
+                self._state = mimi.get_streaming_state()
+        finally:
+            mimi.set_streaming_state(bound)
+
+    def decode_chunk(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes [C, n] of the next n frames -> n * 1920 samples, continuing this stream's state."""
+        mimi = self._codec.mimi
+        bound = mimi.get_streaming_state()
+        mimi.set_streaming_state(self._state)
+        try:
+            return self._codec.decode_chunk(codes)
+        finally:
+            mimi.set_streaming_state(bound)

@@ -17,7 +17,7 @@ from .audio import FRAME_RATE, SAMPLE_RATE, SAMPLES_PER_FRAME
 from .audiofile import AudioFileWriter, SampleFormat, numbered_path
 from .checks import number
 from .errors import CsmError
-from .generator import MAX_SEED, Settings, StreamingGenerator
+from .generator import MAX_SEED, Settings, StreamingGenerator, StreamState
 from .prompt import Segment
 from .script import Passage, parse_line, split_utterances
 
@@ -88,8 +88,10 @@ def pause_frames(seconds: float) -> int:
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
                  memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
-                 sample_format: SampleFormat = "s16") -> None:
+                 sample_format: SampleFormat = "s16", state: StreamState | None = None) -> None:
+        """`state`: the caches the utterances generate on (see `StreamingGenerator.stream`); None: the generator's."""
         self.generator = generator
+        self.state = state
         self.settings = settings
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
@@ -128,8 +130,13 @@ class Conversation:
     def speak(self, script: Iterable[Utterance]) -> Iterator[np.ndarray]:
         """Chunks of every utterance in turn. The pause between utterances (whole frames) leads the first chunk of
         the next one, so that no silence is sent before the next utterance has audio."""
-        for index, utterance in enumerate(script):
-            yield from self._speak_one(index, utterance, self.pause if index else self.pause[:0])
+        for utterance in script:
+            yield from self.speak_one(utterance)
+
+    def speak_one(self, utterance: Utterance) -> Iterator[np.ndarray]:
+        """Chunks of the next utterance, led by the pause unless it is the first."""
+        index = len(self.lines)
+        return self._speak_one(index, utterance, self.pause if index else self.pause[:0])
 
     def _speak_one(self, index: int, utterance: Utterance, lead_in: np.ndarray) -> Iterator[np.ndarray]:
         line = SpokenLine(index, utterance.speaker, utterance.text, time.monotonic(), start_sample=self.samples,
@@ -139,7 +146,7 @@ class Conversation:
         speech = self.generator.stream(
             utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
-            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames,
+            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, state=self.state,
         )
         wav = None
         if self.out_dir:

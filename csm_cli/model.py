@@ -81,6 +81,11 @@ class KVCache(nn.Module):
         self.k.zero_()
         self.v.zero_()
 
+    def empty_like(self) -> "KVCache":
+        """A zeroed cache of the same shape, dtype and device."""
+        batch, kv_heads, positions, head_dim = self.k.shape
+        return KVCache(batch, positions, kv_heads, head_dim, self.k.dtype, self.k.device)
+
 
 class Attention(nn.Module):
     def __init__(self, args: TransformerArgs) -> None:
@@ -160,6 +165,19 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attn.cache.reset()
 
+    def caches(self) -> list[KVCache]:
+        """The KV caches the layers use now, one per layer."""
+        return [layer.attn.cache for layer in self.layers]
+
+    def use_caches(self, caches: list[KVCache]) -> None:
+        """Points the layers at another stream's caches (from `caches()` or `new_caches()`); nothing is copied."""
+        for layer, cache in zip(self.layers, caches, strict=True):
+            layer.attn.cache = cache
+
+    def new_caches(self) -> list[KVCache]:
+        """A zeroed set of caches shaped like those `setup()` allocated, for another stream."""
+        return [cache.empty_like() for cache in self.caches()]
+
     def forward(self, h: torch.Tensor, input_pos: torch.Tensor, attend: int | None = None) -> torch.Tensor:
         """h [B, S, D] at positions input_pos [S] -> [B, S, D], attending to the first `attend` cache positions (all
         of them when None: the fixed shapes of a graph). Positions past the last of input_pos are masked anyway."""
@@ -204,6 +222,10 @@ class CachedRows:
         self.tokens = torch.zeros(positions, width, dtype=torch.long)
         self.mask = torch.zeros(positions, width, dtype=torch.bool)
         self.length = 0
+
+    def empty_like(self) -> "CachedRows":
+        """An empty record for caches of the same shape."""
+        return CachedRows(*self.tokens.shape)
 
     def clear(self) -> None:
         self.length = 0

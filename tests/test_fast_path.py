@@ -210,3 +210,24 @@ def test_the_fast_path_prefills_from_the_cached_rows_and_says_what_a_whole_eager
     assert int(simulated.graphs.start) > generator.segment_rows(prompt)  # the last line's prefill began past it
     for got, want in zip(spoken[1], spoken[0], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_fast_stream_and_eager_streams_of_their_own_interleave(simulated):
+    """The server's case on CUDA: the stream on the generator's own state replays the graphs while streams beside it
+    run eagerly on caches of their own; stepped in turn, frame by frame, each says what it says alone."""
+    settings = {"seed": 6, "max_seconds": 0.64}
+    other = "A second listener."
+    fast_alone = np.concatenate(list(simulated.stream(TEXT, **settings)))
+    eager_alone = np.concatenate(list(simulated.stream(other, **settings, state=simulated.new_state())))
+    streams = {"fast": simulated.stream(TEXT, **settings),
+               "eager": simulated.stream(other, **settings, state=simulated.new_state())}
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in streams}
+    while streams:
+        for name, speech in list(streams.items()):
+            chunk = next(speech, None)
+            if chunk is None:
+                del streams[name]
+            else:
+                chunks[name].append(chunk)
+    np.testing.assert_allclose(np.concatenate(chunks["fast"]), fast_alone, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate(chunks["eager"]), eager_alone)

@@ -147,3 +147,25 @@ def test_context_that_fills_the_window_says_what_to_shorten(generator, frames, r
     long_context = [Segment(1, "Hi.", codes=np.zeros((32, frames), dtype=int))]
     with pytest.raises(CsmError, match=f"leaving room for {room} seconds.*shorten the context"):
         generator.stream(TEXT, context=long_context)
+
+
+def test_streams_with_states_of_their_own_interleave_frame_by_frame(generator, fresh_output):
+    """Two utterances stepped in turn, each with its own caches, RNG and Mimi state, say what each says alone; the
+    generator's own stream is not ended by them."""
+    other_text = "A second listener, at the same time."
+    alone = np.concatenate(list(generator.stream(other_text, **SETTINGS)))
+    own = generator.stream(TEXT, **SETTINGS)
+    first = generator.stream(TEXT, **SETTINGS, state=generator.new_state())
+    second = generator.stream(other_text, **SETTINGS, state=generator.new_state())
+    chunks: dict[str, list[np.ndarray]] = {"own": [], "first": [], "second": []}
+    streams = {"own": own, "first": first, "second": second}
+    while streams:
+        for name, speech in list(streams.items()):
+            chunk = next(speech, None)
+            if chunk is None:
+                del streams[name]
+            else:
+                chunks[name].append(chunk)
+    np.testing.assert_array_equal(np.concatenate(chunks["own"]), fresh_output)
+    np.testing.assert_array_equal(np.concatenate(chunks["first"]), fresh_output)
+    np.testing.assert_array_equal(np.concatenate(chunks["second"]), alone)
