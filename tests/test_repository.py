@@ -23,7 +23,7 @@ from csm_cli.voice import DEFAULT_VOICES, known_transcripts, load_voice_prompt
 REPO_ID = "sesame/csm-1b"
 TEXT = "Hello there."
 FRAMES = 13  # 1.04 s: "Hello there." stays one utterance
-SAY = ["say", TEXT, "--no-play", "--topk", "1", "--max-seconds", str(FRAMES / 12.5), "--quiet"]
+SAY = ["say", TEXT, "--no-play", "--topk", "1", "--max-seconds", str(FRAMES / 12.5), "--quiet", "--quantize", "none"]
 # What one layout needs: the original weights, the tokenizer and the voice prompts (and config.json, read first).
 ORIGINAL_FETCH = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                   *(name for name in HUB_FILES if name.startswith("prompts/"))}
@@ -113,7 +113,7 @@ def test_a_local_copy_speaks_like_the_reference(tmp_path, hub_copy_dir, mimi_fil
 
 def test_the_transformers_shards_speak_like_the_reference(tmp_path, hub_copy_dir, mimi_file, reference):
     model_dir = copy_without(hub_copy_dir, tmp_path, ORIGINAL_FILES | {"ckpt.pt"})
-    generator = StreamingGenerator.load(str(model_dir), codec=mimi_file, device="cpu")
+    generator = StreamingGenerator.load(str(model_dir), codec=mimi_file, device="cpu", quantize="none")
     voices = [voice_prompt(generator, model_dir, name, speaker) for speaker, name in DEFAULT_VOICES.items()]
     speech = np.concatenate(list(generator.stream(TEXT, speaker=0, context=voices, topk=1,
                                                   max_seconds=FRAMES / 12.5)))
