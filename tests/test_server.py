@@ -208,13 +208,20 @@ def test_a_full_server_answers_429_at_once_and_serves_when_a_slot_frees(server):
     assert speech(server, response_format="pcm").status_code == 200
 
 
-def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
-    with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
-                      json={"voice": "0", "input": TEXT, "response_format": "pcm"}) as response:
-        next(response.iter_bytes())
-        assert server.health()["streams"] == 1
-    server.wait_idle(timeout=30)
-    assert speech(server, response_format="pcm").status_code == 200
+def test_a_client_that_leaves_mid_stream_frees_its_slot(tmp_path, model):
+    """A request long enough (20 s of speech) to be still generating when its client leaves after the first bytes."""
+    server = start_server(tmp_path, model, "--max-seconds", "20", "--api-key", KEY)
+    try:
+        long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
+        with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
+                          json={"voice": "0", "input": long_text, "response_format": "pcm"}) as response:
+            next(response.iter_bytes())
+            assert server.health()["streams"] == 1
+        server.wait_idle(timeout=30)
+        assert speech(server, response_format="pcm").status_code == 200
+    finally:
+        log = stop_server(server)
+    assert "Traceback" not in log, log
 
 
 def test_two_listeners_are_served_interleaved(server):
