@@ -408,7 +408,9 @@ def serve(
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
     model_device: ModelDeviceOption = None,
     dtype: DtypeOption = None,
+    quantize: QuantizeOption = None,
     eager: EagerOption = False,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces."""
@@ -416,6 +418,7 @@ def serve(
         from .generator import Settings
         from .server import ServeOptions
         from .server import serve as run_server
+        from .threads import use_cpu_threads
 
         if max_streams < 1:
             raise CsmError(f"--max-streams must be at least 1, got {max_streams}")
@@ -427,8 +430,9 @@ def serve(
             raise CsmError(f"--pause must not be negative, got {pause:g}")
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
                                api_key or None)
-        run_server(lambda: load_generator(model, codec, tokenizer, model_device, dtype, eager, quiet), host, port,
-                   options, quiet)
+        use_cpu_threads(threads)
+        run_server(lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet), host,
+                   port, options, quiet)
 
 
 class CompareWith(StrEnum):
