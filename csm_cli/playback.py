@@ -311,16 +311,22 @@ def _raise_worker_error(worker: _Worker) -> None:
 
 
 class _Watchdog:
-    """Whether the sound card still asks for audio: the callback's count of calls must move within STALL_S."""
+    """Whether the sound card still asks for audio: the callback's count of calls must move within STALL_S.
+
+    The clock runs only while this process does: when the checks themselves were held up (the process stopped with
+    Ctrl-Z or SIGSTOP, or starved by a loaded machine), the callback had no chance to run either, so it starts over.
+    """
 
     def __init__(self, callback: _Callback) -> None:
         self._callback = callback
         self._calls = callback.calls
-        self._moved_at = time.monotonic()
+        self._moved_at = self._checked_at = time.monotonic()
 
     def check(self, device_name: str) -> None:
         now = time.monotonic()
-        if self._callback.calls != self._calls:
+        held_up = now - self._checked_at > STALL_S / 2
+        self._checked_at = now
+        if self._callback.calls != self._calls or held_up:
             self._calls, self._moved_at = self._callback.calls, now
         elif now - self._moved_at > STALL_S:
             raise CsmError(f"output device {device_name!r} stopped taking audio for {STALL_S:g} s (the sound server "
