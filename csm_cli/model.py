@@ -266,12 +266,18 @@ def sample_topk(logits: torch.Tensor, topk: int, temperature: float, generator: 
 
 
 class CSM(nn.Module):
+    """Built empty (on the meta device, by its callers): every weight comes from a checkpoint or is drawn after.
+
+    The embeddings are given their empty weights: drawing their default init on the meta device would import
+    torch._dynamo, seconds of every start."""
+
     def __init__(self, args: CsmArgs) -> None:
         super().__init__()
         self.args = args
         b, d = args.backbone, args.decoder
-        self.text_embeddings = nn.Embedding(args.text_vocab_size, b.dim)
-        self.audio_embeddings = nn.Embedding(args.audio_vocab_size * args.num_codebooks, b.dim)
+        text_rows, audio_rows = args.text_vocab_size, args.audio_vocab_size * args.num_codebooks
+        self.text_embeddings = nn.Embedding(text_rows, b.dim, _weight=torch.empty(text_rows, b.dim))
+        self.audio_embeddings = nn.Embedding(audio_rows, b.dim, _weight=torch.empty(audio_rows, b.dim))
         self.backbone = Transformer(b)
         self.projection = nn.Linear(b.dim, d.dim, bias=False)
         self.codebook0_head = nn.Linear(b.dim, args.audio_vocab_size, bias=False)
