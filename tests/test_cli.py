@@ -74,42 +74,34 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, transformers_dir, mi
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("option", "value", "allowed"), [
-    ("--max-seconds", "inf", "a number from 0.08 to 163.84 seconds"),
-    ("--max-seconds", "nan", "a number from 0.08 to 163.84 seconds"),
-    ("--max-seconds", "1e9", "a number from 0.08 to 163.84 seconds"),
-    ("--max-seconds", "0.01", "a number from 0.08 to 163.84 seconds"),
-    ("--pause", "nan", "a number from 0 to 60 seconds"),
-    ("--pause", "inf", "a number from 0 to 60 seconds"),
-    ("--pause", "1e300", "a number from 0 to 60 seconds"),
-    ("--pause", "-0.1", "a number from 0 to 60 seconds"),
-    ("--topk", "0", "a whole number from 1 to 2051"),
-    ("--topk", "100000", "a whole number from 1 to 2051"),
-    ("--seed", "-1", "a whole number from 0 to 18446744073709551615"),
-    ("--seed", str(2**64), "a whole number from 0 to 18446744073709551615"),
-    ("--speaker", "²", "a whole number from 0 to 999999"),
-    ("--speaker", "\N{ARABIC-INDIC DIGIT THREE}", "a whole number from 0 to 999999"),
-    ("--speaker", "-1", "a whole number from 0 to 999999"),
-    ("--speaker", "1.5", "a whole number from 0 to 999999"),
-    ("--speaker", "10000000", "a whole number from 0 to 999999"),
-    ("--temperature", "nan", "a number from 0.01 to 10"),
-    ("--temperature", "1e-300", "a number from 0.01 to 10"),
-    ("--temperature", "0", "a number from 0.01 to 10"),
-    ("--temperature", "inf", "a number from 0.01 to 10"),
-])
-def test_bad_numbers_name_the_option_before_loading(option, value, allowed):
-    result = runner.invoke(app, ["say", "Hi", option, value, "--no-play", "--out", "x.wav", "--model", "/unused"])
-    assert result.exit_code == 1
-    assert_one_line_error(result.stderr, f"{option} must be {allowed}, got ")
-
-
 @pytest.mark.parametrize(("option", "value", "message"), [
+    ("--max-seconds", "inf", "--max-seconds must be a number from 0.08 to 163.84 seconds, got "),
+    ("--max-seconds", "nan", "--max-seconds must be a number from 0.08 to 163.84 seconds, got "),
+    ("--max-seconds", "1e9", "--max-seconds must be a number from 0.08 to 163.84 seconds, got "),
+    ("--max-seconds", "0.01", "--max-seconds must be a number from 0.08 to 163.84 seconds, got "),
+    ("--pause", "nan", "--pause must be a number from 0 to 60 seconds, got "),
+    ("--pause", "inf", "--pause must be a number from 0 to 60 seconds, got "),
+    ("--pause", "1e300", "--pause must be a number from 0 to 60 seconds, got "),
+    ("--pause", "-0.1", "--pause must be a number from 0 to 60 seconds, got "),
+    ("--topk", "0", "--topk must be a whole number from 1 to 2051, got "),
+    ("--topk", "100000", "--topk must be a whole number from 1 to 2051, got "),
+    ("--seed", "-1", "--seed must be a whole number from 0 to 18446744073709551615, got "),
+    ("--seed", str(2**64), "--seed must be a whole number from 0 to 18446744073709551615, got "),
+    ("--speaker", "²", "--speaker must be a whole number from 0 to 999999, got "),
+    ("--speaker", "\N{ARABIC-INDIC DIGIT THREE}", "--speaker must be a whole number from 0 to 999999, got "),
+    ("--speaker", "-1", "--speaker must be a whole number from 0 to 999999, got "),
+    ("--speaker", "1.5", "--speaker must be a whole number from 0 to 999999, got "),
+    ("--speaker", "10000000", "--speaker must be a whole number from 0 to 999999, got "),
+    ("--temperature", "nan", "--temperature must be a number from 0.01 to 10, got "),
+    ("--temperature", "1e-300", "--temperature must be a number from 0.01 to 10, got "),
+    ("--temperature", "0", "--temperature must be a number from 0.01 to 10, got "),
+    ("--temperature", "inf", "--temperature must be a number from 0.01 to 10, got "),
     ("--model-device", "mps", "--model-device mps is not supported: csm runs on cpu or cuda"),
     ("--model-device", "tpu:9", "--model-device 'tpu:9' is not a torch device"),
     ("--model-device", "cuda:7", "--model-device cuda:7 was asked for but torch sees no CUDA GPU"),
     ("--dtype", "float8", "--dtype float8 is not supported: choose bfloat16, float16, float32"),
 ])
-def test_devices_and_dtypes_are_refused_for_what_they_are(option, value, message):
+def test_bad_numbers_devices_and_dtypes_name_the_option_before_loading(option, value, message):
     result = runner.invoke(app, ["say", "Hi", option, value, "--no-play", "--out", "x.wav", "--model", "/unused"])
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, message)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from emulated_graph import EmulatedGraph
+from round_robin import round_robin
 from speech_end import SILENT_AFTER_FIFTH_FRAME, end_speech_at, silence_frames
 
 from csm_cli import graphs
@@ -219,15 +220,7 @@ def test_the_fast_stream_and_eager_streams_of_their_own_interleave(simulated):
     other = "A second listener."
     fast_alone = np.concatenate(list(simulated.stream(TEXT, **settings)))
     eager_alone = np.concatenate(list(simulated.stream(other, **settings, state=simulated.new_state())))
-    streams = {"fast": simulated.stream(TEXT, **settings),
-               "eager": simulated.stream(other, **settings, state=simulated.new_state())}
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in streams}
-    while streams:
-        for name, speech in list(streams.items()):
-            chunk = next(speech, None)
-            if chunk is None:
-                del streams[name]
-            else:
-                chunks[name].append(chunk)
-    np.testing.assert_allclose(np.concatenate(chunks["fast"]), fast_alone, atol=1e-5)
-    np.testing.assert_array_equal(np.concatenate(chunks["eager"]), eager_alone)
+    audio = round_robin({"fast": simulated.stream(TEXT, **settings),
+                         "eager": simulated.stream(other, **settings, state=simulated.new_state())})
+    np.testing.assert_allclose(audio["fast"], fast_alone, atol=1e-5)
+    np.testing.assert_array_equal(audio["eager"], eager_alone)

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
+from round_robin import round_robin
 
 from csm_cli import Segment, StreamingGenerator
 from csm_cli.audio import SAMPLES_PER_FRAME
@@ -157,15 +158,7 @@ def test_streams_with_states_of_their_own_interleave_frame_by_frame(generator, f
     own = generator.stream(TEXT, **SETTINGS)
     first = generator.stream(TEXT, **SETTINGS, state=generator.new_state())
     second = generator.stream(other_text, **SETTINGS, state=generator.new_state())
-    chunks: dict[str, list[np.ndarray]] = {"own": [], "first": [], "second": []}
-    streams = {"own": own, "first": first, "second": second}
-    while streams:
-        for name, speech in list(streams.items()):
-            chunk = next(speech, None)
-            if chunk is None:
-                del streams[name]
-            else:
-                chunks[name].append(chunk)
-    np.testing.assert_array_equal(np.concatenate(chunks["own"]), fresh_output)
-    np.testing.assert_array_equal(np.concatenate(chunks["first"]), fresh_output)
-    np.testing.assert_array_equal(np.concatenate(chunks["second"]), alone)
+    audio = round_robin({"own": own, "first": first, "second": second})
+    np.testing.assert_array_equal(audio["own"], fresh_output)
+    np.testing.assert_array_equal(audio["first"], fresh_output)
+    np.testing.assert_array_equal(audio["second"], alone)
