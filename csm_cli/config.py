@@ -97,7 +97,7 @@ def parse_config(config: dict[str, Any]) -> CsmArgs:
     layout = Layout.TRANSFORMERS if Layout.TRANSFORMERS in layouts(config) else Layout.ORIGINAL
     try:
         return _parse_original(config) if layout is Layout.ORIGINAL else _parse_transformers(config)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a key missing, or a value of the wrong type
         raise CsmError(f"config.json of the {layout.value} layout is incomplete or invalid ({e!r})") from None
 
 

@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,13 +139,66 @@ def test_unwritable_out_fails_before_loading(tmp_path, out, message):
     assert_one_line_error(result.stderr, message)
 
 
-def test_a_codec_that_is_not_mimi(tmp_path, transformers_dir):
-    bogus = tmp_path / "bogus.safetensors"
-    bogus.write_bytes(b"\x00" * 64)
+def truncated(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.truncate(min(path.stat().st_size // 2, 1 << 20))
+
+
+def not_json(path: Path) -> None:
+    path.write_bytes(b"\xff\xfe<html>not found</html>")
+
+
+def edited_json(**changes: object) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        content = json.loads(path.read_text())
+        for key, value in changes.items():
+            if value is None:
+                del content[key]
+            else:
+                content[key] = value
+        path.write_text(json.dumps(content))
+    return edit
+
+
+@pytest.mark.parametrize(("checkpoint", "name", "damage", "message"), [
+    ("transformers_dir", "model.safetensors", truncated,
+     "model.safetensors is damaged or not a safetensors file (Error while deserializing header: incomplete metadata"),
+    ("original_dir", "model.safetensors", not_json, "model.safetensors is damaged or not a safetensors file"),
+    ("transformers_dir", "config.json", not_json, "config.json is not valid JSON"),
+    ("transformers_dir", "config.json", truncated, "config.json is not valid JSON"),
+    ("transformers_dir", "config.json", edited_json(hidden_size=None),
+     "config.json of the transformers layout is incomplete or invalid (KeyError('hidden_size'))"),
+    ("transformers_dir", "config.json", edited_json(depth_decoder_config=3),
+     "config.json of the transformers layout is incomplete or invalid"),
+    ("original_dir", "config.json", edited_json(text_vocab_size="many"),
+     "config.json of the original layout is incomplete or invalid"),
+    ("transformers_dir", "tokenizer.json", truncated, "cannot read the tokenizer"),
+    ("transformers_dir", "tokenizer_config.json", not_json, "tokenizer_config.json is not valid JSON"),
+    ("transformers_dir", "tokenizer_config.json", edited_json(bos_token=5),
+     "tokenizer_config.json has no valid bos_token (5)"),
+    ("mimi_file", "", truncated, "is not a Mimi checkpoint (Error while deserializing header: incomplete metadata"),
+    ("mimi_file", "", not_json, "is not a Mimi checkpoint"),
+], ids=lambda value: value.__qualname__.split(".")[0] if callable(value) else "" if " " in value else value)
+def test_a_damaged_file_is_one_line_naming_it(request, tmp_path, tokenizer_dir, checkpoint, name, damage, message):
+    """Copies of the fixtures, one file damaged: the error names that file, and nothing is written."""
+    source = request.getfixturevalue(checkpoint)
+    model, codec = request.getfixturevalue("transformers_dir"), request.getfixturevalue("mimi_file")
+    if checkpoint == "mimi_file":
+        codec = tmp_path / source.name
+        with source.open("rb") as whole:  # the first MiB is as damaged as a half, and cheaper to copy
+            codec.write_bytes(whole.read(1 << 20))
+        damaged = codec
+    else:
+        model = tmp_path / "model"
+        shutil.copytree(source, model)
+        damaged = model / name
+    damage(damaged)
     out = tmp_path / "speech.wav"
-    result = runner.invoke(app, ["say", "Hi", "--out", str(out), "--no-play", *model_args(transformers_dir, bogus)])
+    result = runner.invoke(app, ["say", "Hi.", "--out", str(out), "--no-play", "--tokenizer", str(tokenizer_dir),
+                                 *model_args(model, codec)])
     assert result.exit_code == 1
-    assert_one_line_error(result.stderr, "is not a Mimi checkpoint")
+    assert_one_line_error(result.stderr, message)
+    assert str(damaged) in result.stderr or damaged.name in result.stderr
     assert not out.exists()
 
 
