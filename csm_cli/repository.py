@@ -21,6 +21,9 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 VOICES_DIR = "prompts"
 DOWNLOAD_HINT = "run `csm download` once online"
+# A hub that does not take a connection in this time is unreachable (a network that drops packets): the cache serves,
+# or the error comes, instead of a wait without end. Answers still get huggingface_hub's HF_HUB_ETAG_TIMEOUT.
+HUB_CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -250,12 +253,13 @@ def _fetch_snapshot(repo_id: str, choose: Chooser, progress: LoadProgress) -> Pa
     """The cache's snapshot of `repo_id` with the files `choose` picks. Online, the files the cache lacks are
     downloaded under one bar of their total size; offline, or when the hub cannot be reached or refuses, the cached
     snapshot serves if it holds them."""
-    from httpx2 import HTTPError
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from httpx2 import HTTPError, Timeout
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    timeout = Timeout(constants.HF_HUB_ETAG_TIMEOUT, connect=HUB_CONNECT_TIMEOUT_S)
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().model_info(repo_id, files_metadata=True, timeout=timeout)
     except (OfflineModeIsEnabled, HTTPError, HfHubHTTPError) as error:
         return _cached_snapshot(repo_id, choose, error)
     sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}

@@ -6,12 +6,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import soundfile as sf
-from fake_hub import failing_hub
+from fake_hub import failing_hub, unreachable_hub
 from typer.testing import CliRunner
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -200,6 +201,26 @@ def test_a_damaged_file_is_one_line_naming_it(request, tmp_path, tokenizer_dir, 
     assert_one_line_error(result.stderr, message)
     assert str(damaged) in result.stderr or damaged.name in result.stderr
     assert not out.exists()
+
+
+def test_an_unreachable_hub_without_the_codec_cached_fails_at_once(tmp_path, transformers_dir, monkeypatch):
+    """A network that drops packets: no wait without end, no retries, one line that says what to do."""
+    from huggingface_hub import constants
+
+    from csm_cli.repository import HUB_CONNECT_TIMEOUT_S
+
+    with unreachable_hub() as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+        started = time.monotonic()
+        result = runner.invoke(app, ["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                     "--model", str(transformers_dir)])
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "the hub cannot be reached and kyutai/moshiko-pytorch-bf16 is not in the "
+                                         "Hugging Face cache")
+    # huggingface_hub's first request of a process first looks up its agent registry (3 s at most, then a day cached)
+    assert elapsed < 2 * HUB_CONNECT_TIMEOUT_S + 3
 
 
 def test_no_play_needs_out():
