@@ -13,7 +13,7 @@ from .audio import AUDIO_VOCAB_SIZE, FRAME_RATE, FRAME_SECONDS, SAMPLES_PER_FRAM
 from .checkpoint import load_model
 from .checks import number, whole_number
 from .codec import Codec
-from .config import CSM_1B, DEFAULT_MODEL, DEFAULT_TOKENIZER
+from .config import CSM_1B, DEFAULT_MODEL, DEFAULT_TOKENIZER, MAX_SECONDS
 from .ending import frame_budget, until_silence
 from .errors import CsmError
 from .graphs import FrameGraphs
@@ -63,7 +63,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below, logits / temperature overflows; above, it is noise
 MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds
-MAX_SECONDS = CSM_1B.backbone.max_seq_len * FRAME_SECONDS
 MAX_SPEAKER = 999_999
 
 
