@@ -274,6 +274,25 @@ def test_hub_refusals_say_what_to_do(tmp_path, status, code, message):
     assert_one_line_error(result.stderr, message)
 
 
+def run_with_closed(streams: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`csm` started with standard streams closed by the shell (`streams`: `2>&-`, `<&- >&-`, ...)."""
+    return subprocess.run(["bash", "-c", f'exec "$@" {streams}', "csm", sys.executable, "-m", "csm_cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_closed_stdin_and_stderr_end_a_stdin_run_as_empty_input(tmp_path, transformers_dir, mimi_file):
+    result = run_with_closed("<&- 2>&-", ["say", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                          *model_args(transformers_dir, mimi_file)])
+    assert result.returncode == 0
+    assert result.stdout == ""  # the summary, for the closed stderr, is not printed on stdout instead
+
+
+def test_raw_pcm_to_a_closed_stdout_is_refused():
+    result = run_with_closed(">&-", ["say", "Hi.", "--out", "-", "--model", "/unused"])
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "--out - writes raw PCM to standard output, which is closed")
+
+
 def test_help_does_not_import_torch():
     probe = "import sys; from csm_cli.cli import app; print('torch' in sys.modules, 'moshi' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
