@@ -2,8 +2,9 @@
 
 A WAV file's header is rewritten after every chunk, so the file is valid on disk while it grows; FLAC and OGG
 get their final header when closed (on Ctrl-C and errors too). When the disk fills up, libsndfile's close writes
-a header that counts the bytes that reached the disk. Outputs that cannot be seeked (pipes, FIFOs, terminals)
-are refused: raw PCM on stdout (`--out -`) is the streaming output.
+a WAV header that counts the bytes that reached the disk, and OGG, Opus and MP3 play up to where the disk filled;
+a FLAC is left with its length unknown and its last frame cut, which libsndfile cannot read back. Outputs that
+cannot be seeked (pipes, FIFOs, terminals) are refused: raw PCM on stdout (`--out -`) is the streaming output.
 """
 
 import re
