@@ -66,6 +66,14 @@ def unreachable_hub() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
+@contextmanager
+def refusing_hub() -> Iterator[str]:
+    """An endpoint on 127.0.0.1 whose port refuses connections (bound, not listening). Yields the endpoint URL."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
+
+
 @dataclass(frozen=True)
 class _File:
     path: Path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from fake_hub import failing_hub, unreachable_hub
+from fake_hub import failing_hub, refusing_hub, unreachable_hub
 from typer.testing import CliRunner
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -203,13 +203,14 @@ def test_a_damaged_file_is_one_line_naming_it(request, tmp_path, tokenizer_dir, 
     assert not out.exists()
 
 
-def test_an_unreachable_hub_without_the_codec_cached_fails_at_once(tmp_path, transformers_dir, monkeypatch):
-    """A network that drops packets: no wait without end, no retries, one line that says what to do."""
+@pytest.mark.parametrize("hub", [unreachable_hub, refusing_hub])
+def test_an_unreachable_hub_without_the_codec_cached_fails_at_once(tmp_path, transformers_dir, monkeypatch, hub):
+    """A network that drops packets or refuses: no wait without end, no retries, one line that says what to do."""
     from huggingface_hub import constants
 
     from csm_cli.repository import HUB_CONNECT_TIMEOUT_S
 
-    with unreachable_hub() as endpoint:
+    with hub() as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
         started = time.monotonic()
