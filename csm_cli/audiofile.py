@@ -2,8 +2,9 @@
 
 A WAV file's header is rewritten after every chunk, so the file is valid on disk while it grows; FLAC and OGG
 get their final header when closed (on Ctrl-C and errors too). When the disk fills up, libsndfile's close writes
-a header that counts the bytes that reached the disk. Outputs that cannot be seeked (pipes, FIFOs, terminals)
-are refused: raw PCM on stdout (`--out -`) is the streaming output.
+a WAV header that counts the bytes that reached the disk, OGG, Opus and MP3 play up to where the disk filled, and a
+FLAC is cut to its last whole frame (libsndfile leaves it of unknown length, which it cannot read back). Outputs that
+cannot be seeked (pipes, FIFOs, terminals) are refused: raw PCM on stdout (`--out -`) is the streaming output.
 """
 
 import re
@@ -11,7 +12,7 @@ import stat
 import tempfile
 import threading
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import soundfile as sf
@@ -114,6 +115,71 @@ class AudioFileWriter:
         except sf.SoundFileError as e:
             if not after_error:  # after a failed write, that one is reported and libsndfile wrote what it could
                 raise CsmError(f"closing {self.path} failed ({_reason(e)}; is the disk full?)") from None
+        if after_error and self.format == "FLAC":
+            cut_flac_to_whole_frames(self.path)
+
+
+_FLAC_SYNC = b"\xff\xf8"  # a frame of a fixed-blocksize stream, as libsndfile writes them
+_FLAC_TAIL_BYTES = 1 << 16  # more than one frame of 4096 mono samples
+
+
+def cut_flac_to_whole_frames(path: Path) -> None:
+    """A FLAC whose writing stopped mid-frame (a full disk) made readable in place: cut before its last frame, its
+    length written into STREAMINFO (libsndfile left it unknown). Nothing grows, so this works on a full disk."""
+    with path.open("r+b") as file:
+        head = file.read(4 + 4 + 34)  # "fLaC", STREAMINFO's block header and STREAMINFO
+        signature = _first_frame_signature(file)
+        size = file.seek(0, 2)
+        start = max(len(head), size - _FLAC_TAIL_BYTES)
+        file.seek(start)
+        tail = file.read()
+        for at in range(len(tail) - len(_FLAC_SYNC), -1, -1):
+            number = _frame_number(tail, at, signature)
+            if number is not None:
+                break
+        else:
+            return
+        total = number * int.from_bytes(head[8:10], "big")  # frames before it, of the fixed block size
+        file.truncate(start + at)
+        file.seek(21)  # STREAMINFO's 36-bit total of samples: the low 4 bits of this byte and the next 4 bytes
+        file.write(bytes([head[21] & 0xF0 | total >> 32]) + (total & 0xFFFFFFFF).to_bytes(4, "big"))
+
+
+def _first_frame_signature(file: BinaryIO) -> bytes:
+    """Sync code and the block size, sample rate, channels and sample size bytes of the first frame's header, which
+    every frame of the stream repeats."""
+    offset = 4
+    while True:
+        file.seek(offset)
+        block = file.read(4)
+        offset += 4 + int.from_bytes(block[1:4], "big")
+        if len(block) < 4 or block[0] & 0x80:  # the last metadata block
+            file.seek(offset)
+            return file.read(4)
+
+
+def _frame_number(data: bytes, at: int, signature: bytes) -> int | None:
+    """The number of the frame whose header starts at `at`, if one with `signature` and a valid CRC-8 does."""
+    if data[at:at + 4] != signature or at + 16 > len(data):
+        return None
+    lead = data[at + 4]  # the frame number, coded as UTF-8 codes a character
+    extra = 0 if lead < 0x80 else 7 - (lead ^ 0xFF).bit_length()
+    number = lead & ((1 << (6 - extra)) - 1) if extra else lead
+    for byte in data[at + 5:at + 5 + extra]:
+        number = number << 6 | byte & 0x3F
+    end = at + 5 + extra
+    end += {6: 1, 7: 2}.get(data[at + 2] >> 4, 0) + {12: 1, 13: 2, 14: 2}.get(data[at + 2] & 0x0F, 0)
+    return number if _crc8(data[at:end]) == data[end] else None
+
+
+def _crc8(data: bytes) -> int:
+    """FLAC's frame header CRC: polynomial x^8 + x^2 + x + 1."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x07 if crc & 0x80 else crc << 1) & 0xFF
+    return crc
 
 
 def _reason(error: Exception) -> str:

@@ -5,7 +5,7 @@ import re
 import torch
 
 from .config import CsmArgs, Layout
-from .errors import CsmError
+from .errors import CsmError, first_line
 from .model import CSM
 from .progress import LoadProgress
 from .repository import ModelRepository
@@ -58,22 +58,26 @@ def interleaved_to_half_rope(weight: torch.Tensor, heads: int) -> torch.Tensor:
 def load_model(repository: ModelRepository, device: torch.device, dtype: torch.dtype,
                progress: LoadProgress) -> CSM:
     """Builds the model of the repository's config and fills it with its weights, tensor by tensor."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     layout, args = repository.layout, repository.args
     state: dict[str, torch.Tensor] = {}
     with progress.bytes_task("loading weights", repository.weights_bytes) as advance:
         for file in repository.weights:
-            with safe_open(str(file), framework="pt", device="cpu") as tensors:
-                for name in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    target = rename(name, layout)
-                    if target is None:
-                        continue
-                    tensor = tensors.get_tensor(name)
-                    advance(tensor.numel() * tensor.element_size())
-                    if layout is Layout.ORIGINAL:
-                        tensor = _to_half_rope(target, tensor, args)
-                    state[target] = tensor.to(device=device, dtype=dtype)
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as tensors:
+                    for name in tensors.keys():  # noqa: SIM118 - safe_open is not a mapping
+                        target = rename(name, layout)
+                        if target is None:
+                            continue
+                        tensor = tensors.get_tensor(name)
+                        advance(tensor.numel() * tensor.element_size())
+                        if layout is Layout.ORIGINAL:
+                            tensor = _to_half_rope(target, tensor, args)
+                        state[target] = tensor.to(device=device, dtype=dtype)
+            except (SafetensorError, OSError) as e:
+                raise CsmError(f"{file} is damaged or not a safetensors file ({first_line(e)}): copy or download it "
+                               "again") from None
     with torch.device("meta"):
         model = CSM(args)
     try:

@@ -281,6 +281,8 @@ def say(
         if out is not None and out_dir is not None:
             raise CsmError("choose --out FILE.wav for the whole run or --out-dir DIR for one file per utterance")
         raw = out == "-"
+        if raw and sys.stdout is None:
+            raise CsmError("--out - writes raw PCM to standard output, which is closed: redirect it, or use --out FILE")
         play = not raw if play is None else play
         if not play and out is None and out_dir is None:
             raise CsmError("--no-play needs --out or --out-dir: otherwise the speech goes nowhere")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .audio import CODEC_CARDINALITY, NUM_CODEBOOKS
-from .errors import CsmError
+from .errors import CsmError, first_line
 
 # moshi wraps parts of Mimi in a lazy torch.compile unless told not to: a compile at the first call is minutes on a
 # CPU and seconds on a GPU, for no gain in streaming decode. Must be set before moshi is imported.
@@ -32,8 +32,7 @@ class Codec:
         try:
             mimi = loaders.get_mimi(path, device=device, num_codebooks=NUM_CODEBOOKS)
         except (RuntimeError, SafetensorError, KeyError, OSError, ValueError) as e:
-            reason = str(e).splitlines()[0][:120]
-            raise CsmError(f"{path} is not a Mimi checkpoint ({reason})") from None
+            raise CsmError(f"{path} is not a Mimi checkpoint ({first_line(e)})") from None
         return cls(mimi)
 
     @property

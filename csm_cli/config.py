@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .audio import AUDIO_VOCAB_SIZE, NUM_CODEBOOKS
+from .audio import AUDIO_VOCAB_SIZE, FRAME_SECONDS, NUM_CODEBOOKS
 from .errors import CsmError
 
 DEFAULT_MODEL = "sesame/csm-1b"
@@ -77,6 +77,7 @@ FLAVORS: dict[str, TransformerArgs] = {
 }
 
 CSM_1B = CsmArgs(backbone=FLAVORS["llama-1B"], decoder=FLAVORS["llama-100M"], text_vocab_size=128_256)
+MAX_SECONDS = CSM_1B.backbone.max_seq_len * FRAME_SECONDS  # the model's window, as seconds of frames
 
 
 def layouts(config: dict[str, Any]) -> list[Layout]:
@@ -97,7 +98,7 @@ def parse_config(config: dict[str, Any]) -> CsmArgs:
     layout = Layout.TRANSFORMERS if Layout.TRANSFORMERS in layouts(config) else Layout.ORIGINAL
     try:
         return _parse_original(config) if layout is Layout.ORIGINAL else _parse_transformers(config)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a key missing, or a value of the wrong type
         raise CsmError(f"config.json of the {layout.value} layout is incomplete or invalid ({e!r})") from None
 
 

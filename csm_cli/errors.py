@@ -7,3 +7,9 @@ class CsmError(Exception):
     """A failure caused by input or environment, with a message that says what to do next."""
 
     exit_code = 1
+
+
+def first_line(error: BaseException, limit: int = 120) -> str:
+    """The first line of a library's error message, at most `limit` characters: the reason inside a CsmError's line."""
+    lines = str(error).splitlines()
+    return lines[0][:limit] if lines else type(error).__name__

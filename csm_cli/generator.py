@@ -1,7 +1,9 @@
 """The streaming generator: text in, 24 kHz chunks out as soon as each is decoded. The CLI is built on it."""
 
 import secrets
-from collections.abc import Generator, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -13,7 +15,7 @@ from .audio import AUDIO_VOCAB_SIZE, FRAME_RATE, FRAME_SECONDS, SAMPLES_PER_FRAM
 from .checkpoint import load_model
 from .checks import number, whole_number
 from .codec import Codec
-from .config import CSM_1B, DEFAULT_MODEL, DEFAULT_TOKENIZER
+from .config import CSM_1B, DEFAULT_MODEL, DEFAULT_TOKENIZER, MAX_SECONDS
 from .ending import frame_budget, until_silence
 from .errors import CsmError
 from .graphs import FrameGraphs
@@ -63,7 +65,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below, logits / temperature overflows; above, it is noise
 MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds
-MAX_SECONDS = CSM_1B.backbone.max_seq_len * FRAME_SECONDS
 MAX_SPEAKER = 999_999
 
 
@@ -116,16 +117,20 @@ class Speech(Iterator[np.ndarray]):
     """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
     shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe."""
 
-    def __init__(self, chunks: Iterator[np.ndarray], frames: list[torch.Tensor], seed: int) -> None:
+    def __init__(self, chunks: Generator[np.ndarray], frames: list[torch.Tensor], seed: int,
+                 one_thread: Callable[[], AbstractContextManager[None]]) -> None:
         self._chunks = chunks
         self._frames = frames
+        self._one_thread = one_thread
         self.seed = seed
 
     def __next__(self) -> np.ndarray:
-        return next(self._chunks)
+        with self._one_thread():
+            return next(self._chunks)
 
     def close(self) -> None:
-        self._chunks.close()
+        with self._one_thread():
+            self._chunks.close()
 
     @property
     def codes(self) -> np.ndarray:
@@ -154,6 +159,7 @@ class StreamingGenerator:
         self._rng = torch.Generator(device=self.device)
         self._own_state = StreamState(model.backbone.caches(), model.cached_rows, self._rng)
         self._active: Speech | None = None
+        self._running = threading.RLock()  # held by the thread inside stream() or a Speech's step
         self.graphs: FrameGraphs | None = None
         if fast and self.device.type == "cuda":
             default = Settings()
@@ -215,7 +221,8 @@ class StreamingGenerator:
         """The segment with its audio encoded to codes once, so it can be reused as context."""
         if segment.codes is not None or segment.audio is None:
             return segment
-        return Segment(segment.speaker, segment.text, codes=self.codec.encode(segment.audio).cpu().numpy())
+        samples = _context_audio(segment.audio)
+        return Segment(segment.speaker, segment.text, codes=self.codec.encode(samples).cpu().numpy())
 
     def segment_rows(self, segment: Segment) -> int:
         """How many of the model's positions a segment takes in a prompt: its text rows, then its audio rows."""
@@ -268,11 +275,30 @@ class StreamingGenerator:
         stream ends the one before it. With a state from `new_state()` the speech runs eagerly on that state's
         caches, and may be iterated interleaved with other streams, on the same thread. The utterance ends at the
         model's end frame, at its text's frame budget or after a stretch of silence (`ending`), within
-        `max_seconds`; stop_at_end=False generates all of `max_seconds` whatever the model says (for benchmarks)."""
+        `max_seconds`; stop_at_end=False generates all of `max_seconds` whatever the model says (for benchmarks).
+
+        A generator runs on one thread at a time: calling stream(), or stepping or closing one of its Speeches, on
+        a thread while another thread is inside one of these raises CsmError (nothing waits). Use a generator per
+        thread, or one thread that steps every stream (as `csm serve` does)."""
+        with self._one_thread():
+            return self._start(text, speaker, context, Settings(temperature, topk, seed, max_seconds, chunk_frames),
+                               stop_at_end, state)
+
+    @contextmanager
+    def _one_thread(self) -> Iterator[None]:
+        if not self._running.acquire(blocking=False):
+            raise CsmError("this StreamingGenerator is generating on another thread: it runs on one thread at a time "
+                           "(use a generator per thread, or step every stream from one thread)")
+        try:
+            yield
+        finally:
+            self._running.release()
+
+    def _start(self, text: str, speaker: int, context: Sequence[Segment], settings: Settings, stop_at_end: bool,
+               state: StreamState | None) -> Speech:
         if not isinstance(text, str) or not text.strip():
             raise CsmError("the text is empty: give something to say")
         whole_number("--speaker", speaker, 0, MAX_SPEAKER)
-        settings = Settings(temperature, topk, seed, max_seconds, chunk_frames)
         max_frames = settings.max_frames
         if state is None and self._active is not None:
             self._active.close()
@@ -282,10 +308,11 @@ class StreamingGenerator:
             fits = f"at most {room / FRAME_RATE:.1f}" if room > 0 else "no"
             raise CsmError(
                 f"the prompt takes {len(tokens)} of the model's {self.model.max_seq_len} positions, leaving room for "
-                f"{fits} seconds of speech but {max_seconds:g} were asked for: shorten the context or the text, "
-                "or lower --max-seconds"
+                f"{fits} seconds of speech but {settings.max_seconds:g} were asked for: shorten the context or the "
+                "text, or lower --max-seconds"
             )
-        seed = secrets.randbits(63) if seed is None else seed
+        seed = secrets.randbits(63) if settings.seed is None else settings.seed
+        temperature, topk = settings.temperature, settings.topk
         if stop_at_end:
             max_frames = frame_budget(text, max_frames)
         padded = self.graph_shapes or self.graphs is not None
@@ -298,8 +325,8 @@ class StreamingGenerator:
         else:
             decoded = self._graphed_frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
         frames: list[torch.Tensor] = []
-        chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, chunk_frames)
-        speech = Speech(chunks, frames, seed)
+        chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, settings.chunk_frames)
+        speech = Speech(chunks, frames, seed, self._one_thread)
         if state is None:
             self._active = speech
         return speech
@@ -351,7 +378,7 @@ class StreamingGenerator:
 
     @staticmethod
     def _chunks(frames: Iterator[tuple[torch.Tensor, np.ndarray]], generated: list[torch.Tensor],
-                chunk_frames: int) -> Iterator[np.ndarray]:
+                chunk_frames: int) -> Generator[np.ndarray]:
         """Chunks of `chunk_frames` decoded frames; `generated` gets the codes of the frames in them."""
         for group in _groups(frames, chunk_frames):
             generated.extend(codes for codes, _ in group)
@@ -368,3 +395,17 @@ def _groups(items: Iterator[T], size: int) -> Iterator[list[T]]:
             group = []
     if group:
         yield group
+
+
+def _context_audio(audio: np.ndarray) -> np.ndarray:
+    """Context audio as the codec takes it: 24 kHz mono float samples [samples], finite; anything else is refused
+    rather than encoded as noise."""
+    samples = np.asarray(audio)
+    if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.floating):
+        raise CsmError(f"context audio must be 24 kHz mono float samples [samples], got {samples.dtype} of shape "
+                       f"{list(samples.shape)}: read files with load_voice_prompt()")
+    if not samples.size:
+        raise CsmError("context audio is empty: give a recording of the speaker's voice")
+    if not np.isfinite(samples).all():
+        raise CsmError("context audio holds samples that are not numbers (NaN or infinite)")
+    return samples

@@ -28,7 +28,7 @@ from torch import nn
 
 from .audio import SAMPLES_PER_FRAME
 from .codec import Codec
-from .errors import CsmError
+from .errors import CsmError, first_line
 from .model import CSM, pad_prompt, prefill_length, prefill_lengths
 from .prompt import frame_row
 
@@ -55,8 +55,8 @@ def capture(step: Callable[[], None], pool: tuple[int, int], generator: torch.Ge
             with torch.cuda.graph(graph, pool=pool):
                 step()
         except RuntimeError as e:
-            reason = str(e).splitlines()[0][:160]
-            raise CsmError(f"capturing a CUDA graph failed ({reason}): use --eager (fast=False in Python)") from None
+            raise CsmError(f"capturing a CUDA graph failed ({first_line(e, 160)}): use --eager (fast=False in "
+                           "Python)") from None
     return graph
 
 

@@ -5,7 +5,6 @@ A row is C+1 wide: C audio columns (one code per codebook) and one text column, 
 - audio segment: one row per Mimi frame with its C codes, then one all-zero end-of-audio row, audio columns only.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -14,7 +13,8 @@ import numpy as np
 import torch
 
 from .audio import NUM_CODEBOOKS
-from .errors import CsmError
+from .errors import CsmError, first_line
+from .repository import read_json_object
 
 _ROW_WIDTH = NUM_CODEBOOKS + 1
 _DEFAULT_BOS = "<|begin_of_text|>"
@@ -47,10 +47,11 @@ class TextTokenizer:
     def __init__(self, path: Path) -> None:
         from tokenizers import Tokenizer
 
+        file = path / "tokenizer.json"
         try:
-            self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as e:
-            raise CsmError(f"cannot read the tokenizer in {path}: {e}") from None
+            self._tokenizer = Tokenizer.from_file(str(file))
+        except Exception as e:  # tokenizers raises a bare Exception
+            raise CsmError(f"cannot read the tokenizer {file} ({first_line(e)}): copy or download it again") from None
         bos, eos = _special_tokens(path)
         self.bos_id = self._token_id(bos)
         self.eos_id = self._token_id(eos)
@@ -68,14 +69,17 @@ class TextTokenizer:
 
 def _special_tokens(path: Path) -> tuple[str, str]:
     config_file = path / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_json_object(config_file) if config_file.is_file() else {}
 
-    def content(token: str | dict | None, default: str) -> str:
+    def content(key: str, default: str) -> str:
+        token = config.get(key)
         if isinstance(token, dict):
-            return token["content"]
+            token = token.get("content")
+        if token is not None and not isinstance(token, str):
+            raise CsmError(f"{config_file} has no valid {key} ({token!r}): copy or download it again")
         return token or default
 
-    return content(config.get("bos_token"), _DEFAULT_BOS), content(config.get("eos_token"), _DEFAULT_EOS)
+    return content("bos_token", _DEFAULT_BOS), content("eos_token", _DEFAULT_EOS)
 
 
 def text_rows(token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

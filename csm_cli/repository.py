@@ -21,6 +21,9 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 VOICES_DIR = "prompts"
 DOWNLOAD_HINT = "run `csm download` once online"
+# A hub that does not take a connection in this time is unreachable (a network that drops packets): the cache serves,
+# or the error comes, instead of a wait without end. Answers still get huggingface_hub's HF_HUB_ETAG_TIMEOUT.
+HUB_CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -140,17 +143,24 @@ def resolve_hub_file(repo_id: str, filename: str, progress: LoadProgress) -> Pat
         return _fetch_snapshot(repo_id, lambda names, fetch: [filename], progress) / filename
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object; a file that cannot be read or is damaged is a CsmError naming it."""
+    try:
+        content = json.loads(path.read_bytes())
+    except OSError as e:
+        raise CsmError(f"cannot read {path} ({e.strerror})") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are not text
+        raise CsmError(f"{path} is not valid JSON ({e}): copy or download it again") from None
+    if not isinstance(content, dict):
+        raise CsmError(f"{path} is not a JSON object: copy or download it again")
+    return content
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
     config_file = model_dir / CONFIG_FILE
     if not config_file.is_file():
         raise CsmError(f"{model_dir} has no config.json: it is not a CSM checkpoint")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CsmError(f"{config_file} is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise CsmError(f"{config_file} is not a JSON object")
-    return config
+    return read_json_object(config_file)
 
 
 def choose_weights(config: dict[str, Any], has_file: Callable[[str], bool]) -> tuple[Layout, str]:
@@ -178,9 +188,9 @@ def _weights_entries(config: dict[str, Any], layout: Layout) -> list[str]:
 def _shards(index_file: Path) -> list[str]:
     """The shard names an index's weight_map points to, in order."""
     try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
+        weight_map = read_json_object(index_file)["weight_map"]
         return sorted(set(weight_map.values()))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise CsmError(f"{index_file} is not a safetensors index ({e!r})") from None
 
 
@@ -243,12 +253,13 @@ def _fetch_snapshot(repo_id: str, choose: Chooser, progress: LoadProgress) -> Pa
     """The cache's snapshot of `repo_id` with the files `choose` picks. Online, the files the cache lacks are
     downloaded under one bar of their total size; offline, or when the hub cannot be reached or refuses, the cached
     snapshot serves if it holds them."""
-    from httpx2 import HTTPError
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from httpx2 import HTTPError, Timeout
+    from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    timeout = Timeout(constants.HF_HUB_ETAG_TIMEOUT, connect=HUB_CONNECT_TIMEOUT_S)
     try:
-        info = HfApi().model_info(repo_id, files_metadata=True)
+        info = HfApi().model_info(repo_id, files_metadata=True, timeout=timeout)
     except (OfflineModeIsEnabled, HTTPError, HfHubHTTPError) as error:
         return _cached_snapshot(repo_id, choose, error)
     sizes = {sibling.rfilename: sibling.size or 0 for sibling in info.siblings or []}

@@ -15,6 +15,7 @@ import soundfile as sf
 import soxr
 
 from .audio import SAMPLE_RATE
+from .config import MAX_SECONDS
 from .errors import CsmError
 
 _SILENT_PEAK = 1e-4  # -80 dBFS
@@ -22,9 +23,12 @@ _COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF")
 
 
 def load_voice_prompt(path: str | Path) -> np.ndarray:
-    """Reads any audio file libsndfile decodes, mixed to mono and resampled to 24 kHz: float32 [samples]."""
+    """Reads any audio file libsndfile decodes, mixed to mono and resampled to 24 kHz: float32 [samples]. A file
+    longer than the model's window is refused from its header, before it is decoded."""
     path = Path(path)
     samples, rate = _read_audio(path)
+    if not np.isfinite(samples).all():
+        raise CsmError(f"voice prompt {path} holds samples that are not numbers (NaN or infinite): export it again")
     mono = samples.mean(axis=1, dtype=np.float32)
     _check_audible(mono, path)
     return _resample_to_codec_rate(mono, rate)
@@ -34,6 +38,11 @@ def _read_audio(path: Path) -> tuple[np.ndarray, int]:
     """float32 [samples, channels] and the sample rate; failures as CsmError naming the file."""
     try:
         with path.open("rb") as file:
+            seconds = sf.info(file).duration
+            if seconds > MAX_SECONDS:
+                raise CsmError(f"voice prompt {path} lasts {seconds:.1f} s, longer than the model's whole window of "
+                               f"{MAX_SECONDS:g} s: use a shorter recording (the default voices last about 30 s)")
+            file.seek(0)
             return sf.read(file, dtype="float32", always_2d=True)
     except FileNotFoundError:
         raise CsmError(f"voice prompt {path} does not exist: check the path") from None

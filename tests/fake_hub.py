@@ -9,6 +9,7 @@
 import fnmatch
 import hashlib
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,25 @@ def failing_hub(status: int, error_code: str) -> Iterator[str]:
 
     with _serve(Handler) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@contextmanager
+def unreachable_hub() -> Iterator[str]:
+    """An endpoint on 127.0.0.1 that takes no connection, as a network that drops packets: a listening socket whose
+    backlog is full, so that the kernel ignores further connection requests. Yields the endpoint URL."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        queued.connect(listener.getsockname())  # fills the backlog
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@contextmanager
+def refusing_hub() -> Iterator[str]:
+    """An endpoint on 127.0.0.1 whose port refuses connections (bound, not listening). Yields the endpoint URL."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{bound.getsockname()[1]}"
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,24 @@ def test_a_full_disk_is_an_error_and_the_header_matches_the_data_on_disk(small_d
     assert len(sf.read(str(path))[0]) == info.frames
 
 
+@pytest.mark.parametrize("extension", [".flac", ".ogg", ".opus", ".mp3"])
+def test_a_full_disk_ends_a_compressed_file_with_an_error_and_what_reached_the_disk_plays(small_disk, extension):
+    if extension not in supported_extensions():
+        pytest.skip(f"this libsndfile does not write {extension}")
+    path = small_disk / f"out{extension}"
+    writer = AudioFileWriter(path)
+    noise = np.random.default_rng(0).uniform(-0.3, 0.3, (2000, SAMPLES_PER_FRAME)).astype(np.float32)  # compresses
+    with pytest.raises(CsmError, match=rf"writing .*out\{extension} failed \(.*is the disk full\?\)"):
+        for chunk in noise:  # more than the disk holds, compressed
+            writer.write(chunk)
+    writer.close()
+    samples, rate = sf.read(str(path), dtype="float32")
+    assert rate == SAMPLE_RATE and len(samples) > SAMPLE_RATE
+    if extension == ".flac":  # lossless: what was written, up to the last whole frame
+        assert len(samples) <= writer.samples_written
+        np.testing.assert_allclose(samples, noise.ravel()[:len(samples)], atol=1 / 32767)
+
+
 def test_numbered_path_sorts_in_speaking_order() -> None:
     assert numbered_path(Path("out"), 3, 2) == Path("out/0003-2.wav")
     assert numbered_path(Path("out"), 12345, 1) == Path("out/12345-1.wav")

@@ -6,11 +6,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import soundfile as sf
-from fake_hub import failing_hub
+from fake_hub import failing_hub, refusing_hub, unreachable_hub
 from typer.testing import CliRunner
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -130,14 +132,88 @@ def test_unwritable_out_fails_before_loading(tmp_path, out, message):
     assert_one_line_error(result.stderr, message)
 
 
-def test_a_codec_that_is_not_mimi(tmp_path, transformers_dir):
-    bogus = tmp_path / "bogus.safetensors"
-    bogus.write_bytes(b"\x00" * 64)
+def truncated(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.truncate(min(path.stat().st_size // 2, 1 << 20))
+
+
+def not_json(path: Path) -> None:
+    path.write_bytes(b"\xff\xfe<html>not found</html>")
+
+
+def edited_json(**changes: object) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        content = json.loads(path.read_text())
+        for key, value in changes.items():
+            if value is None:
+                del content[key]
+            else:
+                content[key] = value
+        path.write_text(json.dumps(content))
+    return edit
+
+
+@pytest.mark.parametrize(("checkpoint", "name", "damage", "message"), [
+    ("transformers_dir", "model.safetensors", truncated,
+     "model.safetensors is damaged or not a safetensors file (Error while deserializing header: incomplete metadata"),
+    ("original_dir", "model.safetensors", not_json, "model.safetensors is damaged or not a safetensors file"),
+    ("transformers_dir", "config.json", not_json, "config.json is not valid JSON"),
+    ("transformers_dir", "config.json", truncated, "config.json is not valid JSON"),
+    ("transformers_dir", "config.json", edited_json(hidden_size=None),
+     "config.json of the transformers layout is incomplete or invalid (KeyError('hidden_size'))"),
+    ("transformers_dir", "config.json", edited_json(depth_decoder_config=3),
+     "config.json of the transformers layout is incomplete or invalid"),
+    ("original_dir", "config.json", edited_json(text_vocab_size="many"),
+     "config.json of the original layout is incomplete or invalid"),
+    ("transformers_dir", "tokenizer.json", truncated, "cannot read the tokenizer"),
+    ("transformers_dir", "tokenizer_config.json", not_json, "tokenizer_config.json is not valid JSON"),
+    ("transformers_dir", "tokenizer_config.json", edited_json(bos_token=5),
+     "tokenizer_config.json has no valid bos_token (5)"),
+    ("mimi_file", "", truncated, "is not a Mimi checkpoint (Error while deserializing header: incomplete metadata"),
+    ("mimi_file", "", not_json, "is not a Mimi checkpoint"),
+], ids=lambda value: value.__qualname__.split(".")[0] if callable(value) else "" if " " in value else value)
+def test_a_damaged_file_is_one_line_naming_it(request, tmp_path, tokenizer_dir, checkpoint, name, damage, message):
+    """Copies of the fixtures, one file damaged: the error names that file, and nothing is written."""
+    source = request.getfixturevalue(checkpoint)
+    model, codec = request.getfixturevalue("transformers_dir"), request.getfixturevalue("mimi_file")
+    if checkpoint == "mimi_file":
+        codec = tmp_path / source.name
+        with source.open("rb") as whole:  # the first MiB is as damaged as a half, and cheaper to copy
+            codec.write_bytes(whole.read(1 << 20))
+        damaged = codec
+    else:
+        model = tmp_path / "model"
+        shutil.copytree(source, model)
+        damaged = model / name
+    damage(damaged)
     out = tmp_path / "speech.wav"
-    result = runner.invoke(app, ["say", "Hi", "--out", str(out), "--no-play", *model_args(transformers_dir, bogus)])
+    result = runner.invoke(app, ["say", "Hi.", "--out", str(out), "--no-play", "--tokenizer", str(tokenizer_dir),
+                                 *model_args(model, codec)])
     assert result.exit_code == 1
-    assert_one_line_error(result.stderr, "is not a Mimi checkpoint")
+    assert_one_line_error(result.stderr, message)
+    assert str(damaged) in result.stderr or damaged.name in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("hub", [unreachable_hub, refusing_hub])
+def test_an_unreachable_hub_without_the_codec_cached_fails_at_once(tmp_path, transformers_dir, monkeypatch, hub):
+    """A network that drops packets or refuses: no wait without end, no retries, one line that says what to do."""
+    from huggingface_hub import constants
+
+    from csm_cli.repository import HUB_CONNECT_TIMEOUT_S
+
+    with hub() as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+        started = time.monotonic()
+        result = runner.invoke(app, ["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                     "--model", str(transformers_dir)])
+        elapsed = time.monotonic() - started
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, "the hub cannot be reached and kyutai/moshiko-pytorch-bf16 is not in the "
+                                         "Hugging Face cache")
+    # huggingface_hub's first request of a process first looks up its agent registry (3 s at most, then a day cached)
+    assert elapsed < 2 * HUB_CONNECT_TIMEOUT_S + 3
 
 
 def test_no_play_needs_out():
@@ -189,6 +265,25 @@ def test_hub_refusals_say_what_to_do(tmp_path, status, code, message):
                          {"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_ENDPOINT": endpoint}, tmp_path)
     assert result.returncode == 1
     assert_one_line_error(result.stderr, message)
+
+
+def run_with_closed(streams: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`csm` started with standard streams closed by the shell (`streams`: `2>&-`, `<&- >&-`, ...)."""
+    return subprocess.run(["bash", "-c", f'exec "$@" {streams}', "csm", sys.executable, "-m", "csm_cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_closed_stdin_and_stderr_end_a_stdin_run_as_empty_input(tmp_path, transformers_dir, mimi_file):
+    result = run_with_closed("<&- 2>&-", ["say", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                          *model_args(transformers_dir, mimi_file)])
+    assert result.returncode == 0
+    assert result.stdout == ""  # the summary, for the closed stderr, is not printed on stdout instead
+
+
+def test_raw_pcm_to_a_closed_stdout_is_refused():
+    result = run_with_closed(">&-", ["say", "Hi.", "--out", "-", "--model", "/unused"])
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "--out - writes raw PCM to standard output, which is closed")
 
 
 def test_help_does_not_import_torch():

@@ -1,5 +1,6 @@
 """The Python API: chunks as they are decoded, chunk sizes, interruption and errors."""
 
+import threading
 from contextlib import nullcontext
 
 import numpy as np
@@ -135,6 +136,11 @@ def test_context_audio_is_encoded_with_mimi(generator):
         ({"max_seconds": 163.84}, "lower --max-seconds"),
         ({"context": [Segment(1, "Hi.", codes=np.full((32, 2), 2051))]}, "must lie in 0..2050"),
         ({"context": [Segment(1, "Hi.", codes=np.zeros((8, 2), dtype=int))]}, "shape"),
+        ({"context": [Segment(1, "Hi.", audio=np.zeros((2, 1920), np.float32))]},
+         r"context audio must be 24 kHz mono float samples \[samples\], got float32 of shape \[2, 1920\]"),
+        ({"context": [Segment(1, "Hi.", audio=np.zeros(1920, np.int16))]}, "got int16 of shape"),
+        ({"context": [Segment(1, "Hi.", audio=np.full(1920, np.nan, np.float32))]}, "not numbers"),
+        ({"context": [Segment(1, "Hi.", audio=np.zeros(0, np.float32))]}, "context audio is empty"),
     ],
 )
 def test_bad_arguments_raise_before_any_audio(generator, kwargs, message):
@@ -162,3 +168,32 @@ def test_streams_with_states_of_their_own_interleave_frame_by_frame(generator, f
     np.testing.assert_array_equal(audio["own"], fresh_output)
     np.testing.assert_array_equal(audio["first"], fresh_output)
     np.testing.assert_array_equal(audio["second"], alone)
+
+
+def test_a_second_thread_gets_an_error_while_the_first_generates(generator, monkeypatch):
+    """One thread inside a frame: stream() and another stream's step on a second thread raise at once; the first
+    thread's speech goes on."""
+    inside, release = threading.Event(), threading.Event()
+    sample_frame = generator.model.sample_frame
+
+    def held(*args, **kwargs):
+        inside.set()
+        release.wait(10)
+        return sample_frame(*args, **kwargs)
+
+    monkeypatch.setattr(generator.model, "sample_frame", held)
+    speech = generator.stream(TEXT, **SETTINGS)
+    other = generator.stream(TEXT, **SETTINGS, state=generator.new_state())
+    first = threading.Thread(target=next, args=(speech,))
+    first.start()
+    try:
+        assert inside.wait(10)
+        for call in (lambda: generator.stream(TEXT, **SETTINGS), lambda: next(other), speech.close):
+            with pytest.raises(CsmError, match="generating on another thread: it runs on one thread at a time"):
+                call()
+    finally:
+        release.set()
+        first.join(10)
+    assert speech.codes.shape[1] == 1
+    other.close()
+    speech.close()

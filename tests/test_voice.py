@@ -1,4 +1,5 @@
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,44 @@ def test_an_unknown_voice_is_one_line_naming_the_voices(tmp_path, hub_copy_dir):
     assert len(lines) == 1 and lines[0].startswith("csm: error: unknown voice 'nobody'"), result.stderr
     assert "conversational_a, conversational_b, read_speech_a" in lines[0]
     assert not (tmp_path / "x.wav").exists()
+
+
+def _truncated_flac(path: Path) -> None:
+    sf.write(path, _tone(SAMPLE_RATE), SAMPLE_RATE, format="FLAC")
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+def _non_finite(value: float) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        samples = _tone(SAMPLE_RATE)
+        samples[100] = value
+        sf.write(path, samples, SAMPLE_RATE, subtype="FLOAT")
+    return write
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda path: sf.write(path, np.zeros(8_000 * 600, np.int16), 8_000, subtype="PCM_U8"),
+     "lasts 600.0 s, longer than the model's whole window of 163.84 s"),
+    (_non_finite(np.nan), "holds samples that are not numbers (NaN or infinite)"),
+    (_non_finite(np.inf), "holds samples that are not numbers (NaN or infinite)"),
+    (_truncated_flac, "cannot decode voice prompt"),
+    (lambda path: path.write_text("not audio\n"), "cannot decode voice prompt"),
+], ids=["ten-minutes", "nan", "inf", "truncated", "not-audio"])
+@pytest.mark.parametrize("option", ["--voice", "--context"])
+def test_a_voice_prompt_that_cannot_be_used_is_one_line_before_decoding_much(tmp_path, transformers_dir, monkeypatch,
+                                                                              write, message, option):
+    """Refused before the model loads; a prompt too long for the window from its header alone, never decoded."""
+    path = tmp_path / "prompt.wav"
+    write(path)
+    if "lasts" in message:
+        monkeypatch.setattr(sf, "read", lambda *args, **kwargs: pytest.fail("a prompt too long was decoded"))
+    text = "--voice-text" if option == "--voice" else "--context-text"
+    result = runner.invoke(app, [*SAY, "--out", str(tmp_path / "x.wav"), option, str(path), text, "Hi.",
+                                 "--model", str(transformers_dir)])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("csm: error: "), result.stderr
+    assert str(path) in lines[0] and message in lines[0], result.stderr
 
 
 def say_to(out: Path, model_dir: Path, mimi_file: Path, *args: str) -> np.ndarray:
