@@ -7,7 +7,10 @@ real-time pace from the first chunk on.
 - Mimi per frame: the same codes decoded again, alone; real-time factor: per frame (p50) / 80 ms;
 - with `--conversation N`: N lines spoken as a conversation after the context (as voice prompt), each keeping the
   lines before as context, twice: each prompt prefilled whole, then only its rows the cache does not hold yet; the
-  first audio of each line, both ways.
+  first audio of each line, both ways;
+- with `--streams N`: the texts in turn as N streams generated together (`batch.FrameBatch`, eager), each frame
+  decoded by Mimi in its stream's own state, then as one stream the same way: the time per frame of each stream (the
+  batched step and the N decodes) and the frames per second of all streams together, and its ratio to one stream's.
 """
 
 import math
@@ -25,6 +28,7 @@ import torch
 from rich.table import Table
 
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
+from .batch import FrameBatch
 from .checks import number, whole_number
 from .codec import Codec
 from .config import CSM_1B, CsmArgs
@@ -47,6 +51,7 @@ TEXTS = (
 CONTEXT_TEXT = "This is what was said before, so that the model keeps the same voice, pace and mood from here on."
 SEED = 1234  # text i is spoken with seed SEED + i
 WARMUP_FRAMES = 4
+MAX_STREAMS = 64
 CONSUMER_BLOCK_S = 0.01  # the simulated sound card takes 10 ms at a time
 POLL_S = 0.001
 CHARS_PER_TOKEN = 4  # Llama-3's tokenizer on English text, roughly
@@ -122,6 +127,7 @@ class BenchOptions:
     fast: bool = True  # CUDA graphs (on a CUDA device)
     compare_eager: bool = False
     conversation_lines: int = 0
+    streams: int = 0  # batched streams, beside one (0: none)
 
     def __post_init__(self) -> None:
         if self.compare_eager and not self.fast:
@@ -131,6 +137,7 @@ class BenchOptions:
         whole_number("--frames", self.frames, 2, window)  # the time per frame needs two
         number("--context-seconds", self.context_seconds, 0, MAX_SECONDS, " seconds")
         whole_number("--conversation", self.conversation_lines, 0, window)
+        whole_number("--streams", self.streams, 0, MAX_STREAMS)
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,19 @@ class ConversationFigures:
 
 
 @dataclass(frozen=True)
+class StreamsFigures:
+    """N streams generated together, and one stream the same way (a batch of one)."""
+
+    streams: int
+    frames: int  # per stream
+    per_frame_ms: Percentiles  # of each stream: one batched step and the Mimi decodes of every stream
+    frames_per_second: float  # of all streams together
+    single_per_frame_ms: Percentiles
+    single_frames_per_second: float
+    ratio: float  # frames_per_second / single_frames_per_second
+
+
+@dataclass(frozen=True)
 class BenchReport:
     device: str
     dtype: str
@@ -183,6 +203,7 @@ class BenchReport:
     figures: PathFigures
     eager: PathFigures | None  # --compare eager
     conversation: ConversationFigures | None = None  # --conversation N
+    streams: StreamsFigures | None = None  # --streams N
 
     def speedup(self) -> dict[str, float] | None:
         """Eager over this path, for the time to first audio and the time per frame (p50)."""
@@ -323,6 +344,43 @@ def bench_conversation(generator: StreamingGenerator, options: BenchOptions) -> 
     return ConversationFigures(options.conversation_lines, options.frames, first_audio[False], first_audio[True])
 
 
+def batched_step_times(generator: StreamingGenerator, streams: int, frames: int, context: Sequence[Segment],
+                       advance: Callable[[], None]) -> np.ndarray:
+    """Seconds per step of `streams` streams generated together for `frames` frames, the texts in turn, each frame
+    decoded in its stream's own Mimi state."""
+    batch = FrameBatch(generator.model, streams, generator.graph_shapes)
+    sampling = Settings()
+    decoders = []
+    for i in range(streams):
+        tokens, mask = generator.prompt_rows(TEXTS[i % len(TEXTS)], 0, context)
+        batch.join(tokens, mask, sampling.topk, sampling.temperature, SEED + i)
+        decoders.append(generator.codec.decode_stream())
+    times = []
+    for _ in range(frames):
+        started = time.perf_counter()
+        codes = batch.step().cpu()
+        for slot, decoder in enumerate(decoders):
+            decoder.decode_chunk(codes[slot, :, None])
+        times.append(time.perf_counter() - started)
+        advance()
+    return np.array(times)
+
+
+def bench_streams(generator: StreamingGenerator, options: BenchOptions, progress: LoadProgress) -> StreamsFigures:
+    """`options.streams` streams together, then one, after a short warm-up of the batch."""
+    context = context_segments(options.context_seconds)
+    steps = WARMUP_FRAMES + 2 * options.frames
+    with progress as shown, shown.steps_task(f"benchmarking {options.streams} streams: steps", steps) as advance:
+        batched_step_times(generator, options.streams, WARMUP_FRAMES, context, advance)
+        together = batched_step_times(generator, options.streams, options.frames, context, advance)
+        alone = batched_step_times(generator, 1, options.frames, context, advance)
+    frames_per_second = options.streams * options.frames / together.sum()
+    single_frames_per_second = options.frames / alone.sum()
+    return StreamsFigures(options.streams, options.frames, Percentiles.of(1000 * together), frames_per_second,
+                          Percentiles.of(1000 * alone), single_frames_per_second,
+                          frames_per_second / single_frames_per_second)
+
+
 def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions,
               progress: LoadProgress) -> BenchReport:
     """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked;
@@ -337,6 +395,7 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     figures, generator = bench_path(
         lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast), options, progress)
     conversation = bench_conversation(generator, options) if options.conversation_lines else None
+    streams = bench_streams(generator, options, progress) if options.streams else None
     eager = bench_path(lambda: loaded, options, progress)[0] if options.compare_eager else None
     return BenchReport(
         device=torch.cuda.get_device_name(device) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
@@ -354,6 +413,7 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
         figures=figures,
         eager=eager,
         conversation=conversation,
+        streams=streams,
     )
 
 
@@ -394,4 +454,13 @@ def render_table(report: BenchReport) -> Table:
         table.add_section()
         table.add_row(f"first audio of line {talk.lines} of a conversation: prefix cache / whole prefill",
                       f"{talk.prefix_cache_first_audio_ms[-1]:.0f} / {talk.whole_prefill_first_audio_ms[-1]:.0f} ms")
+    if report.streams is not None:
+        batched = report.streams
+        table.add_section()
+        table.add_row(f"{batched.streams} streams together (eager): per stream per frame p50 / p95",
+                      p50_p95(batched.per_frame_ms, 1))
+        table.add_row("1 stream the same way: per frame p50 / p95", p50_p95(batched.single_per_frame_ms, 1))
+        table.add_row(f"frames per second: {batched.streams} streams / 1 stream",
+                      f"{batched.frames_per_second:.1f} / {batched.single_frames_per_second:.1f} "
+                      f"({batched.ratio:.2f}x)")
     return table

@@ -459,6 +459,12 @@ def bench(
         help="Also speak this many lines as a conversation after the context, each prompt prefilled whole, then "
              "with the prefix cache, and report each line's first audio both ways.",
     )] = 0,
+    streams: Annotated[int, typer.Option(
+        metavar="N",
+        help="Also generate the texts as N streams together in one batch (eager, each decoded by Mimi on its own) "
+             "and as one stream the same way; report each stream's time per frame, the frames per second of all, "
+             "and the ratio to one stream.",
+    )] = 0,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
@@ -483,7 +489,7 @@ def bench(
 
         graphs = not eager and resolve_device(model_device).type == "cuda"
         options = BenchOptions(frames, context_seconds, fast=graphs, compare_eager=compare is CompareWith.eager,
-                               conversation_lines=conversation)
+                               conversation_lines=conversation, streams=streams)
         use_cpu_threads(threads)
         report = run_bench(
             lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, quantize, random_weights,

@@ -12,6 +12,7 @@ there (voice prompts, the conversation so far and its generated frames) is prefi
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,26 +66,41 @@ def _merge_on_load(module: nn.Module, merged: str, parts: tuple[str, ...]) -> No
 
 
 class KVCache(nn.Module):
-    def __init__(self, batch: int, positions: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keys and values [B, K, P, E], used in place (a view of another cache's rows stays one)."""
         super().__init__()
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
+
+    @classmethod
+    def zeros(cls, batch: int, positions: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+              device: torch.device) -> "KVCache":
         shape = (batch, kv_heads, positions, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+        """Writes k, v [B, K, S, E] at positions [S] shared by the rows, or [B, S] of each row's own."""
+        if input_pos.ndim == 1:
+            self.k.index_copy_(2, input_pos, k)
+            self.v.index_copy_(2, input_pos, v)
+        else:
+            rows = torch.arange(len(input_pos), device=input_pos.device).unsqueeze(1)  # [B, 1]
+            self.k[rows, :, input_pos] = k.transpose(1, 2)  # indexed as [B, S, K, E]
+            self.v[rows, :, input_pos] = v.transpose(1, 2)
         return self.k, self.v
 
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()
 
-    def empty_like(self) -> "KVCache":
-        """A zeroed cache of the same shape, dtype and device."""
-        batch, kv_heads, positions, head_dim = self.k.shape
-        return KVCache(batch, positions, kv_heads, head_dim, self.k.dtype, self.k.device)
+    def empty_like(self, batch: int | None = None) -> "KVCache":
+        """A zeroed cache of the same positions, dtype and device, of `batch` rows (as many as this one's)."""
+        rows, kv_heads, positions, head_dim = self.k.shape
+        return KVCache.zeros(batch or rows, positions, kv_heads, head_dim, self.k.dtype, self.k.device)
+
+    def row(self, index: int) -> "KVCache":
+        """Row `index` of this cache as a cache of one row: a view, written in place."""
+        return KVCache(self.k[index : index + 1], self.v[index : index + 1])
 
 
 class Attention(nn.Module):
@@ -159,7 +175,7 @@ class Transformer(nn.Module):
         causal = torch.full((positions, positions), -torch.inf, dtype=dtype, device=device).triu(1)  # added to scores
         self.register_buffer("causal_mask", causal, persistent=False)
         for layer in self.layers:
-            layer.attn.cache = KVCache(1, positions, a.num_kv_heads, a.head_dim, dtype, device)
+            layer.attn.cache = KVCache.zeros(1, positions, a.num_kv_heads, a.head_dim, dtype, device)
 
     def reset_caches(self) -> None:
         for layer in self.layers:
@@ -174,15 +190,19 @@ class Transformer(nn.Module):
         for layer, cache in zip(self.layers, caches, strict=True):
             layer.attn.cache = cache
 
-    def new_caches(self) -> list[KVCache]:
-        """A zeroed set of caches shaped like those `setup()` allocated, for another stream."""
-        return [cache.empty_like() for cache in self.caches()]
+    def new_caches(self, batch: int = 1) -> list[KVCache]:
+        """A zeroed set of caches shaped like those `setup()` allocated, for another stream, or for `batch`
+        streams generated together."""
+        return [cache.empty_like(batch) for cache in self.caches()]
 
     def forward(self, h: torch.Tensor, input_pos: torch.Tensor, attend: int | None = None) -> torch.Tensor:
-        """h [B, S, D] at positions input_pos [S] -> [B, S, D], attending to the first `attend` cache positions (all
-        of them when None: the fixed shapes of a graph). Positions past the last of input_pos are masked anyway."""
-        cos, signed_sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]
-        mask = self.causal_mask[input_pos, :attend]  # [S, P]
+        """h [B, S, D] at positions input_pos [S], or [B, S] for rows each at its own positions -> [B, S, D],
+        attending to the first `attend` cache positions (all of them when None: the fixed shapes of a graph).
+        Positions past a row's last are masked anyway."""
+        cos, signed_sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]  # [S, E] or [B, S, E]
+        mask = self.causal_mask[input_pos, :attend]  # [S, P] or [B, S, P]
+        if input_pos.ndim == 2:  # the same for every head
+            cos, signed_sin, mask = cos.unsqueeze(1), signed_sin.unsqueeze(1), mask.unsqueeze(1)
         for layer in self.layers:
             h = layer(h, cos, signed_sin, mask, input_pos)
         return self.norm(h)
@@ -349,8 +369,8 @@ class CSM(nn.Module):
     @torch.inference_mode()
     def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor,
                       attend: int | None = None) -> torch.Tensor:
-        """A generated frame's row [B, 1, C+1] at position [1] -> the backbone's hidden state [B, D], attending to
-        the first `attend` positions (all when None)."""
+        """A generated frame's row [B, 1, C+1] at position [1], or [B, 1] for each row's own -> the backbone's hidden
+        state [B, D], attending to the first `attend` positions (all when None)."""
         return self.backbone(self.embed_rows(tokens, mask), input_pos, attend)[:, -1]
 
     def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, codebook: int) -> torch.Tensor:
@@ -361,15 +381,19 @@ class CSM(nn.Module):
     @torch.inference_mode()
     def sample_frame(self, last_h: torch.Tensor, topk: int, temperature: float,
                      generator: torch.Generator) -> torch.Tensor:
+        """The backbone's last hidden state [B, D] -> codes [B, C], every row sampled with the same settings and
+        generator. Fixed shapes and no host synchronisation: the fast path replays it as a CUDA graph."""
+        return self.frame_codes(last_h, lambda logits: sample_topk(logits, topk, temperature, generator))
+
+    def frame_codes(self, last_h: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The backbone's last hidden state [B, D] -> codebook 0 from its head, then codebooks 1..C-1 from the depth
-        decoder -> codes [B, C]. Fixed shapes and no host synchronisation: the fast path replays it as a CUDA graph."""
-        code = sample_topk(self.codebook0_head(last_h), topk, temperature, generator)
+        decoder -> codes [B, C]; `sample` draws each codebook's codes [B, 1] from its logits [B, V]."""
+        code = sample(self.codebook0_head(last_h))
         codes = [code]
         h = torch.stack((last_h, self.embed_codes(0, code)[:, 0]), dim=1)  # [B, 2, D]
         positions = self.decoder_positions[:2]
         for codebook in range(1, self.args.num_codebooks):
-            logits = self.decoder_logits(h, positions, codebook)
-            code = sample_topk(logits, topk, temperature, generator)
+            code = sample(self.decoder_logits(h, positions, codebook))
             codes.append(code)
             h = self.embed_codes(codebook, code)
             positions = self.decoder_positions[codebook + 1: codebook + 2]

@@ -18,6 +18,7 @@ from csm_cli.bench import (
     ConversationFigures,
     PathFigures,
     Percentiles,
+    StreamsFigures,
     SyntheticTokenizer,
     load_random_weights,
     random_model,
@@ -34,7 +35,7 @@ TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)
 FIGURES = {"path", "warmup_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
            "realtime_factor", "underruns"}
 SETUP = {"device", "dtype", "quantization", "torch", "weights", "synthetic_tokens", "texts", "frames",
-         "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation"}
+         "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation", "streams"}
 
 
 def assert_sane_figures(figures: dict) -> None:
@@ -59,6 +60,7 @@ def test_bench_json_has_every_figure(transformers_dir, mimi_file):
     assert (report["frames"], report["texts"], report["context_seconds"]) == (20, 3, 0.0)
     assert report["load_s"] > 0 and report["synthetic_tokens"] is False
     assert report["peak_gpu_memory_mib"] is None and report["compare"] is None and report["conversation"] is None
+    assert report["streams"] is None
     assert report["peak_rss_mib"] > 100
 
 
@@ -105,6 +107,7 @@ def test_bench_shows_its_progress_on_a_terminal(transformers_dir, mimi_file):
     (["--context-seconds", "inf"], "--context-seconds must be a number from 0 to 163.84 seconds, got inf"),
     (["--model-device", "mps"], "--model-device mps is not supported"),
     (["--conversation", "-1"], "--conversation must be a whole number from 0 to 2048, got -1"),
+    (["--streams", "65"], "--streams must be a whole number from 0 to 64, got 65"),
     (["--quantize", "int4"], "unknown quantization 'int4'"),
     (["--quantize", "int8", "--dtype", "float32"], "--quantize int8 computes in bfloat16"),
     (["--frames", "100", "--context-seconds", "160"], "lower --context-seconds or --frames"),
@@ -122,12 +125,14 @@ def test_the_table_shows_both_paths_and_the_ratio():
 
     report = BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
                          900.0, figures("cuda-graphs", 1), figures("eager", 10), ConversationFigures(5, 25, [900.0],
-                                                                                                      [80.0]))
+                                                                                                      [80.0]),
+                         StreamsFigures(4, 125, Percentiles(120.0, 130.0), 33.3, Percentiles(100.0, 110.0), 10.0, 3.33))
     console = Console(width=200, record=True)
     console.print(render_table(report))
     text = console.export_text()
     for expected in ("NVIDIA H100", "cuda-graphs", "eager / cuda-graphs", "10.0x", "40 / 50 ms", "4.0 / 5.0 ms",
-                     "synthetic token ids", "5,000 MiB", "20 s of context", "line 5 of a conversation", "80 / 900 ms"):
+                     "synthetic token ids", "5,000 MiB", "20 s of context", "line 5 of a conversation", "80 / 900 ms",
+                     "4 streams together", "120.0 / 130.0 ms", "33.3 / 10.0 (3.33x)"):
         assert expected in text, expected
     assert report.to_dict()["compare"]["speedup"] == {"time_to_first_audio": 10.0, "steady_ms_per_frame": 10.0}
 
@@ -157,9 +162,15 @@ def test_random_weights_take_a_tokenizer_when_there_is_one(tokenizer_dir):
     assert isinstance(generator.tokenizer, TextTokenizer) and generator.graphs is None
 
 
-def test_random_weights_bench_with_synthetic_token_ids(tmp_path):
+def test_random_weights_bench_with_synthetic_token_ids_and_batched_streams(tmp_path):
     generator = load_random_weights(TINY, str(tmp_path / "no-tokenizer"), "cpu", None, LoadProgress(enabled=False))
     assert isinstance(generator.tokenizer, SyntheticTokenizer)
-    report = run_bench(lambda: generator, RANDOM_WEIGHTS, BenchOptions(frames=2), LoadProgress(enabled=False))
+    report = run_bench(lambda: generator, RANDOM_WEIGHTS, BenchOptions(frames=2, streams=2),
+                       LoadProgress(enabled=False))
     assert report.weights == RANDOM_WEIGHTS and report.synthetic_tokens
     assert report.figures.path == "eager" and np.isfinite(report.figures.realtime_factor)
+    batched = report.streams
+    assert (batched.streams, batched.frames) == (2, 2)
+    assert 0 < batched.per_frame_ms.p50 <= batched.per_frame_ms.p95 and batched.single_frames_per_second > 0
+    assert batched.ratio == pytest.approx(batched.frames_per_second / batched.single_frames_per_second)
+    assert report.to_dict()["streams"]["streams"] == 2

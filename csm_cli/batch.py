@@ -1,0 +1,136 @@
+"""Frames of several streams generated together: one step samples a frame for every stream in the batch and feeds it
+back through the backbone, so the weights are read once per step, not once per stream.
+
+A batch has a fixed number of slots. The backbone's KV caches have a row per slot; each stream in a slot has its own
+position (prompts of different lengths), sampling settings and RNG, so its codes do not depend on which streams share
+its batch: they are those the single-stream path samples for the same seed. Row by row the computation is the same,
+but a product of several rows may round differently from one row's (float32 on a CPU, by about 1e-7; bfloat16 and
+int8 products round alike here), which changes a code only at a near tie. Streams join and leave between
+steps: a joining stream's prompt is prefilled alone, on its slot's row of the caches, then it takes part in the next
+step; a slot a stream left is free for the next. A slot keeps the record of the rows its caches hold (`CachedRows`),
+and a joining stream takes the free slot that holds the longest prefix of its prompt, which it is not prefilled
+again (a voice prompt, say).
+
+Idle slots ride along in each step (fixed shapes, as CUDA graphs per batch size would want): their rows write past
+what their record holds and sample nothing. The step runs eagerly; the depth decoder gets caches of the batch's size.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .model import CSM, CachedRows, KVCache, sample_topk
+from .prompt import frame_row
+
+
+@dataclass
+class _Stream:
+    """A stream in a slot: its sampling settings, its RNG, and the position its next frame's row is written at."""
+
+    topk: int
+    temperature: float
+    rng: torch.Generator
+    position: int
+
+
+class FrameBatch:
+    def __init__(self, model: CSM, slots: int, graph_shapes: bool = False) -> None:
+        """Caches for `slots` streams of `model`. `graph_shapes`: prefill padded and attend over the whole window,
+        as the generator's eager path does on CUDA (`StreamingGenerator.graph_shapes`)."""
+        assert slots >= 1, slots
+        self.model = model
+        self.slots = slots
+        self.graph_shapes = graph_shapes
+        self.device = model.audio_head.device
+        self._caches = model.backbone.new_caches(slots)
+        self._decoder_caches = model.decoder.new_caches(slots)
+        self._slot_caches = [[cache.row(slot) for cache in self._caches] for slot in range(slots)]
+        self.rows = [model.cached_rows.empty_like() for _ in range(slots)]
+        self._streams: list[_Stream | None] = [None] * slots
+        self._last_h = torch.zeros(slots, model.args.backbone.dim, dtype=model.audio_head.dtype, device=self.device)
+
+    @property
+    def active(self) -> list[int]:
+        """The slots that hold a stream."""
+        return [slot for slot, stream in enumerate(self._streams) if stream is not None]
+
+    @property
+    def free(self) -> list[int]:
+        return [slot for slot, stream in enumerate(self._streams) if stream is None]
+
+    @torch.inference_mode()
+    def join(self, tokens: torch.Tensor, mask: torch.Tensor, topk: int, temperature: float, seed: int,
+             reuse_prefix: bool = True) -> int:
+        """Prefills a stream's prompt rows [S, C+1] in a free slot and returns the slot; its first frame comes with
+        the next step. The caller keeps the prompt and the frames it will take within the model's window."""
+        assert len(tokens) < self.model.max_seq_len, "a prompt must leave room for a frame"
+        free = self.free
+        assert free, "every slot holds a stream: leave one first"
+        slot = max(free, key=lambda s: self.rows[s].common_prefix(tokens, mask)) if reuse_prefix else free[0]
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        with self._using(self._slot_caches[slot], self.rows[slot], self.model.decoder.caches()):
+            start = self.model.reused_rows(tokens, mask, self.graph_shapes) if reuse_prefix else 0
+            last_h = self.model.prefill(tokens[start:], mask[start:], start, padded=self.graph_shapes)
+        self._last_h[slot] = last_h[0]
+        self._streams[slot] = _Stream(topk, temperature, rng, len(tokens))
+        return slot
+
+    def leave(self, slot: int) -> None:
+        """Frees the slot; what its caches hold stays there for a prompt that starts the same way."""
+        assert self._streams[slot] is not None, f"slot {slot} holds no stream"
+        self._streams[slot] = None
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """The next frame of every stream, fed back through the backbone -> codes [slots, C]; an idle slot's row
+        is zeros. A stream's frames must stay within the window: leave before it is full."""
+        assert self.active, "no stream to step"
+        with self._using(self._caches, self.model.cached_rows, self._decoder_caches):  # slot records below
+            codes = self.model.frame_codes(self._last_h, self._sample)  # [slots, C]
+            positions = [self._position(slot) for slot in range(self.slots)]
+            row, row_mask = frame_row(codes)  # [slots, 1, C+1]
+            input_pos = torch.tensor(positions, device=self.device).unsqueeze(1)  # [slots, 1]
+            attend = None if self.graph_shapes else max(positions) + 1
+            self._last_h = self.model.backbone_step(row, row_mask, input_pos, attend)
+        host_tokens, host_mask = row[:, 0].cpu(), row_mask[:, 0].cpu()  # [slots, C+1]
+        for slot, (stream, rows, position) in enumerate(zip(self._streams, self.rows, positions, strict=True)):
+            rows.clear_from(position)
+            if stream is not None:
+                rows.wrote(position, host_tokens[slot : slot + 1], host_mask[slot : slot + 1])
+                stream.position += 1
+        return codes
+
+    def _position(self, slot: int) -> int:
+        """Where the slot's row goes in this step: the stream's next position, or, for an idle slot, past the rows
+        its record holds (the last position when they fill the window, which the step then takes from the record)."""
+        stream = self._streams[slot]
+        if stream is None:
+            return min(self.rows[slot].length, self.model.max_seq_len - 1)
+        assert stream.position < self.model.max_seq_len, f"the stream in slot {slot} ran past the model's window"
+        return stream.position
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [slots, V] -> codes [slots, 1], each stream's row sampled as the single-stream path samples it,
+        from its own RNG; idle slots get 0."""
+        codes = torch.zeros(len(logits), 1, dtype=torch.long, device=logits.device)
+        for slot, stream in enumerate(self._streams):
+            if stream is not None:
+                codes[slot] = sample_topk(logits[slot : slot + 1], stream.topk, stream.temperature, stream.rng)[0]
+        return codes
+
+    @contextmanager
+    def _using(self, caches: list[KVCache], rows: CachedRows, decoder_caches: list[KVCache]) -> Iterator[None]:
+        """Points the model at these caches and record of rows, and back at its own after."""
+        model = self.model
+        before = model.backbone.caches(), model.cached_rows, model.decoder.caches()
+        model.backbone.use_caches(caches)
+        model.cached_rows = rows
+        model.decoder.use_caches(decoder_caches)
+        try:
+            yield
+        finally:
+            model.backbone.use_caches(before[0])
+            model.cached_rows = before[1]
+            model.decoder.use_caches(before[2])
