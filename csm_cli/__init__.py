@@ -7,24 +7,24 @@ torch.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .generator import Speech, StreamingGenerator
-    from .prompt import Segment
-    from .voice import load_voice_prompt
+    from .generation.generator import Speech, StreamingGenerator
+    from .generation.prompt import Segment
+    from .loading.voice import load_voice_prompt
 
 __all__ = ["Segment", "Speech", "StreamingGenerator", "load_voice_prompt"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("StreamingGenerator", "Speech"):
-        from . import generator
+        from .generation import generator
 
         return getattr(generator, name)
     if name == "Segment":
-        from .prompt import Segment
+        from .generation.prompt import Segment
 
         return Segment
     if name == "load_voice_prompt":
-        from .voice import load_voice_prompt
+        from .loading.voice import load_voice_prompt
 
         return load_voice_prompt
     raise AttributeError(f"module 'csm_cli' has no attribute {name!r}")

@@ -28,20 +28,20 @@ import torch
 from rich.table import Table
 
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
-from .batch import FrameBatch
 from .checks import number, whole_number
-from .codec import Codec
-from .config import CSM_1B, CsmArgs
-from .conversation import Conversation, Utterance
 from .errors import CsmError
-from .generator import MAX_SECONDS, Settings, StreamingGenerator, resolve_device, resolve_precision
-from .model import CSM
-from .playback import Underruns
+from .generation.batch import FrameBatch
+from .generation.codec import Codec
+from .generation.conversation import Conversation, Utterance
+from .generation.generator import MAX_SECONDS, Settings, StreamingGenerator, resolve_device, resolve_precision
+from .generation.model import CSM
+from .generation.prompt import Segment, TextTokenizer, Tokenizer
+from .loading.config import CSM_1B, CsmArgs
+from .loading.quantize import Quantization, quantization_of, quantize
+from .loading.repository import TOKENIZER_FILES, resolve_repo
+from .output.playback import Underruns
+from .output.ring import RingBuffer
 from .progress import LoadProgress
-from .prompt import Segment, TextTokenizer, Tokenizer
-from .quantize import Quantization, quantization_of, quantize
-from .repository import TOKENIZER_FILES, resolve_repo
-from .ring import RingBuffer
 
 TEXTS = (
     "The quick brown fox jumps over the lazy dog while the morning sun climbs slowly above the quiet hills.",

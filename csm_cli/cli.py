@@ -16,14 +16,14 @@ import typer
 import typer.core
 
 from .checks import whole_number
-from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .errors import INTERRUPTED_EXIT_STATUS, CsmError
+from .loading.config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
-    from .audiofile import SampleFormat
-    from .generator import StreamingGenerator
-    from .prompt import Segment
-    from .voice import Voice
+    from .generation.generator import StreamingGenerator
+    from .generation.prompt import Segment
+    from .loading.voice import Voice
+    from .output.audiofile import SampleFormat
 
 class CsmGroup(typer.core.TyperGroup):
     """Typer's command group, with its usage errors (an unknown option, `--topk 1.5`) on one line as every other
@@ -108,7 +108,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 def user_errors() -> Iterator[None]:
     """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
     quietly as a closed pipe does. Outputs are closed by the time an exception gets here."""
-    from .pcm import OutputClosed, exit_for_closed_output
+    from .output.pcm import OutputClosed, exit_for_closed_output
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt from here on
@@ -139,7 +139,7 @@ def leave(status: int) -> NoReturn:
 
 
 def parse_speaker(value: str, option: str = "--speaker") -> int:
-    from .generator import MAX_SPEAKER
+    from .generation.generator import MAX_SPEAKER
 
     digits = value.strip()
     if not re.fullmatch("[0-9]+", digits):
@@ -149,7 +149,7 @@ def parse_speaker(value: str, option: str = "--speaker") -> int:
 
 def check_writable(path: Path, sample_format: "SampleFormat") -> None:
     """Fails before the model loads if `path` cannot be created or overwritten as an audio file."""
-    from .audiofile import check_output_file
+    from .output.audiofile import check_output_file
 
     check_output_file(path, sample_format)
     parent = path.parent
@@ -183,8 +183,8 @@ def read_text_file(path: Path) -> str:
 
 def voice_prompts(files: list[Path], texts: list[str], speakers: list[str], default_speaker: int) -> list["Segment"]:
     """--context FILE --context-text TEXT [--context-speaker N], each repeatable, read before the model loads."""
-    from .prompt import Segment
-    from .voice import load_voice_prompt
+    from .generation.prompt import Segment
+    from .loading.voice import load_voice_prompt
 
     if len(texts) != len(files):
         raise CsmError(f"give one --context-text per --context file ({len(files)} files, {len(texts)} texts)")
@@ -256,14 +256,14 @@ def say(
 
     With no TEXT, or TEXT '-', the text comes from standard input; with --file FILE, from FILE."""
     with user_errors():
-        from .audiofile import prepare_out_dir
-        from .conversation import pause_frames
-        from .generator import Settings, resolve_device, resolve_dtype
+        from .generation.conversation import pause_frames
+        from .generation.generator import Settings, resolve_device, resolve_dtype
+        from .loading.voice import choose_voices
+        from .output.audiofile import prepare_out_dir
         from .say import Output, expected_seconds, say, warn
-        from .script import passages
-        from .text_input import Replacer, read_text
+        from .text.script import passages
+        from .text.text_input import Replacer, read_text
         from .threads import use_cpu_threads
-        from .voice import choose_voices
 
         speaker_id = parse_speaker(speaker)
         settings = Settings(temperature, topk, seed, max_seconds)
@@ -289,7 +289,7 @@ def say(
         if out is not None and not raw:
             check_writable(Path(out), sample_format)
         if play:
-            from .playback import check_output_device
+            from .output.playback import check_output_device
 
             check_output_device(device)
         prompts = voice_prompts(context or [], context_text or [], context_speaker or [], speaker_id)
@@ -315,9 +315,9 @@ def say(
 
 def offered_voices(model: str, voice: str | None, has_context: bool, quiet: bool) -> dict[str, "Voice"]:
     """The model repository's voices, fetched without its weights; none looked up when none is asked for."""
+    from .loading.repository import resolve_voice_files
+    from .loading.voice import NO_VOICE, model_voices
     from .progress import LoadProgress
-    from .repository import resolve_voice_files
-    from .voice import NO_VOICE, model_voices
 
     if voice == NO_VOICE or (voice is None and has_context):
         return {}
@@ -327,7 +327,7 @@ def offered_voices(model: str, voice: str | None, has_context: bool, quiet: bool
 
 def load_generator(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
                    quantize: str | None, eager: bool, quiet: bool) -> "StreamingGenerator":
-    from .generator import StreamingGenerator
+    from .generation.generator import StreamingGenerator
     from .progress import LoadProgress
 
     return StreamingGenerator.load(model, codec=codec, device=model_device, dtype=dtype, tokenizer=tokenizer,
@@ -340,7 +340,7 @@ def devices() -> None:
     with user_errors():
         from rich.console import Console
 
-        from .playback import output_devices, render_device_table
+        from .output.playback import output_devices, render_device_table
 
         found = output_devices()
         if not found:
@@ -360,8 +360,8 @@ def download(
     """Fetch the model (one layout, its tokenizer and voices), a tokenizer if it has none, and the codec into the
     Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works."""
     with user_errors():
+        from .loading.repository import fetch_model_files
         from .progress import LoadProgress
-        from .repository import fetch_model_files
 
         with LoadProgress(enabled=not quiet) as shown:
             files = fetch_model_files(model, tokenizer, codec, shown)
@@ -377,7 +377,7 @@ def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> No
         from rich.console import Console
         from rich.table import Table
 
-        from .voice import DEFAULT_VOICES
+        from .loading.voice import DEFAULT_VOICES
 
         offered = offered_voices(model, None, False, quiet)
         if not offered:
@@ -417,9 +417,9 @@ def serve(
 ) -> None:
     """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces."""
     with user_errors():
-        from .generator import Settings
-        from .server import ServeOptions
-        from .server import serve as run_server
+        from .generation.generator import Settings
+        from .serve.server import ServeOptions
+        from .serve.server import serve as run_server
         from .threads import use_cpu_threads
 
         if max_streams < 1:
@@ -483,7 +483,7 @@ def bench(
         from rich.console import Console
 
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
-        from .generator import resolve_device
+        from .generation.generator import resolve_device
         from .progress import LoadProgress
         from .threads import use_cpu_threads
 

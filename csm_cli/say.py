@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
-from .audiofile import AudioFileWriter, SampleFormat
-from .conversation import Conversation, utterances
-from .ending import BUDGET_FLOOR_SECONDS, BUDGET_SECONDS_PER_WORD, spoken_words, window_words
-from .generator import Settings, StreamingGenerator
-from .pcm import RawPcmWriter
-from .prompt import Segment
-from .script import Passage
+from .generation.conversation import Conversation, utterances
+from .generation.ending import BUDGET_FLOOR_SECONDS, BUDGET_SECONDS_PER_WORD, spoken_words, window_words
+from .generation.generator import Settings, StreamingGenerator
+from .generation.prompt import Segment
+from .output.audiofile import AudioFileWriter, SampleFormat
+from .output.pcm import RawPcmWriter
+from .text.script import Passage
 
 PRODUCER_POLL_S = 0.05
 
@@ -122,9 +122,9 @@ def _play(chunks: Iterator[np.ndarray], output: Output, expected_seconds: float 
           waiting: threading.Event, reading: threading.Event) -> dict[str, Any]:
     from rich.console import Console
 
-    from . import library_messages
-    from .playback import PlaybackStatus, play
-    from .status import StatusDisplay, summary
+    from .output import library_messages
+    from .output.playback import PlaybackStatus, play
+    from .output.status import StatusDisplay, summary
 
     console = None if output.live_status else Console(stderr=True, force_terminal=False)
     messages_before = library_messages.count()

@@ -130,7 +130,7 @@ def main() -> None:
             report.add(title, "skipped: no GPU")
     else:
         status, out = run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "tests/test_graphs.py"], env)
+                           "tests/generation/test_graphs.py"], env)
         report.add("GPU tests", f"{'passed' if status == 0 else f'FAILED (exit {status})'}\n\n{fenced(out)}")
         for title, bench_args in BENCHES.items():
             report.add(title, bench_section(bench_args, env))

@@ -6,9 +6,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from csm_cli.bench import TEXTS, context_segments, load_random_weights
-from csm_cli.config import CSM_1B
+from csm_cli.generation.prompt import frame_row
+from csm_cli.loading.config import CSM_1B
 from csm_cli.progress import LoadProgress
-from csm_cli.prompt import frame_row
 
 TOP = 15
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from csm_cli.config import RopeScaling, TransformerArgs
+from csm_cli.loading.config import RopeScaling, TransformerArgs
 
 VOCAB_TEXT = (
     "Hello there. How are you today? I am fine, thank you. The quick brown fox jumps over the lazy dog. "

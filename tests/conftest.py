@@ -20,7 +20,7 @@ pytest_plugins = ["pulse"]
 @pytest.fixture(scope="session", autouse=True)
 def tiny_flavors():
     """The original layout names torchtune flavors; the tiny ones are known to in-process tests."""
-    from csm_cli import config
+    from csm_cli.loading import config
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(config, "FLAVORS", {**config.FLAVORS, **TINY_FLAVORS})
@@ -74,6 +74,6 @@ def mimi_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def generator(transformers_dir, mimi_file):
-    from csm_cli.generator import StreamingGenerator
+    from csm_cli.generation.generator import StreamingGenerator
 
     return StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu", quantize="none")

@@ -4,8 +4,8 @@ graph captured afterwards replays it as the eager path runs it."""
 import pytest
 import torch
 
-from csm_cli.codec import Codec
-from csm_cli.model import CSM
+from csm_cli.generation.codec import Codec
+from csm_cli.generation.model import CSM
 
 
 def end_speech_at(monkeypatch: pytest.MonkeyPatch, frame: int, device: torch.device) -> torch.Tensor:

@@ -26,9 +26,9 @@ from csm_cli.bench import (
     run_bench,
 )
 from csm_cli.cli import app
-from csm_cli.config import CsmArgs
+from csm_cli.generation.prompt import TextTokenizer
+from csm_cli.loading.config import CsmArgs
 from csm_cli.progress import LoadProgress
-from csm_cli.prompt import TextTokenizer
 
 runner = CliRunner()
 TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)

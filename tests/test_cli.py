@@ -200,7 +200,7 @@ def test_an_unreachable_hub_without_the_codec_cached_fails_at_once(tmp_path, tra
     """A network that drops packets or refuses: no wait without end, no retries, one line that says what to do."""
     from huggingface_hub import constants
 
-    from csm_cli.repository import HUB_CONNECT_TIMEOUT_S
+    from csm_cli.loading.repository import HUB_CONNECT_TIMEOUT_S
 
     with hub() as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)

@@ -1,0 +1,1 @@
+"""Frames from the model: prompts, the model and its CUDA graphs, Mimi, streams, end of speech, conversations."""

@@ -1,0 +1,116 @@
+"""Int8 weights for the CPU, with the kernels torch ships: the transformers' linear layers (backbone and depth
+decoder, 97% of the weights a frame reads) are quantized per output channel, symmetric; embeddings, norms, heads and
+the KV caches keep the model's dtype. At batch 1 a CPU frame is bound by reading weights, so fewer bytes per weight
+is most of the speed.
+
+- `int8`: int8 weights, bfloat16 activations (`aten._weight_int8pack_mm`): a quarter of float32's bytes; the
+  logits stay within cosine 0.99 of float32 (README, "Performance");
+- `int8-dynamic`: int8 weights and activations quantized per row as they come (fbgemm's dynamic linear), float32
+  elsewhere: faster, and further from float32.
+"""
+
+import warnings
+from enum import StrEnum
+
+import torch
+from torch import nn
+
+from ..errors import CsmError
+
+
+class Quantization(StrEnum):
+    NONE = "none"
+    INT8 = "int8"
+    INT8_DYNAMIC = "int8-dynamic"
+
+
+# The dtype of everything a mode leaves unquantized: the activations its kernels take.
+ACTIVATIONS = {Quantization.INT8: torch.bfloat16, Quantization.INT8_DYNAMIC: torch.float32}
+
+
+DEFAULT_CPU = Quantization.INT8
+
+
+def resolve_quantization(quantize: str | Quantization | None, device: torch.device,
+                         dtype_given: bool = False) -> Quantization:
+    """The mode asked for, or the default: `DEFAULT_CPU` on a CPU unless a dtype is given, none elsewhere."""
+    if quantize is None:
+        return DEFAULT_CPU if device.type == "cpu" and not dtype_given else Quantization.NONE
+    try:
+        mode = Quantization(quantize)
+    except ValueError:
+        raise CsmError(f"unknown quantization {quantize!r} (choose from {', '.join(Quantization)})") from None
+    if mode is not Quantization.NONE and device.type != "cpu":
+        raise CsmError(f"--quantize {mode} runs on the CPU only: use --quantize none on {device}")
+    return mode
+
+
+def activation_dtype(mode: Quantization, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype of a quantized model's other weights and activations; a dtype given must be that one."""
+    wanted = ACTIVATIONS[mode]
+    if dtype is not None and dtype != wanted:
+        name = str(wanted).removeprefix("torch.")
+        raise CsmError(f"--quantize {mode} computes in {name}: leave --dtype out or give --dtype {name}")
+    return wanted
+
+
+def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] -> int8 weights [N, K] and float32 scales [N], one per output row (symmetric, -127..127)."""
+    w = weight.float()
+    scales = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+    return torch.round(w / scales[:, None]).to(torch.int8), scales
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear layer with int8 weights, computing in the activations' dtype."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+        super().__init__()
+        weight, scales = _int8_rows(linear.weight)
+        self.register_buffer("weight", weight)  # [N, K]
+        self.register_buffer("scales", scales.to(dtype))  # [N]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), self.weight, self.scales)
+        return out.view(*x.shape[:-1], -1)
+
+
+class DynamicInt8Linear(nn.Module):
+    """A bias-free linear layer with int8 weights that quantizes its float32 input per row as it comes."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight, scales = _int8_rows(linear.weight)
+        zero = torch.zeros(len(scales), dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated, fbgemm's packed weights still need one
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero, 0)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, True)  # 7-bit activations: no overflow on AVX2
+
+
+def quantization_of(model: nn.Module) -> Quantization:
+    """The mode `quantize` applied to `model`."""
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            return Quantization.INT8
+        if isinstance(module, DynamicInt8Linear):
+            return Quantization.INT8_DYNAMIC
+    return Quantization.NONE
+
+
+def quantize(model: nn.Module, mode: Quantization) -> None:
+    """Replaces, in place, the linear layers of `model`'s transformers (`backbone`, `decoder`) by `mode`'s."""
+    if mode is Quantization.NONE:
+        return
+    for transformer in (model.backbone, model.decoder):
+        # parents only: a list holding the linear layers would keep their weights alive until the end
+        for parent in [module for module in transformer.modules() if not isinstance(module, nn.Linear)]:
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    quantized = (Int8Linear(child, ACTIVATIONS[mode]) if mode is Quantization.INT8
+                                 else DynamicInt8Linear(child))
+                    setattr(parent, name, quantized)
+

@@ -1,0 +1,1 @@
+"""`csm serve`: the HTTP and WebSocket speech server, its stream scheduler and response encoders."""

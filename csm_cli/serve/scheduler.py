@@ -1,0 +1,179 @@
+"""The one thread that owns the model: every open stream's utterances generated interleaved, one chunk per stream in
+turn (round-robin), so that a second listener is not starved behind a long first one.
+
+A stream is one client's slot: utterances queued on it are spoken one after another, each chunk handed to the
+stream's `emit` callback from the model thread. Each stream generates on caches and an RNG of its own
+(`StreamingGenerator.new_state()`); the generator's own state, the one its CUDA graphs were captured on, is lent to
+one stream at a time, so a lone stream runs the fast path. Closing a stream, from any thread, stops its generation
+before its next chunk and frees its slot. A later batched implementation replaces the turn-taking loop, not this
+interface.
+"""
+
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CsmError
+from ..generation.generator import StreamingGenerator, StreamState
+
+# starts one utterance on the model thread (on the stream's `state`) and yields its chunks
+Start = Callable[[], Iterator[np.ndarray]]
+
+
+class ServerBusy(CsmError):
+    """Every slot is taken."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    tag: Any
+    samples: np.ndarray  # float32, 24 kHz mono
+
+
+@dataclass(frozen=True)
+class Done:
+    tag: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    tag: Any
+    message: str
+    internal: bool  # a fault of the server, not of the request
+
+
+Event = Chunk | Done | Failed
+
+
+class Stream:
+    """One client's slot. `submit` and `close` may be called from any thread; `emit` is called on the model thread."""
+
+    def __init__(self, scheduler: "Scheduler", emit: Callable[[Event], None], state: StreamState | None) -> None:
+        """`state`: the caches and RNG every utterance of this stream generates on (None: the generator's own)."""
+        self._scheduler = scheduler
+        self._emit = emit
+        self.state = state
+        self._jobs: deque[tuple[Any, Start]] = deque()
+        self._current: tuple[Any, Iterator[np.ndarray]] | None = None
+        self.closed = False
+
+    def submit(self, tag: Any, start: Start) -> None:
+        """Queues an utterance; its chunks are emitted as Chunk(tag, ...), then Done(tag) or Failed(tag, ...)."""
+        with self._scheduler.lock:
+            self._jobs.append((tag, start))
+            self._scheduler.lock.notify()
+
+    def close(self) -> None:
+        with self._scheduler.lock:
+            self.closed = True
+            self._scheduler.lock.notify()
+
+    def _has_work(self) -> bool:
+        return self.closed or self._current is not None or bool(self._jobs)
+
+    def _step(self) -> None:
+        """One chunk of the current utterance, starting the next queued one if none is current. Model thread only."""
+        if self._current is None:
+            with self._scheduler.lock:
+                if not self._jobs:
+                    return
+                tag, start = self._jobs.popleft()
+            try:
+                self._current = (tag, start())
+            except Exception as e:  # reported to the client; the server goes on
+                self._fail(tag, e)
+                return
+        tag, chunks = self._current
+        try:
+            samples = next(chunks, None)
+        except Exception as e:  # reported to the client; the server goes on
+            self._current = None
+            self._fail(tag, e)
+            return
+        if samples is None:
+            self._current = None
+            self._emit(Done(tag))
+        else:
+            self._emit(Chunk(tag, samples))
+
+    def _fail(self, tag: Any, error: Exception) -> None:
+        if isinstance(error, CsmError):
+            self._emit(Failed(tag, str(error), internal=False))
+        else:
+            traceback.print_exception(error, file=sys.stderr)
+            self._emit(Failed(tag, f"generation failed ({type(error).__name__}); the server goes on", internal=True))
+
+    def _release(self) -> None:
+        if self._current is not None:
+            self._current[1].close()  # type: ignore[attr-defined]
+            self._current = None
+
+
+class Scheduler:
+    def __init__(self, generator: StreamingGenerator, max_streams: int) -> None:
+        assert max_streams >= 1, max_streams
+        self.generator = generator
+        self.max_streams = max_streams
+        self.lock = threading.Condition()
+        self._streams: list[Stream] = []
+        self._free_states: list[StreamState] = []
+        self._own_state_lent = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="csm-model", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self._stopping = True
+            self.lock.notify()
+        self._thread.join()
+
+    @property
+    def open_streams(self) -> int:
+        with self.lock:
+            return len(self._streams)
+
+    def open(self, emit: Callable[[Event], None]) -> Stream:
+        """A new slot, or ServerBusy at once when all `max_streams` are taken."""
+        with self.lock:
+            if len(self._streams) >= self.max_streams:
+                raise ServerBusy(f"all {self.max_streams} streams are busy (--max-streams): try again shortly")
+            if not self._own_state_lent:
+                self._own_state_lent = True
+                state = None
+            else:
+                state = self._free_states.pop() if self._free_states else self.generator.new_state()
+            stream = Stream(self, emit, state)
+            self._streams.append(stream)
+            return stream
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self._stopping and not any(stream._has_work() for stream in self._streams):
+                    self.lock.wait()
+                if self._stopping:
+                    return
+                turn = [stream for stream in self._streams if stream._has_work()]
+            for stream in turn:
+                if stream.closed:
+                    self._remove(stream)
+                else:
+                    stream._step()
+
+    def _remove(self, stream: Stream) -> None:
+        stream._release()
+        with self.lock:
+            self._streams.remove(stream)
+            if stream.state is None:
+                self._own_state_lent = False
+            else:
+                self._free_states.append(stream.state)

@@ -1,0 +1,486 @@
+"""`csm serve`: the speech server voice agents call, with FastAPI on uvicorn.
+
+- POST /v1/audio/speech: OpenAI's speech endpoint; the body streams as frames are decoded (or as server-sent events);
+- WS /v1/audio/speech/stream: text arriving in pieces, spoken sentence by sentence as each is complete;
+- GET /v1/models, /v1/audio/voices, /health.
+
+The model is loaded once and owned by the scheduler's thread; each request or WebSocket connection is one stream
+there. Requests carry their own context: nothing is kept between them, so replicas behind a load balancer serve
+more users. Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
+"""
+
+import asyncio
+import base64
+import ipaddress
+import json
+import secrets
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection
+
+from ..audio import SAMPLES_PER_FRAME
+from ..errors import CsmError
+from ..generation.conversation import PACK_WORDS, Conversation, Utterance
+from ..generation.ending import window_words
+from ..generation.generator import Settings, StreamingGenerator
+from ..output.pcm import to_pcm16
+from ..text.script import SentenceSplitter, split_utterances
+from .encoders import ENCODERS
+from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
+
+MODEL_ID = "csm-1b"
+SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    settings: Settings  # the defaults of every request
+    pause_seconds: float = 0.2
+    max_streams: int = 4
+    max_input_chars: int = 4096
+    api_key: str | None = None
+
+
+class ApiError(Exception):
+    """An error answered with an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's speech request; `seed` is this server's own (reproducible speech)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = MODEL_ID
+    input: str
+    voice: str | int
+    response_format: str = "wav"
+    speed: float = 1.0
+    stream_format: Literal["audio", "sse"] = "audio"
+    seed: int | None = None
+
+
+class _Events:
+    """A stream's events, handed from the model thread to the request's event loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, event: Event) -> None:
+        with suppress(RuntimeError):  # the loop is closed: the server is shutting down
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    def put_now(self, message: Any) -> None:
+        """From the event loop's own thread."""
+        self._queue.put_nowait(message)
+
+    async def get(self) -> Any:
+        return await self._queue.get()
+
+
+def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
+    if api_key is None:
+        return True
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
+
+
+def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
+    scheduler = Scheduler(generator, options.max_streams)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    speakers = Speakers()
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return ApiError(error.status_code, str(error.detail), code="not_found" if error.status_code == 404 else None
+                        ).response()
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error ({type(error).__name__}); the server goes on", kind="server_error"
+                        ).response()
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Callable) -> Any:
+        if request.url.path != "/health" and not authorized(request, options.api_key):
+            return unauthorized().response()
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "streams": scheduler.open_streams, "max_streams": options.max_streams}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "sesame"}]}
+
+    @app.get("/v1/audio/voices")
+    async def voices() -> dict[str, Any]:
+        return {"voices": speakers.listing()}
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request) -> StreamingResponse:
+        body = parse_body(await request.body())
+        speaker = speakers.resolve(body.voice)
+        text = checked_input(body.input, options.max_input_chars)
+        if body.response_format not in ENCODERS:
+            raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
+                                f"{', '.join(ENCODERS)}", param="response_format", code="unsupported_format")
+        if body.speed != 1.0:
+            raise ApiError(400, f"speed {body.speed:g} is not supported: CSM speaks at its own pace; send 1.0 or "
+                                "omit speed", param="speed", code="unsupported_speed")
+        settings = request_settings(options.settings, body.seed)
+        events = _Events()
+        stream = open_stream(scheduler, events)
+        try:
+            conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds,
+                                        state=stream.state)
+            script = utterances_of(text, speaker, generator)
+            stream.submit(0, lambda: conversation.speak(script))
+            first = await events.get()
+        except BaseException:
+            stream.close()
+            raise
+        if isinstance(first, Failed):
+            stream.close()
+            raise failure_error(first)
+        encoder = ENCODERS[body.response_format]()
+        if body.stream_format == "sse":
+            tokens = len(generator.tokenizer.encode(speaker, text))
+            return StreamResponse(stream, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache"})
+        return StreamResponse(stream, audio_body(events, first, encoder), media_type=encoder.media_type)
+
+    @app.websocket("/v1/audio/speech/stream")
+    async def speech_stream(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            if not authorized(websocket, options.api_key):
+                raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
+            speaker = speakers.resolve(websocket.query_params.get("voice", "0"))
+            settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
+            events = _Events()
+            try:
+                stream = open_stream(scheduler, events)
+            except ApiError as e:
+                raise ClosingError(e, status.WS_1013_TRY_AGAIN_LATER) from None
+        except (ApiError, ClosingError) as e:
+            closing = e if isinstance(e, ClosingError) else ClosingError(e, status.WS_1008_POLICY_VIOLATION)
+            await websocket.send_json(closing.error.body() | {"type": "error"})
+            await websocket.close(closing.code)
+            return
+        conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds, state=stream.state)
+        session = SpeechSession(websocket, stream, events, conversation, speaker, options.max_input_chars)
+        try:
+            await session.run()
+        finally:
+            stream.close()
+
+    return app
+
+
+class ClosingError(Exception):
+    """An error after which a WebSocket is closed with `code`."""
+
+    def __init__(self, error: ApiError, code: int) -> None:
+        super().__init__(error.message)
+        self.error, self.code = error, code
+
+
+def query_seed(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().lstrip("-").isdigit():
+        raise ApiError(400, f"seed must be a whole number, got {value!r}", param="seed", code="invalid_request")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Flushed:
+    """The client flushed after sentence `sentences - 1`: 'done' follows once those are spoken."""
+
+    sentences: int
+
+
+class SpeechSession:
+    """One WebSocket conversation: text deltas in, each sentence spoken as soon as it is complete, with the
+    sentences before it as context; audio frames out, tagged with their sentence's index. Every message sent goes
+    through one queue, so the socket has one writer."""
+
+    def __init__(self, websocket: WebSocket, stream: Stream, events: _Events, conversation: Conversation,
+                 speaker: int, max_chars: int) -> None:
+        self.websocket, self.stream, self.events = websocket, stream, events
+        self.conversation, self.speaker, self.max_chars = conversation, speaker, max_chars
+        self.splitter = SentenceSplitter()
+        self.sentences = 0  # queued so far
+        self.finished: set[int] = set()
+        self.flushes: list[int] = []
+
+    async def run(self) -> None:
+        receiving = asyncio.create_task(self.receive())
+        sending = asyncio.create_task(self.send())
+        try:
+            await asyncio.wait([receiving, sending], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receiving, sending):
+                task.cancel()
+            await asyncio.gather(receiving, sending, return_exceptions=True)
+
+    async def receive(self) -> None:
+        with suppress(WebSocketDisconnect):
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    self.handle(message.get("text"))
+                except ApiError as e:
+                    self.events.put_now(e.body() | {"type": "error"})
+
+    def handle(self, text: str | None) -> None:
+        if text is None:
+            raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_message")
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise ApiError(400, "the message is not valid JSON", code="invalid_json") from None
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "text" and isinstance(message.get("text"), str):
+            if len(self.splitter.pending) + len(message["text"]) > self.max_chars:
+                raise ApiError(400, f"the unfinished sentence would pass this server's limit of {self.max_chars} "
+                                    "characters (--max-input-chars): end sentences sooner or flush",
+                               param="text", code="input_too_long")
+            self.speak(self.splitter.feed(message["text"]))
+        elif kind == "flush":
+            self.speak(self.splitter.flush())
+            self.events.put_now(Flushed(self.sentences))
+        else:
+            raise ApiError(400, 'messages are {"type": "text", "text": "..."} or {"type": "flush"}',
+                           param="type", code="invalid_message")
+
+    def speak(self, sentences: list[str]) -> None:
+        for sentence in sentences:
+            index = self.sentences
+            self.sentences += 1
+            self.events.put_now({"type": "sentence", "sentence": index, "text": sentence})
+            script = utterances_of(sentence, self.speaker, self.conversation.generator)
+            self.stream.submit(index, lambda script=script: self.conversation.speak(script))
+
+    async def send(self) -> None:
+        while True:
+            event = await self.events.get()
+            if isinstance(event, Chunk):
+                audio = base64.b64encode(to_pcm16(event.samples)).decode()
+                await self.websocket.send_json({"type": "audio", "sentence": event.tag, "audio": audio})
+                continue
+            if isinstance(event, Done):
+                self.finished.add(event.tag)
+                await self.websocket.send_json({"type": "sentence.done", "sentence": event.tag})
+            elif isinstance(event, Failed):
+                self.finished.add(event.tag)
+                await self.websocket.send_json(failure_error(event).body() | {"type": "error",
+                                                                              "sentence": event.tag})
+            elif isinstance(event, Flushed):
+                self.flushes.append(event.sentences)
+            else:
+                await self.websocket.send_json(event)
+            while self.flushes and all(i in self.finished for i in range(self.flushes[0])):
+                self.flushes.pop(0)
+                await self.websocket.send_json({"type": "done"})
+
+
+class Speakers:
+    """The voices a request may name: a speaker id, a non-negative whole number (as a string or a number)."""
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker} for speaker in SPEAKERS]
+
+    def resolve(self, voice: str | int) -> int:
+        text = str(voice).strip()
+        if not text.isdigit():
+            known = ", ".join(str(speaker) for speaker in SPEAKERS)
+            raise ApiError(400, f"unknown voice {voice!r}: give a speaker id ({known}, ...; see GET /v1/audio/voices)",
+                           param="voice", code="unknown_voice")
+        return int(text)
+
+
+def parse_body(raw: bytes) -> SpeechRequest:
+    """The request's JSON, whatever its Content-Type says (curl -d sends a form's)."""
+    try:
+        return SpeechRequest.model_validate(json.loads(raw))
+    except ValueError as e:
+        if isinstance(e, ValidationError):
+            raise request_error(e.errors()) from None
+        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+
+
+def checked_input(text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise ApiError(400, f"input is {len(text)} characters, more than this server's limit of {limit} "
+                            "(--max-input-chars): split it into several requests", param="input",
+                       code="input_too_long")
+    if not text.strip():
+        raise ApiError(400, "input is empty: give something to say", param="input", code="empty_input")
+    return text.strip()
+
+
+def request_settings(defaults: Settings, seed: int | None) -> Settings:
+    if seed is None:
+        return defaults
+    return Settings(defaults.temperature, defaults.topk, seed, defaults.max_seconds, defaults.chunk_frames)
+
+
+def utterances_of(text: str, speaker: int, generator: StreamingGenerator) -> list[Utterance]:
+    """A request's text as `csm say` speaks a line: sentences, short ones packed, one too long for the model's
+    window cut at clauses."""
+    most = window_words(generator.model.max_seq_len)
+    return [Utterance(speaker, piece) for piece in split_utterances(text, most, min(PACK_WORDS, most))]
+
+
+def open_stream(scheduler: Scheduler, events: _Events) -> Stream:
+    try:
+        return scheduler.open(events.put)
+    except ServerBusy as e:
+        raise ApiError(429, str(e), code="server_busy", kind="rate_limit_error") from None
+
+
+def failure_error(failed: Failed) -> ApiError:
+    if failed.internal:
+        return ApiError(500, failed.message, kind="server_error")
+    return ApiError(400, failed.message, param="input", code="cannot_generate")
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY' with this server's "
+                         "--api-key", code="invalid_api_key")
+
+
+def request_error(errors: Any) -> ApiError:
+    """Validation errors -> one 400 naming the first bad field."""
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = location[0] if location else None
+    where = f"{param}: " if param else "the request body: "
+    return ApiError(400, where + first.get("msg", "invalid"), param=param, code="invalid_request")
+
+
+class StreamResponse(StreamingResponse):
+    """A streamed body whose stream is closed however the response ends: complete, or the client gone (which stops
+    the generation before its next chunk), even before the first byte."""
+
+    def __init__(self, stream: Stream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.close()
+
+
+async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:
+    """The response's bytes as chunks arrive."""
+    event = first
+    while isinstance(event, Chunk):
+        if data := encoder.encode(event.samples):
+            yield data
+        event = await events.get()
+    if isinstance(event, Done):
+        yield encoder.finish()
+
+
+async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: int) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: speech.audio.delta with base64 audio, then speech.audio.done with the usage (input
+    tokens: the text's; output tokens: the 80 ms frames sent, pauses between sentences included)."""
+
+    def sse(payload: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    frames = 0
+    event = first
+    while isinstance(event, Chunk):
+        frames += len(event.samples) // SAMPLES_PER_FRAME
+        if data := encoder.encode(event.samples):
+            yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+        event = await events.get()
+    if isinstance(event, Failed):
+        yield sse(failure_error(event).body())
+        return
+    if data := encoder.finish():
+        yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+    yield sse({"type": "speech.audio.done", "usage": {"input_tokens": input_tokens, "output_tokens": frames,
+                                                       "total_tokens": input_tokens + frames}})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads so that a taken port fails at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise CsmError(f"cannot resolve --host {host!r} ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise CsmError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or --host") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options: ServeOptions,
+          quiet: bool = False) -> None:
+    """Binds, loads the model, then serves until interrupted."""
+    import uvicorn
+
+    sock = bind(host, port)
+    if not is_loopback(sock) and options.api_key is None:
+        print(f"csm: warning: serving on {host}, which is not loopback, without --api-key: anyone who can reach "
+              "this port can use the server", file=sys.stderr)
+    generator = load()
+    app = create_app(generator, options)
+    address, bound_port = sock.getsockname()[:2]
+    shown = f"[{address}]" if ":" in address else address
+    print(f"csm: serving on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="warning" if quiet else "info", timeout_graceful_shutdown=2,
+                            ws="websockets-sansio")
+    uvicorn.Server(config).run(sockets=[sock])

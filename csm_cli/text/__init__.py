@@ -1,0 +1,1 @@
+"""Text in: sentences as they arrive, speaker tags, utterances."""

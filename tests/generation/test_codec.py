@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from csm_cli.audio import SAMPLES_PER_FRAME
+from csm_cli.errors import CsmError
+from csm_cli.generation.codec import Codec
+
+
+@pytest.fixture(scope="module")
+def codec(generator) -> Codec:
+    return generator.codec
+
+
+def test_streamed_decode_equals_whole_sequence_decode(codec):
+    codes = torch.randint(0, 2048, (32, 10), generator=torch.Generator().manual_seed(0))
+    whole = codec.decode(codes)
+    with codec.streaming():
+        streamed = np.concatenate([codec.decode_chunk(codes[:, i : i + 1]) for i in range(10)])
+    assert whole.shape == streamed.shape == (10 * SAMPLES_PER_FRAME,)
+    np.testing.assert_allclose(streamed, whole, atol=1e-5)
+
+
+def test_codes_past_the_codec_vocabulary_are_clamped(codec):
+    codes = torch.full((32, 2), 2050)
+    np.testing.assert_array_equal(codec.decode(codes), codec.decode(torch.full((32, 2), 2047)))
+
+
+def test_encode_gives_one_frame_of_32_codes_per_1920_samples(codec):
+    samples = np.random.default_rng(0).standard_normal(5 * SAMPLES_PER_FRAME).astype(np.float32) * 0.1
+    codes = codec.encode(samples)
+    assert codes.shape == (32, 5)
+    assert int(codes.min()) >= 0 and int(codes.max()) < 2048
+
+
+def test_a_file_that_is_not_mimi_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(CsmError, match="is not a Mimi checkpoint"):
+        Codec.load(other, torch.device("cpu"))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    with pytest.raises(CsmError, match="is not a Mimi checkpoint"):
+        Codec.load(text, torch.device("cpu"))
+    with pytest.raises(CsmError, match="does not exist"):
+        Codec.load(tmp_path / "missing.safetensors", torch.device("cpu"))
