@@ -124,11 +124,25 @@ def test_curl_streams_a_wav_that_holds_the_pcm_samples(server):
     np.testing.assert_array_equal(samples, pcm)
 
 
-def test_flac_holds_the_pcm_samples(server):
-    response = speech(server, response_format="flac", seed=4)
-    assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
-    samples, rate = sf.read(io.BytesIO(response.content), dtype="int16")
+def with_length(flac: bytes, samples: int) -> bytes:
+    """A streamed FLAC with the length its STREAMINFO leaves unknown (zero) filled in, for libsndfile's reader."""
+    header = bytearray(flac)
+    assert header[:4] == b"fLaC" and header[21] & 0x0F == 0 and header[22:26] == bytes(4), "a length was sent"
+    header[21] |= samples >> 32
+    header[22:26] = (samples & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(header)
+
+
+def test_flac_streams_the_pcm_samples(server):
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
+                      json={"voice": "0", "input": TEXT, "response_format": "flac", "seed": 4}) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
+        arrivals = list(timed_chunks(response))
+    assert len({round(t, 3) for t, _ in arrivals}) > 3, "the FLAC came at once, not frame by frame"
+    assert arrivals[-1][0] - arrivals[0][0] > 0.2
     pcm = np.frombuffer(speech(server, response_format="pcm", seed=4).content, dtype="<i2")
+    flac = with_length(b"".join(data for _, data in arrivals), len(pcm))
+    samples, rate = sf.read(io.BytesIO(flac), dtype="int16")
     assert rate == SAMPLE_RATE
     np.testing.assert_array_equal(samples, pcm)
 
