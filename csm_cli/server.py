@@ -18,7 +18,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
@@ -34,11 +34,14 @@ from .ending import window_words
 from .errors import CsmError
 from .generator import Settings, StreamingGenerator
 from .pcm import to_pcm16
+from .prompt import Segment
 from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
 from .script import SentenceSplitter, split_utterances
+from .voice import DEFAULT_VOICES, choose_voices
 
 MODEL_ID = "csm-1b"
 SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
+NAMED_VOICE_SPEAKER = 0  # `csm say --voice NAME` speaks as --speaker, 0 unless given
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         scheduler.stop()
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    speakers = Speakers()
+    voices = Voices(generator)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -146,13 +149,13 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "sesame"}]}
 
     @app.get("/v1/audio/voices")
-    async def voices() -> dict[str, Any]:
-        return {"voices": speakers.listing()}
+    async def voice_list() -> dict[str, Any]:
+        return {"voices": voices.listing()}
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> StreamingResponse:
         body = parse_body(await request.body())
-        speaker = speakers.resolve(body.voice)
+        voice = voices.resolve(body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
@@ -164,9 +167,9 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         events = _Events()
         stream = open_stream(scheduler, events)
         try:
-            conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds,
+            conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                         state=stream.state)
-            script = utterances_of(text, speaker, generator)
+            script = utterances_of(text, voice.speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
             first = await events.get()
         except BaseException:
@@ -177,7 +180,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             raise failure_error(first)
         encoder = ENCODERS[body.response_format]()
         if body.stream_format == "sse":
-            tokens = len(generator.tokenizer.encode(speaker, text))
+            tokens = len(generator.tokenizer.encode(voice.speaker, text))
             return StreamResponse(stream, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
         return StreamResponse(stream, audio_body(events, first, encoder), media_type=encoder.media_type)
@@ -188,7 +191,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
-            speaker = speakers.resolve(websocket.query_params.get("voice", "0"))
+            voice = voices.resolve(websocket.query_params.get("voice", "0"))
             settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
             events = _Events()
             try:
@@ -200,8 +203,9 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             await websocket.send_json(closing.error.body() | {"type": "error"})
             await websocket.close(closing.code)
             return
-        conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds, state=stream.state)
-        session = SpeechSession(websocket, stream, events, conversation, speaker, options.max_input_chars)
+        conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
+                                    state=stream.state)
+        session = SpeechSession(websocket, stream, events, conversation, voice.speaker, options.max_input_chars)
         try:
             await session.run()
         finally:
@@ -320,19 +324,55 @@ class SpeechSession:
                 await self.websocket.send_json({"type": "done"})
 
 
-class Speakers:
-    """The voices a request may name: a speaker id, a non-negative whole number (as a string or a number)."""
+@dataclass(frozen=True)
+class SpeakingVoice:
+    """What a request's `voice` names: the speaker who says its text, and the voice prompts its context starts with."""
+
+    name: str  # a voice's name or a speaker id, as GET /v1/audio/voices lists it
+    speaker: int
+    prompts: tuple[Segment, ...]
+
+
+class Voices:
+    """The voices a request may name, given as `csm say` gives them:
+    - a voice of the model by name, as `--voice NAME`: speaker 0 says the text, that voice's prompt as context;
+    - a speaker id, as `--speaker N`: speaker N says the text, with the model's default voices as context
+      (conversational_a as speaker 0, conversational_b as speaker 1), so 0 and 1 speak with those voices.
+    The voices with a known transcript are offered; their prompts are encoded here, once (and cached on disk)."""
+
+    def __init__(self, generator: StreamingGenerator) -> None:
+        self.offered = {name: voice for name, voice in generator.voices.items() if voice.text}
+        self.untranscribed = [name for name in generator.voices if name not in self.offered]
+        self._prompts = {name: generator.voice_segment(voice, NAMED_VOICE_SPEAKER)
+                         for name, voice in self.offered.items()}
 
     def listing(self) -> list[dict[str, Any]]:
-        return [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker} for speaker in SPEAKERS]
+        named = [{"id": name, "name": name, "speaker": NAMED_VOICE_SPEAKER, "seconds": round(voice.seconds, 2)}
+                 for name, voice in self.offered.items()]
+        speakers = [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker,
+                     "voice": DEFAULT_VOICES[speaker] if DEFAULT_VOICES.get(speaker) in self.offered else None}
+                    for speaker in SPEAKERS]
+        return named + speakers
 
-    def resolve(self, voice: str | int) -> int:
-        text = str(voice).strip()
-        if not text.isdigit():
-            known = ", ".join(str(speaker) for speaker in SPEAKERS)
-            raise ApiError(400, f"unknown voice {voice!r}: give a speaker id ({known}, ...; see GET /v1/audio/voices)",
-                           param="voice", code="unknown_voice")
-        return int(text)
+    def resolve(self, voice: str | int) -> SpeakingVoice:
+        name = str(voice).strip()
+        if name.isascii() and name.isdigit():  # as `csm say --speaker N`
+            speaker = int(name)
+            chosen = choose_voices(self.offered, None, None, speaker, has_context=False)
+        elif name in self.offered:  # as `csm say --voice NAME`
+            speaker = NAMED_VOICE_SPEAKER
+            chosen = choose_voices(self.offered, name, None, speaker, has_context=False)
+        else:
+            raise self.unknown(voice)
+        return SpeakingVoice(name, speaker, tuple(replace(self._prompts[v.name], speaker=n) for n, v in chosen))
+
+    def unknown(self, voice: str | int) -> "ApiError":
+        names = ", ".join(self.offered) or "none (the model has no voice prompts with a known transcript)"
+        ids = ", ".join(str(speaker) for speaker in SPEAKERS)
+        unusable = (f"; {', '.join(self.untranscribed)} have no known transcript, so they cannot be prompts"
+                    if self.untranscribed else "")
+        return ApiError(400, f"unknown voice {voice!r}: this server's voices are {names}, or a speaker id ({ids}, "
+                             f"...){unusable}; see GET /v1/audio/voices", param="voice", code="unknown_voice")
 
 
 def parse_body(raw: bytes) -> SpeechRequest:

@@ -45,17 +45,20 @@ class Server:
         return time.monotonic() - started
 
 
-def start_server(tmp_path: Path, model: list[str], *args: str) -> Server:
+def start_server(tmp_path: Path, model: list[str], *args: str, until: str = r"serving on (http://\S+)") -> Server:
+    """The server once its log has a match of `until` (whose group, if any, is its URL); voice codes cached under
+    `tmp_path`."""
     log = tmp_path / "server.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "csm_cli", "serve", "--port", "0", *model, *args],
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+                                   stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     deadline = time.monotonic() + 120
-    while not (found := re.search(r"serving on (http://\S+)", log.read_text())):
+    while not (found := re.search(until, log.read_text())):
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
-    return Server(process, log, found[1])
+    return Server(process, log, found[1] if found.groups() else "")
 
 
 def stop_server(server: Server) -> str:
@@ -65,8 +68,9 @@ def stop_server(server: Server) -> str:
 
 
 @pytest.fixture(scope="module")
-def model(transformers_dir, mimi_file) -> list[str]:
-    return ["--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--quiet"]
+def model(hub_copy_dir, mimi_file) -> list[str]:
+    """The copy of the hub repository, with its voice prompts."""
+    return ["--model", str(hub_copy_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +172,10 @@ def test_server_sent_events_carry_base64_audio_then_done(server):
 def test_listings_and_health(server):
     models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["csm-1b"]
-    voices = httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["voices"]
-    assert {"0", "1"} <= {voice["id"] for voice in voices}
+    voices = {voice["id"]: voice for voice in httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["voices"]}
+    assert list(voices) == ["conversational_a", "conversational_b", "0", "1"]  # read_speech_*: no transcript
+    assert voices["conversational_b"]["speaker"] == 0 and voices["conversational_b"]["seconds"] == 0.5
+    assert (voices["0"]["voice"], voices["1"]["voice"]) == ("conversational_a", "conversational_b")
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2}
 
 
@@ -178,6 +184,7 @@ def test_listings_and_health(server):
     (b'["Hi."]', None, "invalid_request"),
     (b'{"voice": "0"}', "input", "invalid_request"),
     (b'{"input": "Hi.", "voice": "alloy"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "0", "response_format": "mp3"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
@@ -192,6 +199,8 @@ def test_bad_requests_are_answered_400_with_an_openai_error(server, body, param,
     assert error["message"] and "Traceback" not in error["message"]
     if code == "input_too_long":
         assert "200" in error["message"] and "--max-input-chars" in error["message"]
+    if code == "unknown_voice":
+        assert "voices are conversational_a, conversational_b, or a speaker id (0, 1, ...)" in error["message"]
 
 
 def test_requests_without_the_key_are_answered_401(server):
@@ -254,9 +263,9 @@ def test_two_listeners_are_served_interleaved(server):
 
 
 def test_binding_beyond_loopback_without_a_key_warns(tmp_path, model):
-    running = start_server(tmp_path, model, "--host", "0.0.0.0")
+    running = start_server(tmp_path, model, "--host", "0.0.0.0", until="csm: warning: serving on 0.0.0.0")
     log = stop_server(running)
-    assert "csm: warning: serving on 0.0.0.0" in log and "--api-key" in log
+    assert "--api-key" in log
 
 
 def test_a_taken_port_is_one_error_line(server, model):
@@ -267,6 +276,20 @@ def test_a_taken_port_is_one_error_line(server, model):
     assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
 
 
+def test_a_voice_name_speaks_as_csm_say_voice(server, model):
+    """With that voice's prompt as context, spoken by speaker 0; a speaker id speaks otherwise (with the model's
+    default voices, as `csm say --speaker N`)."""
+    cache = {**os.environ, "XDG_CACHE_HOME": str(server.log.parent / "cache")}  # the server's voice codes
+    say = subprocess.Popen([sys.executable, "-m", "csm_cli", "say", "Hi there.", "--voice", "conversational_b",
+                            "--seed", "3", "--out", "-", *model], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=cache)
+    spoken = speech(server, voice="conversational_b", input="Hi there.", response_format="pcm", seed=3).content
+    out, err = say.communicate(timeout=120)
+    assert say.returncode == 0, err
+    assert spoken == out
+    assert spoken != speech(server, voice="0", input="Hi there.", response_format="pcm", seed=3).content
+
+
 def ws_url(server: Server, query: str = "") -> str:
     return server.url.replace("http://", "ws://") + "/v1/audio/speech/stream" + query
 
@@ -274,7 +297,7 @@ def ws_url(server: Server, query: str = "") -> str:
 def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
     """Text sent in small deltas: the first sentence's audio comes before the rest of the text is sent; every
     frame names its sentence; after the flush, 'done' follows the last sentence."""
-    with connect(ws_url(server, "?voice=1&seed=2"), additional_headers=AUTH) as ws:
+    with connect(ws_url(server, "?voice=conversational_b&seed=2"), additional_headers=AUTH) as ws:
         for piece in ["Hel", "lo th", "ere. ", "How"]:
             ws.send(json.dumps({"type": "text", "text": piece}))
         received = []
@@ -292,7 +315,8 @@ def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
     assert frames == sorted(frames) and set(frames) == {0, 1, 2}
     assert [m["sentence"] for m in received if m["type"] == "sentence.done"] == [0, 1, 2]
     first = b"".join(base64.b64decode(m["audio"]) for m in received if m["type"] == "audio" and m["sentence"] == 0)
-    assert first == speech(server, voice="1", input="Hello there.", response_format="pcm", seed=2).content
+    assert first == speech(server, voice="conversational_b", input="Hello there.", response_format="pcm",
+                           seed=2).content
 
 
 def test_a_websocket_answers_bad_messages_and_goes_on(server):
