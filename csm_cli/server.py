@@ -5,8 +5,9 @@
 - GET /v1/models, /v1/audio/voices, /health.
 
 The model is loaded once and owned by the scheduler's thread; each request or WebSocket connection is one stream
-there. Requests carry their own context: nothing is kept between them, so replicas behind a load balancer serve
-more users. Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
+there. Requests carry their own context, so replicas behind a load balancer serve more users, unless they name a
+conversation, which this server keeps (a bounded number of them) so that the next request continues it. Errors have
+OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
 """
 
 import asyncio
@@ -16,14 +17,15 @@ import json
 import secrets
 import socket
 import sys
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
@@ -42,6 +44,7 @@ from .voice import DEFAULT_VOICES, choose_voices
 MODEL_ID = "csm-1b"
 SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
 NAMED_VOICE_SPEAKER = 0  # `csm say --voice NAME` speaks as --speaker, 0 unless given
+MAX_CONVERSATION_ID = 128
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ServeOptions:
     pause_seconds: float = 0.2
     max_streams: int = 4
     max_input_chars: int = 4096
+    max_conversations: int = 100
     api_key: str | None = None
 
 
@@ -69,7 +73,8 @@ class ApiError(Exception):
 
 
 class SpeechRequest(BaseModel):
-    """OpenAI's speech request; `seed` is this server's own (reproducible speech)."""
+    """OpenAI's speech request; `seed` (reproducible speech) and `conversation` (the id of a conversation to
+    continue) are this server's own."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -80,6 +85,7 @@ class SpeechRequest(BaseModel):
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     seed: int | None = None
+    conversation: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONVERSATION_ID)] | None = None
 
 
 class _Events:
@@ -119,6 +125,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     voices = Voices(generator)
+    conversations = Conversations(options.max_conversations)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -142,7 +149,8 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "streams": scheduler.open_streams, "max_streams": options.max_streams}
+        return {"status": "ok", "streams": scheduler.open_streams, "max_streams": options.max_streams,
+                "conversations": len(conversations), "max_conversations": options.max_conversations}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -164,26 +172,35 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             raise ApiError(400, f"speed {body.speed:g} is not supported: CSM speaks at its own pace; send 1.0 or "
                                 "omit speed", param="speed", code="unsupported_speed")
         settings = request_settings(options.settings, body.seed)
+        history = None if body.conversation is None else conversations.take(body.conversation, voice.name)
         events = _Events()
-        stream = open_stream(scheduler, events)
+        stream: Stream | None = None
+
+        def finish() -> None:
+            if stream is not None:
+                stream.close()
+            if body.conversation is not None:
+                conversations.give_back(body.conversation)
+
         try:
+            stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                        state=stream.state)
+                                        state=stream.state, history=history)
             script = utterances_of(text, voice.speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
             first = await events.get()
         except BaseException:
-            stream.close()
+            finish()
             raise
         if isinstance(first, Failed):
-            stream.close()
+            finish()
             raise failure_error(first)
         encoder = ENCODERS[body.response_format]()
         if body.stream_format == "sse":
             tokens = len(generator.tokenizer.encode(voice.speaker, text))
-            return StreamResponse(stream, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
+            return StreamResponse(finish, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
-        return StreamResponse(stream, audio_body(events, first, encoder), media_type=encoder.media_type)
+        return StreamResponse(finish, audio_body(events, first, encoder), media_type=encoder.media_type)
 
     @app.websocket("/v1/audio/speech/stream")
     async def speech_stream(websocket: WebSocket) -> None:
@@ -375,6 +392,57 @@ class Voices:
                              f"...){unusable}; see GET /v1/audio/voices", param="voice", code="unknown_voice")
 
 
+@dataclass
+class KeptConversation:
+    voice: str  # as the request that started it named it
+    history: deque[Segment] = field(default_factory=deque)
+    speaking: bool = False  # a request is continuing it now
+
+
+class Conversations:
+    """The conversations requests name, kept so that the next request continues one: what was said, as codes, as
+    much of it as the model's window holds (`Conversation.context_for` drops the oldest). At most `limit` are kept;
+    starting one more forgets the least recently used one that no request is speaking (a request naming it later
+    starts it anew), or is answered 429 when every one is being spoken. Event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        assert limit >= 1, limit
+        self.limit = limit
+        self._kept: OrderedDict[str, KeptConversation] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def take(self, name: str, voice: str) -> deque[Segment]:
+        """The history of conversation `name`, new or continued, for one request to speak; `give_back` after it."""
+        kept = self._kept.get(name)
+        if kept is None:
+            if len(self._kept) >= self.limit:
+                self._forget_one()
+            kept = self._kept[name] = KeptConversation(voice)
+        elif kept.speaking:
+            raise ApiError(409, f"conversation {name!r} is being spoken by another request: send the next request "
+                                "once that one has ended", param="conversation", code="conversation_busy")
+        elif kept.voice != voice:
+            raise ApiError(400, f"conversation {name!r} speaks with voice {kept.voice!r}, not {voice!r}: keep its "
+                                "voice, or start another conversation", param="voice", code="conversation_voice")
+        kept.speaking = True
+        self._kept.move_to_end(name)
+        return kept.history
+
+    def give_back(self, name: str) -> None:
+        self._kept[name].speaking = False
+        self._kept.move_to_end(name)
+
+    def _forget_one(self) -> None:
+        idle = next((name for name, kept in self._kept.items() if not kept.speaking), None)
+        if idle is None:
+            raise ApiError(429, f"all {self.limit} conversations this server keeps (--max-conversations) are being "
+                                "spoken: try again shortly", param="conversation", code="too_many_conversations",
+                           kind="rate_limit_error")
+        del self._kept[idle]
+
+
 def parse_body(raw: bytes) -> SpeechRequest:
     """The request's JSON, whatever its Content-Type says (curl -d sends a form's)."""
     try:
@@ -436,18 +504,18 @@ def request_error(errors: Any) -> ApiError:
 
 
 class StreamResponse(StreamingResponse):
-    """A streamed body whose stream is closed however the response ends: complete, or the client gone (which stops
-    the generation before its next chunk), even before the first byte."""
+    """A streamed body that calls `finish` (which closes its stream) however the response ends: complete, or the
+    client gone (which stops the generation before its next chunk), even before the first byte."""
 
-    def __init__(self, stream: Stream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+    def __init__(self, finish: Callable[[], None], content: AsyncIterator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
-        self.stream = stream
+        self.finish = finish
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.stream.close()
+            self.finish()
 
 
 async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:

@@ -76,7 +76,7 @@ def model(hub_copy_dir, mimi_file) -> list[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("server"), model, "--max-streams", "2", "--api-key", KEY,
-                           "--max-input-chars", "200")
+                           "--max-input-chars", "200", "--max-conversations", "1")
     yield running
     log = stop_server(running)
     assert "Traceback" not in log, log
@@ -176,7 +176,8 @@ def test_listings_and_health(server):
     assert list(voices) == ["conversational_a", "conversational_b", "0", "1"]  # read_speech_*: no transcript
     assert voices["conversational_b"]["speaker"] == 0 and voices["conversational_b"]["seconds"] == 0.5
     assert (voices["0"]["voice"], voices["1"]["voice"]) == ("conversational_a", "conversational_b")
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2}
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2,
+                                                        "conversations": 0, "max_conversations": 1}
 
 
 @pytest.mark.parametrize(("body", "param", "code"), [
@@ -185,6 +186,7 @@ def test_listings_and_health(server):
     (b'{"voice": "0"}', "input", "invalid_request"),
     (b'{"input": "Hi.", "voice": "alloy"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "0", "conversation": ""}', "conversation", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "response_format": "mp3"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
@@ -288,6 +290,35 @@ def test_a_voice_name_speaks_as_csm_say_voice(server, model):
     assert say.returncode == 0, err
     assert spoken == out
     assert spoken != speech(server, voice="0", input="Hi there.", response_format="pcm", seed=3).content
+
+
+def test_requests_that_name_a_conversation_continue_it(server):
+    """The server keeps one conversation (--max-conversations 1): its second request speaks with the first as
+    context; a second conversation forgets the first, which then starts anew."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+
+    def say(conversation: str, voice: str = "conversational_a") -> bytes:
+        return client.audio.speech.create(model="csm-1b", voice=voice, input="Hi there.", response_format="pcm",
+                                          extra_body={"seed": 7, "conversation": conversation}).content
+
+    first = say("chat")
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120, json={
+        "voice": "conversational_a", "input": "Hi there.", "response_format": "pcm", "seed": 7, "conversation": "chat",
+    }) as response:
+        chunks = response.iter_bytes()
+        continued = next(chunks)
+        busy = httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=30, json={
+            "voice": "conversational_a", "input": "Hi.", "conversation": "chat"})
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "conversation_busy"
+        continued += b"".join(chunks)
+    assert continued != first, "the second request did not continue the conversation"
+    with pytest.raises(openai.BadRequestError) as refused:
+        say("chat", voice="conversational_b")
+    assert refused.value.code == "conversation_voice"
+    assert server.health()["conversations"] == 1
+    say("another")
+    assert server.health()["conversations"] == 1
+    assert say("chat") == first, "the forgotten conversation did not start anew"
 
 
 def ws_url(server: Server, query: str = "") -> str:
