@@ -383,7 +383,7 @@ class Voices:
             raise self.unknown(voice)
         return SpeakingVoice(name, speaker, tuple(replace(self._prompts[v.name], speaker=n) for n, v in chosen))
 
-    def unknown(self, voice: str | int) -> "ApiError":
+    def unknown(self, voice: str | int) -> ApiError:
         names = ", ".join(self.offered) or "none (the model has no voice prompts with a known transcript)"
         ids = ", ".join(str(speaker) for speaker in SPEAKERS)
         unusable = (f"; {', '.join(self.untranscribed)} have no known transcript, so they cannot be prompts"
