@@ -401,6 +401,8 @@ def serve(
     max_streams: Annotated[int, typer.Option(
         help="Most requests and WebSocket connections generated at once; more are answered 429.")] = 4,
     max_input_chars: Annotated[int, typer.Option(help="Longest input of one request, in characters.")] = 4096,
+    max_conversations: Annotated[int, typer.Option(
+        help="Most conversations kept for requests that name one; the least recently used is forgotten.")] = 100,
     pause: Annotated[float, typer.Option(help="Seconds of silence between the sentences of a request.")] = 0.2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
     topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
@@ -426,12 +428,14 @@ def serve(
             raise CsmError(f"--max-streams must be at least 1, got {max_streams}")
         if max_input_chars < 1:
             raise CsmError(f"--max-input-chars must be at least 1, got {max_input_chars}")
+        if max_conversations < 1:
+            raise CsmError(f"--max-conversations must be at least 1, got {max_conversations}")
         if not 0 <= port <= 65535:
             raise CsmError(f"--port must lie in 0..65535, got {port}")
         if pause < 0:
             raise CsmError(f"--pause must not be negative, got {pause:g}")
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
-                               api_key or None)
+                               max_conversations, api_key or None)
         use_cpu_threads(threads)
         run_server(lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet), host,
                    port, options, quiet)

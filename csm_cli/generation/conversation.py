@@ -88,14 +88,16 @@ def pause_frames(seconds: float) -> int:
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
                  memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
-                 sample_format: SampleFormat = "s16", state: StreamState | None = None) -> None:
-        """`state`: the caches the utterances generate on (see `StreamingGenerator.stream`); None: the generator's."""
+                 sample_format: SampleFormat = "s16", state: StreamState | None = None,
+                 history: deque[Segment] | None = None) -> None:
+        """`state`: the caches the utterances generate on (see `StreamingGenerator.stream`); None: the generator's.
+        `history`: the utterances of an earlier conversation, continued here (and changed in place); None: none."""
         self.generator = generator
         self.state = state
         self.settings = settings
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
-        self.history: deque[Segment] = deque()
+        self.history: deque[Segment] = deque() if history is None else history
         self.pause = np.zeros(pause_frames(pause_seconds) * SAMPLES_PER_FRAME, dtype=np.float32)
         self.out_dir = out_dir
         self.sample_format: SampleFormat = sample_format

@@ -1,7 +1,7 @@
-"""Chunks as the bytes of a response format, for the server: 16-bit PCM and WAV stream chunk by chunk; FLAC comes
-whole when the utterance ends, since FLAC readers need the length its header holds."""
+"""Chunks as the bytes of a response format, for the server: 16-bit PCM, WAV and FLAC, each streamed chunk by chunk.
+A stream's header cannot be rewritten once sent, so WAV and FLAC headers say that the length is unknown."""
 
-import io
+import os
 import struct
 from typing import Protocol
 
@@ -63,21 +63,58 @@ class WavEncoder:
         return self._header
 
 
+class _AppendedBytes:
+    """A file libsndfile writes a stream into: `take()` hands on the bytes appended since the last take. Rewrites
+    of bytes already handed on (a FLAC header's length and checksum, at close) are dropped: a stream cannot take
+    them back."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()  # the bytes from offset `_taken` on
+        self._taken = 0
+        self._position = 0
+
+    def write(self, data: bytes) -> int:
+        start = self._position
+        self._position += len(data)
+        skipped = max(self._taken - start, 0)
+        if skipped < len(data):
+            offset = start + skipped - self._taken
+            assert offset <= len(self._pending), "libsndfile left a gap"
+            self._pending[offset:offset + len(data) - skipped] = bytes(data)[skipped:]
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        origin = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._taken + len(self._pending)}
+        self._position = origin[whence] + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def take(self) -> bytes:
+        data = bytes(self._pending)
+        self._taken += len(data)
+        self._pending.clear()
+        return data
+
+
 class FlacEncoder:
+    """FLAC frames as libFLAC completes them (a frame holds 4096 samples: bytes come every other chunk or so). The
+    header's total length and checksum are left unknown (zero), as FLAC allows for streams."""
+
     media_type = "audio/flac"
 
     def __init__(self) -> None:
-        self._chunks: list[np.ndarray] = []
+        self._file = _AppendedBytes()
+        self._flac = sf.SoundFile(self._file, "w", SAMPLE_RATE, 1, "PCM_16", format="FLAC")
 
     def encode(self, samples: np.ndarray) -> bytes:
-        self._chunks.append(samples)
-        return b""
+        self._flac.write(np.frombuffer(to_pcm16(samples), dtype="<i2"))  # the same 16-bit samples as pcm
+        return self._file.take()
 
     def finish(self) -> bytes:
-        samples = np.frombuffer(to_pcm16(np.concatenate(self._chunks or [np.zeros(0, np.float32)])), dtype="<i2")
-        file = io.BytesIO()
-        sf.write(file, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")  # the same 16-bit samples as pcm
-        return file.getvalue()
+        self._flac.close()
+        return self._file.take()
 
 
 ENCODERS = {"pcm": PcmEncoder, "wav": WavEncoder, "flac": FlacEncoder}

@@ -5,8 +5,9 @@
 - GET /v1/models, /v1/audio/voices, /health.
 
 The model is loaded once and owned by the scheduler's thread; each request or WebSocket connection is one stream
-there. Requests carry their own context: nothing is kept between them, so replicas behind a load balancer serve
-more users. Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
+there. Requests carry their own context, so replicas behind a load balancer serve more users, unless they name a
+conversation, which this server keeps (a bounded number of them) so that the next request continues it. Errors have
+OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
 """
 
 import asyncio
@@ -16,14 +17,15 @@ import json
 import secrets
 import socket
 import sys
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 
@@ -32,6 +34,8 @@ from ..errors import CsmError
 from ..generation.conversation import PACK_WORDS, Conversation, Utterance
 from ..generation.ending import window_words
 from ..generation.generator import Settings, StreamingGenerator
+from ..generation.prompt import Segment
+from ..loading.voice import DEFAULT_VOICES, choose_voices
 from ..output.pcm import to_pcm16
 from ..text.script import SentenceSplitter, split_utterances
 from .encoders import ENCODERS
@@ -39,6 +43,8 @@ from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
 
 MODEL_ID = "csm-1b"
 SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
+NAMED_VOICE_SPEAKER = 0  # `csm say --voice NAME` speaks as --speaker, 0 unless given
+MAX_CONVERSATION_ID = 128
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class ServeOptions:
     pause_seconds: float = 0.2
     max_streams: int = 4
     max_input_chars: int = 4096
+    max_conversations: int = 100
     api_key: str | None = None
 
 
@@ -66,7 +73,8 @@ class ApiError(Exception):
 
 
 class SpeechRequest(BaseModel):
-    """OpenAI's speech request; `seed` is this server's own (reproducible speech)."""
+    """OpenAI's speech request; `seed` (reproducible speech) and `conversation` (the id of a conversation to
+    continue) are this server's own."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -77,6 +85,7 @@ class SpeechRequest(BaseModel):
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     seed: int | None = None
+    conversation: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONVERSATION_ID)] | None = None
 
 
 class _Events:
@@ -115,7 +124,8 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         scheduler.stop()
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    speakers = Speakers()
+    voices = Voices(generator)
+    conversations = Conversations(options.max_conversations)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -139,20 +149,21 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "streams": scheduler.open_streams, "max_streams": options.max_streams}
+        return {"status": "ok", "streams": scheduler.open_streams, "max_streams": options.max_streams,
+                "conversations": len(conversations), "max_conversations": options.max_conversations}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "owned_by": "sesame"}]}
 
     @app.get("/v1/audio/voices")
-    async def voices() -> dict[str, Any]:
-        return {"voices": speakers.listing()}
+    async def voice_list() -> dict[str, Any]:
+        return {"voices": voices.listing()}
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> StreamingResponse:
         body = parse_body(await request.body())
-        speaker = speakers.resolve(body.voice)
+        voice = voices.resolve(body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
@@ -161,26 +172,35 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             raise ApiError(400, f"speed {body.speed:g} is not supported: CSM speaks at its own pace; send 1.0 or "
                                 "omit speed", param="speed", code="unsupported_speed")
         settings = request_settings(options.settings, body.seed)
+        history = None if body.conversation is None else conversations.take(body.conversation, voice.name)
         events = _Events()
-        stream = open_stream(scheduler, events)
+        stream: Stream | None = None
+
+        def finish() -> None:
+            if stream is not None:
+                stream.close()
+            if body.conversation is not None:
+                conversations.give_back(body.conversation)
+
         try:
-            conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds,
-                                        state=stream.state)
-            script = utterances_of(text, speaker, generator)
+            stream = open_stream(scheduler, events)
+            conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
+                                        state=stream.state, history=history)
+            script = utterances_of(text, voice.speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
             first = await events.get()
         except BaseException:
-            stream.close()
+            finish()
             raise
         if isinstance(first, Failed):
-            stream.close()
+            finish()
             raise failure_error(first)
         encoder = ENCODERS[body.response_format]()
         if body.stream_format == "sse":
-            tokens = len(generator.tokenizer.encode(speaker, text))
-            return StreamResponse(stream, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
+            tokens = len(generator.tokenizer.encode(voice.speaker, text))
+            return StreamResponse(finish, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
-        return StreamResponse(stream, audio_body(events, first, encoder), media_type=encoder.media_type)
+        return StreamResponse(finish, audio_body(events, first, encoder), media_type=encoder.media_type)
 
     @app.websocket("/v1/audio/speech/stream")
     async def speech_stream(websocket: WebSocket) -> None:
@@ -188,7 +208,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
-            speaker = speakers.resolve(websocket.query_params.get("voice", "0"))
+            voice = voices.resolve(websocket.query_params.get("voice", "0"))
             settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
             events = _Events()
             try:
@@ -200,8 +220,9 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             await websocket.send_json(closing.error.body() | {"type": "error"})
             await websocket.close(closing.code)
             return
-        conversation = Conversation(generator, settings, pause_seconds=options.pause_seconds, state=stream.state)
-        session = SpeechSession(websocket, stream, events, conversation, speaker, options.max_input_chars)
+        conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
+                                    state=stream.state)
+        session = SpeechSession(websocket, stream, events, conversation, voice.speaker, options.max_input_chars)
         try:
             await session.run()
         finally:
@@ -320,19 +341,106 @@ class SpeechSession:
                 await self.websocket.send_json({"type": "done"})
 
 
-class Speakers:
-    """The voices a request may name: a speaker id, a non-negative whole number (as a string or a number)."""
+@dataclass(frozen=True)
+class SpeakingVoice:
+    """What a request's `voice` names: the speaker who says its text, and the voice prompts its context starts with."""
+
+    name: str  # a voice's name or a speaker id, as GET /v1/audio/voices lists it
+    speaker: int
+    prompts: tuple[Segment, ...]
+
+
+class Voices:
+    """The voices a request may name, given as `csm say` gives them:
+    - a voice of the model by name, as `--voice NAME`: speaker 0 says the text, that voice's prompt as context;
+    - a speaker id, as `--speaker N`: speaker N says the text, with the model's default voices as context
+      (conversational_a as speaker 0, conversational_b as speaker 1), so 0 and 1 speak with those voices.
+    The voices with a known transcript are offered; their prompts are encoded here, once (and cached on disk)."""
+
+    def __init__(self, generator: StreamingGenerator) -> None:
+        self.offered = {name: voice for name, voice in generator.voices.items() if voice.text}
+        self.untranscribed = [name for name in generator.voices if name not in self.offered]
+        self._prompts = {name: generator.voice_segment(voice, NAMED_VOICE_SPEAKER)
+                         for name, voice in self.offered.items()}
 
     def listing(self) -> list[dict[str, Any]]:
-        return [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker} for speaker in SPEAKERS]
+        named = [{"id": name, "name": name, "speaker": NAMED_VOICE_SPEAKER, "seconds": round(voice.seconds, 2)}
+                 for name, voice in self.offered.items()]
+        speakers = [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker,
+                     "voice": DEFAULT_VOICES[speaker] if DEFAULT_VOICES.get(speaker) in self.offered else None}
+                    for speaker in SPEAKERS]
+        return named + speakers
 
-    def resolve(self, voice: str | int) -> int:
-        text = str(voice).strip()
-        if not text.isdigit():
-            known = ", ".join(str(speaker) for speaker in SPEAKERS)
-            raise ApiError(400, f"unknown voice {voice!r}: give a speaker id ({known}, ...; see GET /v1/audio/voices)",
-                           param="voice", code="unknown_voice")
-        return int(text)
+    def resolve(self, voice: str | int) -> SpeakingVoice:
+        name = str(voice).strip()
+        if name.isascii() and name.isdigit():  # as `csm say --speaker N`
+            speaker = int(name)
+            chosen = choose_voices(self.offered, None, None, speaker, has_context=False)
+        elif name in self.offered:  # as `csm say --voice NAME`
+            speaker = NAMED_VOICE_SPEAKER
+            chosen = choose_voices(self.offered, name, None, speaker, has_context=False)
+        else:
+            raise self.unknown(voice)
+        return SpeakingVoice(name, speaker, tuple(replace(self._prompts[v.name], speaker=n) for n, v in chosen))
+
+    def unknown(self, voice: str | int) -> ApiError:
+        names = ", ".join(self.offered) or "none (the model has no voice prompts with a known transcript)"
+        ids = ", ".join(str(speaker) for speaker in SPEAKERS)
+        unusable = (f"; {', '.join(self.untranscribed)} have no known transcript, so they cannot be prompts"
+                    if self.untranscribed else "")
+        return ApiError(400, f"unknown voice {voice!r}: this server's voices are {names}, or a speaker id ({ids}, "
+                             f"...){unusable}; see GET /v1/audio/voices", param="voice", code="unknown_voice")
+
+
+@dataclass
+class KeptConversation:
+    voice: str  # as the request that started it named it
+    history: deque[Segment] = field(default_factory=deque)
+    speaking: bool = False  # a request is continuing it now
+
+
+class Conversations:
+    """The conversations requests name, kept so that the next request continues one: what was said, as codes, as
+    much of it as the model's window holds (`Conversation.context_for` drops the oldest). At most `limit` are kept;
+    starting one more forgets the least recently used one that no request is speaking (a request naming it later
+    starts it anew), or is answered 429 when every one is being spoken. Event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        assert limit >= 1, limit
+        self.limit = limit
+        self._kept: OrderedDict[str, KeptConversation] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def take(self, name: str, voice: str) -> deque[Segment]:
+        """The history of conversation `name`, new or continued, for one request to speak; `give_back` after it."""
+        kept = self._kept.get(name)
+        if kept is None:
+            if len(self._kept) >= self.limit:
+                self._forget_one()
+            kept = self._kept[name] = KeptConversation(voice)
+        elif kept.speaking:
+            raise ApiError(409, f"conversation {name!r} is being spoken by another request: send the next request "
+                                "once that one has ended", param="conversation", code="conversation_busy")
+        elif kept.voice != voice:
+            raise ApiError(400, f"conversation {name!r} speaks with voice {kept.voice!r}, not {voice!r}: keep its "
+                                "voice, or start another conversation", param="voice", code="conversation_voice")
+        kept.speaking = True
+        self._kept.move_to_end(name)
+        return kept.history
+
+    def give_back(self, name: str) -> None:
+        self._kept[name].speaking = False
+        self._kept.move_to_end(name)
+
+    def _forget_one(self) -> None:
+        idle = next((name for name, kept in self._kept.items() if not kept.speaking), None)
+        if idle is None:
+            raise ApiError(429, f"all {self.limit} conversations this server keeps (--max-conversations) are being "
+                                "spoken: try again shortly", param="conversation", code="too_many_conversations",
+                           kind="rate_limit_error")
+        del self._kept[idle]
 
 
 def parse_body(raw: bytes) -> SpeechRequest:
@@ -396,18 +504,18 @@ def request_error(errors: Any) -> ApiError:
 
 
 class StreamResponse(StreamingResponse):
-    """A streamed body whose stream is closed however the response ends: complete, or the client gone (which stops
-    the generation before its next chunk), even before the first byte."""
+    """A streamed body that calls `finish` (which closes its stream) however the response ends: complete, or the
+    client gone (which stops the generation before its next chunk), even before the first byte."""
 
-    def __init__(self, stream: Stream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+    def __init__(self, finish: Callable[[], None], content: AsyncIterator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
-        self.stream = stream
+        self.finish = finish
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.stream.close()
+            self.finish()
 
 
 async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:

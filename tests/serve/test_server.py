@@ -45,17 +45,20 @@ class Server:
         return time.monotonic() - started
 
 
-def start_server(tmp_path: Path, model: list[str], *args: str) -> Server:
+def start_server(tmp_path: Path, model: list[str], *args: str, until: str = r"serving on (http://\S+)") -> Server:
+    """The server once its log has a match of `until` (whose group, if any, is its URL); voice codes cached under
+    `tmp_path`."""
     log = tmp_path / "server.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen([sys.executable, "-m", "csm_cli", "serve", "--port", "0", *model, *args],
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+                                   stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     deadline = time.monotonic() + 120
-    while not (found := re.search(r"serving on (http://\S+)", log.read_text())):
+    while not (found := re.search(until, log.read_text())):
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
-    return Server(process, log, found[1])
+    return Server(process, log, found[1] if found.groups() else "")
 
 
 def stop_server(server: Server) -> str:
@@ -65,14 +68,15 @@ def stop_server(server: Server) -> str:
 
 
 @pytest.fixture(scope="module")
-def model(transformers_dir, mimi_file) -> list[str]:
-    return ["--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--quiet"]
+def model(hub_copy_dir, mimi_file) -> list[str]:
+    """The copy of the hub repository, with its voice prompts."""
+    return ["--model", str(hub_copy_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("server"), model, "--max-streams", "2", "--api-key", KEY,
-                           "--max-input-chars", "200")
+                           "--max-input-chars", "200", "--max-conversations", "1")
     yield running
     log = stop_server(running)
     assert "Traceback" not in log, log
@@ -124,11 +128,25 @@ def test_curl_streams_a_wav_that_holds_the_pcm_samples(server):
     np.testing.assert_array_equal(samples, pcm)
 
 
-def test_flac_holds_the_pcm_samples(server):
-    response = speech(server, response_format="flac", seed=4)
-    assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
-    samples, rate = sf.read(io.BytesIO(response.content), dtype="int16")
+def with_length(flac: bytes, samples: int) -> bytes:
+    """A streamed FLAC with the length its STREAMINFO leaves unknown (zero) filled in, for libsndfile's reader."""
+    header = bytearray(flac)
+    assert header[:4] == b"fLaC" and header[21] & 0x0F == 0 and header[22:26] == bytes(4), "a length was sent"
+    header[21] |= samples >> 32
+    header[22:26] = (samples & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(header)
+
+
+def test_flac_streams_the_pcm_samples(server):
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
+                      json={"voice": "0", "input": TEXT, "response_format": "flac", "seed": 4}) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "audio/flac"
+        arrivals = list(timed_chunks(response))
+    assert len({round(t, 3) for t, _ in arrivals}) > 3, "the FLAC came at once, not frame by frame"
+    assert arrivals[-1][0] - arrivals[0][0] > 0.2
     pcm = np.frombuffer(speech(server, response_format="pcm", seed=4).content, dtype="<i2")
+    flac = with_length(b"".join(data for _, data in arrivals), len(pcm))
+    samples, rate = sf.read(io.BytesIO(flac), dtype="int16")
     assert rate == SAMPLE_RATE
     np.testing.assert_array_equal(samples, pcm)
 
@@ -154,9 +172,12 @@ def test_server_sent_events_carry_base64_audio_then_done(server):
 def test_listings_and_health(server):
     models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["csm-1b"]
-    voices = httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["voices"]
-    assert {"0", "1"} <= {voice["id"] for voice in voices}
-    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2}
+    voices = {voice["id"]: voice for voice in httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["voices"]}
+    assert list(voices) == ["conversational_a", "conversational_b", "0", "1"]  # read_speech_*: no transcript
+    assert voices["conversational_b"]["speaker"] == 0 and voices["conversational_b"]["seconds"] == 0.5
+    assert (voices["0"]["voice"], voices["1"]["voice"]) == ("conversational_a", "conversational_b")
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2,
+                                                        "conversations": 0, "max_conversations": 1}
 
 
 @pytest.mark.parametrize(("body", "param", "code"), [
@@ -164,6 +185,8 @@ def test_listings_and_health(server):
     (b'["Hi."]', None, "invalid_request"),
     (b'{"voice": "0"}', "input", "invalid_request"),
     (b'{"input": "Hi.", "voice": "alloy"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "0", "conversation": ""}', "conversation", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "response_format": "mp3"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
@@ -178,6 +201,8 @@ def test_bad_requests_are_answered_400_with_an_openai_error(server, body, param,
     assert error["message"] and "Traceback" not in error["message"]
     if code == "input_too_long":
         assert "200" in error["message"] and "--max-input-chars" in error["message"]
+    if code == "unknown_voice":
+        assert "voices are conversational_a, conversational_b, or a speaker id (0, 1, ...)" in error["message"]
 
 
 def test_requests_without_the_key_are_answered_401(server):
@@ -218,7 +243,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(tmp_path, model):
             next(response.iter_bytes())
             assert server.health()["streams"] == 1
         server.wait_idle(timeout=30)
-        assert speech(server, response_format="pcm").status_code == 200
+        assert speech(server, input="Hi.", response_format="pcm").status_code == 200
     finally:
         log = stop_server(server)
     assert "Traceback" not in log, log
@@ -240,9 +265,9 @@ def test_two_listeners_are_served_interleaved(server):
 
 
 def test_binding_beyond_loopback_without_a_key_warns(tmp_path, model):
-    running = start_server(tmp_path, model, "--host", "0.0.0.0")
+    running = start_server(tmp_path, model, "--host", "0.0.0.0", until="csm: warning: serving on 0.0.0.0")
     log = stop_server(running)
-    assert "csm: warning: serving on 0.0.0.0" in log and "--api-key" in log
+    assert "--api-key" in log
 
 
 def test_a_taken_port_is_one_error_line(server, model):
@@ -253,6 +278,47 @@ def test_a_taken_port_is_one_error_line(server, model):
     assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
 
 
+def test_a_voice_name_speaks_as_csm_say_voice(server, model):
+    """With that voice's prompt as context, spoken by speaker 0."""
+    cache = {**os.environ, "XDG_CACHE_HOME": str(server.log.parent / "cache")}  # the server's voice codes
+    say = subprocess.Popen([sys.executable, "-m", "csm_cli", "say", "Hi there.", "--voice", "conversational_b",
+                            "--seed", "3", "--out", "-", *model], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=cache)
+    spoken = speech(server, voice="conversational_b", input="Hi there.", response_format="pcm", seed=3).content
+    out, err = say.communicate(timeout=120)
+    assert say.returncode == 0, err
+    assert spoken == out
+
+
+def test_requests_that_name_a_conversation_continue_it(server):
+    """The server keeps one conversation (--max-conversations 1): its second request speaks with the first as
+    context; a second conversation forgets the first, which then starts anew."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+
+    def say(conversation: str, voice: str = "conversational_a") -> bytes:
+        return client.audio.speech.create(model="csm-1b", voice=voice, input="Hi there.", response_format="pcm",
+                                          extra_body={"seed": 7, "conversation": conversation}).content
+
+    first = say("chat")
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120, json={
+        "voice": "conversational_a", "input": "Hi there.", "response_format": "pcm", "seed": 7, "conversation": "chat",
+    }) as response:
+        chunks = response.iter_bytes()
+        continued = next(chunks)
+        busy = httpx.post(f"{server.url}/v1/audio/speech", headers=AUTH, timeout=30, json={
+            "voice": "conversational_a", "input": "Hi.", "conversation": "chat"})
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "conversation_busy"
+        continued += b"".join(chunks)
+    assert continued != first, "the second request did not continue the conversation"
+    with pytest.raises(openai.BadRequestError) as refused:
+        say("chat", voice="conversational_b")
+    assert refused.value.code == "conversation_voice"
+    assert server.health()["conversations"] == 1
+    say("another")
+    assert server.health()["conversations"] == 1
+    assert say("chat") == first, "the forgotten conversation did not start anew"
+
+
 def ws_url(server: Server, query: str = "") -> str:
     return server.url.replace("http://", "ws://") + "/v1/audio/speech/stream" + query
 
@@ -260,7 +326,7 @@ def ws_url(server: Server, query: str = "") -> str:
 def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
     """Text sent in small deltas: the first sentence's audio comes before the rest of the text is sent; every
     frame names its sentence; after the flush, 'done' follows the last sentence."""
-    with connect(ws_url(server, "?voice=1&seed=2"), additional_headers=AUTH) as ws:
+    with connect(ws_url(server, "?voice=conversational_b&seed=2"), additional_headers=AUTH) as ws:
         for piece in ["Hel", "lo th", "ere. ", "How"]:
             ws.send(json.dumps({"type": "text", "text": piece}))
         received = []
@@ -278,7 +344,8 @@ def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
     assert frames == sorted(frames) and set(frames) == {0, 1, 2}
     assert [m["sentence"] for m in received if m["type"] == "sentence.done"] == [0, 1, 2]
     first = b"".join(base64.b64decode(m["audio"]) for m in received if m["type"] == "audio" and m["sentence"] == 0)
-    assert first == speech(server, voice="1", input="Hello there.", response_format="pcm", seed=2).content
+    assert first == speech(server, voice="conversational_b", input="Hello there.", response_format="pcm",
+                           seed=2).content
 
 
 def test_a_websocket_answers_bad_messages_and_goes_on(server):
