@@ -10,7 +10,7 @@ import pytest
 from csm_cli.audio import SAMPLES_PER_FRAME
 from csm_cli.output.pcm import SIGPIPE_EXIT_STATUS, OutputClosed, RawPcmWriter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0], dtype=np.float32)
 
 

@@ -20,7 +20,7 @@ from csm_cli.audio import FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from csm_cli.errors import CsmError
 from csm_cli.output.playback import PlaybackStatus, output_devices, play, preroll_satisfied, render_device_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TAIL_SAMPLES = SAMPLE_RATE // 10  # the last 100 ms, which a player that stops too early loses
 
 PLAY_UNTIL_INTERRUPTED = """

@@ -381,7 +381,7 @@ def test_a_websocket_that_leaves_mid_sentence_frees_its_slot(server):
 
 
 def test_the_load_benchmark_reports_each_round(server):
-    bench = Path(__file__).parent.parent / "bench" / "serve_load.py"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "serve_load.py"
     done = subprocess.run([sys.executable, str(bench), "--url", server.url, "--api-key", KEY, "--clients", "1,2",
                            "--requests", "1", "--text", "Hello there.", "--json"],
                           capture_output=True, text=True, timeout=600)
