@@ -311,6 +311,10 @@ class CSM(nn.Module):
     def setup(self) -> None:
         """Allocate caches and position tables on the model's device, in its dtype, once per loaded model."""
         dtype, device = self.audio_head.dtype, self.audio_head.device
+        if device.type == "cpu" and dtype != torch.float32:
+            # a row [1, D] times one codebook's head [D, V] laid out row by row takes a slow path in 16-bit on the
+            # CPU (6 ms against 0.25 ms, 31 times a frame): the same head, laid out [V, D] as a Linear's weight is
+            self.audio_head.data = self.audio_head.data.transpose(1, 2).contiguous().transpose(1, 2)
         self.backbone.setup(self.max_seq_len, dtype, device)
         self.decoder.setup(self.args.num_codebooks, dtype, device)
         offsets = torch.arange(self.args.num_codebooks, device=device) * self.args.audio_vocab_size
