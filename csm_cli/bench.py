@@ -8,9 +8,11 @@ real-time pace from the first chunk on.
 - with `--conversation N`: N lines spoken as a conversation after the context (as voice prompt), each keeping the
   lines before as context, twice: each prompt prefilled whole, then only its rows the cache does not hold yet; the
   first audio of each line, both ways;
-- with `--streams N`: the texts in turn as N streams generated together (`batch.FrameBatch`, eager), each frame
-  decoded by Mimi in its stream's own state, then as one stream the same way: the time per frame of each stream (the
-  batched step and the N decodes) and the frames per second of all streams together, and its ratio to one stream's.
+- with `--streams N`: the texts in turn as N streams started together in one batch (`batch.SpeechBatch`, eager, as
+  `csm serve` runs them), taken a chunk each in turn, then one stream the same way: the first audio of each stream
+  (they join one by one, each prefilled while the others wait), the time per frame of each stream once all have
+  joined (one batched step and Mimi's batched decode), and the frames per second of all streams together, and its
+  ratio to one stream's.
 """
 
 import math
@@ -30,7 +32,6 @@ from rich.table import Table
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
 from .checks import number, whole_number
 from .errors import CsmError
-from .generation.batch import FrameBatch
 from .generation.codec import Codec
 from .generation.conversation import Conversation, Utterance
 from .generation.generator import MAX_SECONDS, Settings, StreamingGenerator, resolve_device, resolve_precision
@@ -179,7 +180,8 @@ class StreamsFigures:
 
     streams: int
     frames: int  # per stream
-    per_frame_ms: Percentiles  # of each stream: one batched step and the Mimi decodes of every stream
+    first_audio_ms: Percentiles  # of each stream, all started together
+    per_frame_ms: Percentiles  # of each stream: one batched step and Mimi's batched decode
     frames_per_second: float  # of all streams together
     single_per_frame_ms: Percentiles
     single_frames_per_second: float
@@ -344,41 +346,43 @@ def bench_conversation(generator: StreamingGenerator, options: BenchOptions) -> 
     return ConversationFigures(options.conversation_lines, options.frames, first_audio[False], first_audio[True])
 
 
-def batched_step_times(generator: StreamingGenerator, streams: int, frames: int, context: Sequence[Segment],
-                       advance: Callable[[], None]) -> np.ndarray:
-    """Seconds per step of `streams` streams generated together for `frames` frames, the texts in turn, each frame
-    decoded in its stream's own Mimi state."""
-    batch = FrameBatch(generator.model, streams, generator.graph_shapes)
+def batched_run(generator: StreamingGenerator, streams: int, frames: int, context: Sequence[Segment],
+                advance: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+    """`streams` streams started together in one batch for `frames` frames, the texts in turn, taken one chunk each
+    in turn -> seconds from the start to each stream's first chunk, and seconds per round once all have joined."""
+    batch = generator.new_batch(streams)
     sampling = Settings()
-    decoders = []
-    for i in range(streams):
-        tokens, mask = generator.prompt_rows(TEXTS[i % len(TEXTS)], 0, context)
-        batch.join(tokens, mask, sampling.topk, sampling.temperature, SEED + i)
-        decoders.append(generator.codec.decode_stream())
-    times = []
+    started = time.perf_counter()
+    speeches = [generator.stream(TEXTS[i % len(TEXTS)], context=context, temperature=sampling.temperature,
+                                 topk=sampling.topk, seed=SEED + i, max_seconds=(frames + 0.5) * FRAME_SECONDS,
+                                 stop_at_end=False, batch=batch)
+                for i in range(streams)]
+    first_audio = []
+    rounds = []
     for _ in range(frames):
-        started = time.perf_counter()
-        codes = batch.step().cpu()
-        for slot, decoder in enumerate(decoders):
-            decoder.decode_chunk(codes[slot, :, None])
-        times.append(time.perf_counter() - started)
+        round_started = time.perf_counter()
+        for speech in speeches:
+            next(speech)
+            if len(first_audio) < streams:
+                first_audio.append(time.perf_counter() - started)
+        rounds.append(time.perf_counter() - round_started)
         advance()
-    return np.array(times)
+    return np.array(first_audio), np.array(rounds[1:])
 
 
 def bench_streams(generator: StreamingGenerator, options: BenchOptions, progress: LoadProgress) -> StreamsFigures:
     """`options.streams` streams together, then one, after a short warm-up of the batch."""
     context = context_segments(options.context_seconds)
     steps = WARMUP_FRAMES + 2 * options.frames
-    with progress as shown, shown.steps_task(f"benchmarking {options.streams} streams: steps", steps) as advance:
-        batched_step_times(generator, options.streams, WARMUP_FRAMES, context, advance)
-        together = batched_step_times(generator, options.streams, options.frames, context, advance)
-        alone = batched_step_times(generator, 1, options.frames, context, advance)
-    frames_per_second = options.streams * options.frames / together.sum()
-    single_frames_per_second = options.frames / alone.sum()
-    return StreamsFigures(options.streams, options.frames, Percentiles.of(1000 * together), frames_per_second,
-                          Percentiles.of(1000 * alone), single_frames_per_second,
-                          frames_per_second / single_frames_per_second)
+    with progress as shown, shown.steps_task(f"benchmarking {options.streams} streams: rounds", steps) as advance:
+        batched_run(generator, options.streams, WARMUP_FRAMES, context, advance)
+        first_audio, together = batched_run(generator, options.streams, options.frames, context, advance)
+        alone = batched_run(generator, 1, options.frames, context, advance)[1]
+    frames_per_second = options.streams / float(np.median(together))
+    single_frames_per_second = 1 / float(np.median(alone))
+    return StreamsFigures(options.streams, options.frames, Percentiles.of(1000 * first_audio),
+                          Percentiles.of(1000 * together), frames_per_second, Percentiles.of(1000 * alone),
+                          single_frames_per_second, frames_per_second / single_frames_per_second)
 
 
 def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions,
@@ -457,7 +461,9 @@ def render_table(report: BenchReport) -> Table:
     if report.streams is not None:
         batched = report.streams
         table.add_section()
-        table.add_row(f"{batched.streams} streams together (eager): per stream per frame p50 / p95",
+        table.add_row(f"{batched.streams} streams started together (eager): first audio p50 / p95",
+                      p50_p95(batched.first_audio_ms, 0))
+        table.add_row(f"{batched.streams} streams together: per stream per frame p50 / p95",
                       p50_p95(batched.per_frame_ms, 1))
         table.add_row("1 stream the same way: per frame p50 / p95", p50_p95(batched.single_per_frame_ms, 1))
         table.add_row(f"frames per second: {batched.streams} streams / 1 stream",

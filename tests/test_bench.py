@@ -126,13 +126,14 @@ def test_the_table_shows_both_paths_and_the_ratio():
     report = BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
                          900.0, figures("cuda-graphs", 1), figures("eager", 10), ConversationFigures(5, 25, [900.0],
                                                                                                       [80.0]),
-                         StreamsFigures(4, 125, Percentiles(120.0, 130.0), 33.3, Percentiles(100.0, 110.0), 10.0, 3.33))
+                         StreamsFigures(4, 125, Percentiles(300.0, 520.0), Percentiles(120.0, 130.0), 33.3,
+                                        Percentiles(100.0, 110.0), 10.0, 3.33))
     console = Console(width=200, record=True)
     console.print(render_table(report))
     text = console.export_text()
     for expected in ("NVIDIA H100", "cuda-graphs", "eager / cuda-graphs", "10.0x", "40 / 50 ms", "4.0 / 5.0 ms",
                      "synthetic token ids", "5,000 MiB", "20 s of context", "line 5 of a conversation", "80 / 900 ms",
-                     "4 streams together", "120.0 / 130.0 ms", "33.3 / 10.0 (3.33x)"):
+                     "4 streams started together", "300 / 520 ms", "120.0 / 130.0 ms", "33.3 / 10.0 (3.33x)"):
         assert expected in text, expected
     assert report.to_dict()["compare"]["speedup"] == {"time_to_first_audio": 10.0, "steady_ms_per_frame": 10.0}
 
@@ -172,5 +173,6 @@ def test_random_weights_bench_with_synthetic_token_ids_and_batched_streams(tmp_p
     batched = report.streams
     assert (batched.streams, batched.frames) == (2, 2)
     assert 0 < batched.per_frame_ms.p50 <= batched.per_frame_ms.p95 and batched.single_frames_per_second > 0
+    assert 0 < batched.first_audio_ms.p50 <= batched.first_audio_ms.p95
     assert batched.ratio == pytest.approx(batched.frames_per_second / batched.single_frames_per_second)
     assert report.to_dict()["streams"]["streams"] == 2

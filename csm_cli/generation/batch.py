@@ -15,12 +15,15 @@ Idle slots ride along in each step (fixed shapes, as CUDA graphs per batch size 
 what their record holds and sample nothing. The step runs eagerly; the depth decoder gets caches of the batch's size.
 """
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .codec import Codec
 from .model import CSM, CachedRows, KVCache, sample_topk
 from .prompt import frame_row
 
@@ -33,6 +36,7 @@ class _Stream:
     temperature: float
     rng: torch.Generator
     position: int
+    frames_left: int
 
 
 class FrameBatch:
@@ -60,12 +64,17 @@ class FrameBatch:
     def free(self) -> list[int]:
         return [slot for slot, stream in enumerate(self._streams) if stream is None]
 
+    @property
+    def sampling(self) -> list[int]:
+        """The slots whose stream samples a frame in the next step: it has frames left."""
+        return [slot for slot, stream in enumerate(self._streams) if _samples(stream)]
+
     @torch.inference_mode()
-    def join(self, tokens: torch.Tensor, mask: torch.Tensor, topk: int, temperature: float, seed: int,
+    def join(self, tokens: torch.Tensor, mask: torch.Tensor, frames: int, topk: int, temperature: float, seed: int,
              reuse_prefix: bool = True) -> int:
         """Prefills a stream's prompt rows [S, C+1] in a free slot and returns the slot; its first frame comes with
-        the next step. The caller keeps the prompt and the frames it will take within the model's window."""
-        assert len(tokens) < self.model.max_seq_len, "a prompt must leave room for a frame"
+        the next step, and its last with the `frames`-th, after which it samples nothing until it leaves."""
+        assert 0 < frames <= self.model.max_seq_len - len(tokens), "the prompt and its frames must fit the window"
         free = self.free
         assert free, "every slot holds a stream: leave one first"
         slot = max(free, key=lambda s: self.rows[s].common_prefix(tokens, mask)) if reuse_prefix else free[0]
@@ -74,7 +83,7 @@ class FrameBatch:
             start = self.model.reused_rows(tokens, mask, self.graph_shapes) if reuse_prefix else 0
             last_h = self.model.prefill(tokens[start:], mask[start:], start, padded=self.graph_shapes)
         self._last_h[slot] = last_h[0]
-        self._streams[slot] = _Stream(topk, temperature, rng, len(tokens))
+        self._streams[slot] = _Stream(topk, temperature, rng, len(tokens), frames)
         return slot
 
     def leave(self, slot: int) -> None:
@@ -84,9 +93,9 @@ class FrameBatch:
 
     @torch.inference_mode()
     def step(self) -> torch.Tensor:
-        """The next frame of every stream, fed back through the backbone -> codes [slots, C]; an idle slot's row
-        is zeros. A stream's frames must stay within the window: leave before it is full."""
-        assert self.active, "no stream to step"
+        """The next frame of every stream in `sampling`, fed back through the backbone -> codes [slots, C]; the
+        other slots' rows are zeros."""
+        assert self.sampling, "no stream to step"
         with self._using(self._caches, self.model.cached_rows, self._decoder_caches):  # slot records below
             codes = self.model.frame_codes(self._last_h, self._sample)  # [slots, C]
             positions = [self._position(slot) for slot in range(self.slots)]
@@ -97,18 +106,19 @@ class FrameBatch:
         host_tokens, host_mask = row[:, 0].cpu(), row_mask[:, 0].cpu()  # [slots, C+1]
         for slot, (stream, rows, position) in enumerate(zip(self._streams, self.rows, positions, strict=True)):
             rows.clear_from(position)
-            if stream is not None:
+            if _samples(stream):
                 rows.wrote(position, host_tokens[slot : slot + 1], host_mask[slot : slot + 1])
                 stream.position += 1
+                stream.frames_left -= 1
         return codes
 
     def _position(self, slot: int) -> int:
-        """Where the slot's row goes in this step: the stream's next position, or, for an idle slot, past the rows
-        its record holds (the last position when they fill the window, which the step then takes from the record)."""
+        """Where the slot's row goes in this step: the stream's next position, or, for a slot that samples nothing,
+        past the rows its record holds (the last position when they fill the window, which the step then takes
+        from the record)."""
         stream = self._streams[slot]
-        if stream is None:
+        if not _samples(stream):
             return min(self.rows[slot].length, self.model.max_seq_len - 1)
-        assert stream.position < self.model.max_seq_len, f"the stream in slot {slot} ran past the model's window"
         return stream.position
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +126,7 @@ class FrameBatch:
         from its own RNG; idle slots get 0."""
         codes = torch.zeros(len(logits), 1, dtype=torch.long, device=logits.device)
         for slot, stream in enumerate(self._streams):
-            if stream is not None:
+            if _samples(stream):
                 codes[slot] = sample_topk(logits[slot : slot + 1], stream.topk, stream.temperature, stream.rng)[0]
         return codes
 
@@ -134,3 +144,50 @@ class FrameBatch:
             model.backbone.use_caches(before[0])
             model.cached_rows = before[1]
             model.decoder.use_caches(before[2])
+
+
+class SpeechBatch:
+    """A `FrameBatch` whose frames Mimi decodes together, each utterance on its slot's row of Mimi's streaming state
+    (`DecodeStreams`). Each utterance is an iterator of its decoded frames (`utterance`), which may be iterated
+    interleaved with the others on one thread: taking a frame steps the batch when none is queued for it, and each
+    step queues a frame for every utterance in the batch. `steps` counts the steps, so that a caller stepping several
+    utterances in turn can take what is queued before stepping again."""
+
+    def __init__(self, model: CSM, codec: Codec, slots: int, graph_shapes: bool = False) -> None:
+        self.frames = FrameBatch(model, slots, graph_shapes)
+        self.decoder = codec.decode_streams(slots)
+        self.steps = 0
+        self._queues: list[deque[tuple[torch.Tensor, np.ndarray]]] = [deque() for _ in range(slots)]
+
+    def utterance(self, tokens: torch.Tensor, mask: torch.Tensor, frames: int, topk: int, temperature: float,
+                  seed: int, stop_at_end: bool, reuse_prefix: bool = True
+                  ) -> Generator[tuple[torch.Tensor, np.ndarray]]:
+        """Codes [C] and samples of each frame of the utterance whose prompt rows are `tokens`, `mask` [S, C+1], until
+        the all-zero end-of-speech frame (unless `stop_at_end` is False) or its `frames`. It joins the batch when
+        first iterated and leaves it when it ends or is closed."""
+        slot = self.frames.join(tokens, mask, frames, topk, temperature, seed, reuse_prefix)
+        self.decoder.reset(slot)
+        queue = self._queues[slot]
+        try:
+            for _ in range(frames):
+                while not queue:
+                    self._step()
+                codes, samples = queue.popleft()
+                if stop_at_end and not codes.any():
+                    return
+                yield codes, samples
+        finally:
+            queue.clear()
+            self.frames.leave(slot)
+
+    def _step(self) -> None:
+        sampling = self.frames.sampling
+        codes = self.frames.step()  # [slots, C]
+        samples = self.decoder.decode(codes.unsqueeze(2), sampling)  # [slots, 1920]
+        self.steps += 1
+        for slot in sampling:
+            self._queues[slot].append((codes[slot], samples[slot]))
+
+
+def _samples(stream: _Stream | None) -> bool:
+    return stream is not None and stream.frames_left > 0

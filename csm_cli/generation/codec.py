@@ -64,43 +64,66 @@ class Codec:
         with self.mimi.streaming(1):
             yield
 
-    def decode_stream(self) -> "DecodeStream":
-        """A fresh streaming decode of its own, for one utterance that may interleave with others."""
-        return DecodeStream(self)
+    def decode_streams(self, streams: int = 1) -> "DecodeStreams":
+        """Fresh streaming decodes of their own, for utterances that may interleave with others."""
+        return DecodeStreams(self, streams)
 
     def mimi_input(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [C, n] -> Mimi's input [1, C, n] on its device, clamped to Mimi's 2048 codes (the model's vocabulary
-        has 3 more, which a trained model does not emit)."""
-        return codes.to(self.device).clamp(max=CODEC_CARDINALITY - 1).unsqueeze(0)
+        """Codes [C, n] (or a batch [B, C, n]) -> Mimi's input [B, C, n] on its device, clamped to Mimi's 2048 codes
+        (the model's vocabulary has 3 more, which a trained model does not emit)."""
+        codes = codes.to(self.device).clamp(max=CODEC_CARDINALITY - 1)
+        return codes if codes.ndim == 3 else codes.unsqueeze(0)
 
     @staticmethod
     def _to_samples(pcm: torch.Tensor) -> np.ndarray:
         return pcm[0, 0].float().cpu().numpy()
 
 
-class DecodeStream:
-    """Mimi's streaming decode state of one utterance, bound to Mimi only while this stream decodes: utterances of
-    several streams decode interleaved, chunk by chunk, each continuing its own state. Whatever Mimi had bound
-    before (nothing, so that its encoder encodes context audio whole, or the fast path's graphed decode state) is
-    bound again after each call."""
+class DecodeStreams:
+    """Mimi's streaming decode of `streams` utterances together, a batch row each (moshi keeps a state per row): a row
+    is reset when an utterance starts on it, and a decode advances only the rows given. The state is bound to Mimi
+    only while these streams decode, so that utterances of other streams decode interleaved, each continuing its own
+    state; whatever Mimi had bound before (nothing, so that its encoder encodes context audio whole, or the fast
+    path's graphed decode state) is bound again after each call."""
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec, streams: int) -> None:
         self._codec = codec
+        self.streams = streams
         mimi = codec.mimi
         bound = mimi.get_streaming_state()
         mimi.set_streaming_state(dict.fromkeys(bound))
         try:
-            with mimi.streaming(1):
+            with mimi.streaming(streams):
                 self._state = mimi.get_streaming_state()
         finally:
             mimi.set_streaming_state(bound)
 
-    def decode_chunk(self, codes: torch.Tensor) -> np.ndarray:
-        """Codes [C, n] of the next n frames -> n * 1920 samples, continuing this stream's state."""
+    @contextmanager
+    def _bound(self) -> Iterator[torch.nn.Module]:
         mimi = self._codec.mimi
         bound = mimi.get_streaming_state()
         mimi.set_streaming_state(self._state)
         try:
-            return self._codec.decode_chunk(codes)
+            yield mimi
         finally:
             mimi.set_streaming_state(bound)
+
+    @torch.inference_mode()
+    def reset(self, row: int) -> None:
+        """Row `row` starts a new utterance."""
+        with self._bound() as mimi:
+            mimi.reset_streaming(self._rows([row]))
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, rows: list[int]) -> np.ndarray:
+        """Codes [streams, C, n] of the next n frames -> samples [streams, n * 1920], continuing the state of each
+        row in `rows`; the other rows' codes are not read, their state stays and their samples are not defined."""
+        with self._bound() as mimi:
+            mimi.set_exec_mask(self._rows(rows))
+            pcm = mimi.decode(self._codec.mimi_input(codes))
+        return pcm[:, 0].float().cpu().numpy()
+
+    def _rows(self, rows: list[int]) -> torch.Tensor:
+        mask = torch.zeros(self.streams, dtype=torch.bool)
+        mask[rows] = True
+        return mask

@@ -18,7 +18,8 @@ from ..checks import number
 from ..errors import CsmError
 from ..output.audiofile import AudioFileWriter, SampleFormat, numbered_path
 from ..text.script import Passage, parse_line, split_utterances
-from .generator import MAX_SEED, Settings, StreamingGenerator, StreamState
+from .batch import SpeechBatch
+from .generator import MAX_SEED, Settings, StreamingGenerator
 from .prompt import Segment
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
@@ -88,12 +89,13 @@ def pause_frames(seconds: float) -> int:
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
                  memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
-                 sample_format: SampleFormat = "s16", state: StreamState | None = None,
+                 sample_format: SampleFormat = "s16", batch: SpeechBatch | None = None,
                  history: deque[Segment] | None = None) -> None:
-        """`state`: the caches the utterances generate on (see `StreamingGenerator.stream`); None: the generator's.
+        """`batch`: the batch the utterances are generated in (see `StreamingGenerator.stream`); None: alone, on the
+        generator's own caches.
         `history`: the utterances of an earlier conversation, continued here (and changed in place); None: none."""
         self.generator = generator
-        self.state = state
+        self.batch = batch
         self.settings = settings
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
@@ -148,7 +150,7 @@ class Conversation:
         speech = self.generator.stream(
             utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
-            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, state=self.state,
+            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, batch=self.batch,
         )
         wav = None
         if self.out_dir:

@@ -22,10 +22,11 @@ from ..loading.repository import fetch_model_files
 from ..loading.voice import Voice, cached_voice_codes, model_voices, unknown_voice
 from ..progress import LoadProgress
 from ..threads import use_cpu_threads
+from .batch import SpeechBatch
 from .codec import Codec
 from .ending import frame_budget, until_silence
 from .graphs import FrameGraphs
-from .model import CSM, CachedRows, KVCache
+from .model import CSM
 from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
 
 T = TypeVar("T")
@@ -101,18 +102,6 @@ class Settings:
         return seconds_to_frames(self.max_seconds)
 
 
-@dataclass(frozen=True)
-class StreamState:
-    """What one stream of utterances owns while it is generated: the backbone's KV caches (one per layer), the
-    record of the rows they hold (for the prefix cache) and its RNG. Streams with states of their own interleave
-    frame by frame on one thread, each continuing its own caches; Mimi's decoding state is made per utterance. (The
-    depth decoder's caches are refilled every frame, so streams share them.)"""
-
-    caches: list[KVCache]
-    rows: CachedRows
-    rng: torch.Generator
-
-
 class Speech(Iterator[np.ndarray]):
     """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
     shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe."""
@@ -157,7 +146,6 @@ class StreamingGenerator:
         self.graph_shapes = self.device.type == "cuda"
         self.reuse_prefix = True
         self._rng = torch.Generator(device=self.device)
-        self._own_state = StreamState(model.backbone.caches(), model.cached_rows, self._rng)
         self._active: Speech | None = None
         self._running = threading.RLock()  # held by the thread inside stream() or a Speech's step
         self.graphs: FrameGraphs | None = None
@@ -212,10 +200,9 @@ class StreamingGenerator:
                                    lambda samples: self.codec.encode(samples).cpu().numpy())
         return Segment(speaker, voice.text, codes=codes)
 
-    def new_state(self) -> StreamState:
-        """Caches and an RNG for one more stream that interleaves with others (see `stream(state=...)`)."""
-        return StreamState(self.model.backbone.new_caches(), self.model.cached_rows.empty_like(),
-                           torch.Generator(device=self.device))
+    def new_batch(self, slots: int) -> SpeechBatch:
+        """A batch of `slots` streams generated together, on caches of its own (see `stream(batch=...)`)."""
+        return SpeechBatch(self.model, self.codec, slots, self.graph_shapes)
 
     def encode_segment(self, segment: Segment) -> Segment:
         """The segment with its audio encoded to codes once, so it can be reused as context."""
@@ -268,12 +255,13 @@ class StreamingGenerator:
         chunk_frames: int = 1,
         *,
         stop_at_end: bool = True,
-        state: StreamState | None = None,
+        batch: SpeechBatch | None = None,
     ) -> Speech:
         """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio.
-        Without `state` the generator's own caches are used (and the CUDA graphs, where captured): starting such a
-        stream ends the one before it. With a state from `new_state()` the speech runs eagerly on that state's
-        caches, and may be iterated interleaved with other streams, on the same thread. The utterance ends at the
+        Without `batch` the generator's own caches are used (and the CUDA graphs, where captured): starting such a
+        stream ends the one before it. With a batch from `new_batch()` the speech takes a slot of the batch while
+        it is generated, and may be iterated interleaved with the batch's other speeches, on the same thread: their
+        frames are generated together (it runs eagerly). The utterance ends at the
         model's end frame, at its text's frame budget or after a stretch of silence (`ending`), within
         `max_seconds`; stop_at_end=False generates all of `max_seconds` whatever the model says (for benchmarks).
 
@@ -282,7 +270,7 @@ class StreamingGenerator:
         thread, or one thread that steps every stream (as `csm serve` does)."""
         with self._one_thread():
             return self._start(text, speaker, context, Settings(temperature, topk, seed, max_seconds, chunk_frames),
-                               stop_at_end, state)
+                               stop_at_end, batch)
 
     @contextmanager
     def _one_thread(self) -> Iterator[None]:
@@ -295,12 +283,12 @@ class StreamingGenerator:
             self._running.release()
 
     def _start(self, text: str, speaker: int, context: Sequence[Segment], settings: Settings, stop_at_end: bool,
-               state: StreamState | None) -> Speech:
+               batch: SpeechBatch | None) -> Speech:
         if not isinstance(text, str) or not text.strip():
             raise CsmError("the text is empty: give something to say")
         whole_number("--speaker", speaker, 0, MAX_SPEAKER)
         max_frames = settings.max_frames
-        if state is None and self._active is not None:
+        if batch is None and self._active is not None:
             self._active.close()
         tokens, mask = self.prompt_rows(text.strip(), speaker, context)
         room = self.model.max_seq_len - len(tokens)
@@ -315,44 +303,36 @@ class StreamingGenerator:
         temperature, topk = settings.temperature, settings.topk
         if stop_at_end:
             max_frames = frame_budget(text, max_frames)
-        padded = self.graph_shapes or self.graphs is not None
-        stream_state = state or self._own_state
-        self._use(stream_state)  # its record of the rows its caches hold tells what the prompt may reuse
-        start = self.model.reused_rows(tokens, mask, padded) if self.reuse_prefix else 0
-        if self.graphs is None or state is not None:
-            eager = self._frames(tokens, mask, start, max_frames, temperature, topk, seed, stop_at_end, stream_state)
-            decoded = self._decoded(eager)
+        if batch is not None:
+            decoded = batch.utterance(tokens, mask, max_frames, topk, temperature, seed, stop_at_end,
+                                      self.reuse_prefix)
         else:
-            decoded = self._graphed_frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
+            padded = self.graph_shapes or self.graphs is not None
+            start = self.model.reused_rows(tokens, mask, padded) if self.reuse_prefix else 0
+            if self.graphs is None:
+                decoded = self._decoded(self._frames(tokens, mask, start, max_frames, temperature, topk, seed,
+                                                     stop_at_end))
+            else:
+                decoded = self.graphs.frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
         frames: list[torch.Tensor] = []
         chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, settings.chunk_frames)
         speech = Speech(chunks, frames, seed, self._one_thread)
-        if state is None:
+        if batch is None:
             self._active = speech
         return speech
 
-    def _use(self, state: StreamState) -> None:
-        """Points the backbone at `state`'s caches and the model at their record, unless it already is (a single
-        stream never swaps)."""
-        if self.model.backbone.layers[0].attn.cache is not state.caches[0]:
-            self.model.backbone.use_caches(state.caches)
-            self.model.cached_rows = state.rows
-
     def _frames(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, max_frames: int, temperature: float,
-                topk: int, seed: int, stop_at_end: bool, state: StreamState) -> Iterator[torch.Tensor]:
+                topk: int, seed: int, stop_at_end: bool) -> Iterator[torch.Tensor]:
         """Codes [C] of each frame until the all-zero end-of-speech frame (unless `stop_at_end` is False) or the
-        frame budget. The prompt's first `start` rows are in the cache already. Other streams may run between two
-        frames: the backbone is pointed at this stream's caches before each of its steps."""
-        self._use(state)
-        state.rng.manual_seed(seed)
+        frame budget. The prompt's first `start` rows are in the cache already."""
+        self._rng.manual_seed(seed)
         last_h = self.model.prefill(tokens[start:], mask[start:], start, padded=self.graph_shapes)
         for n in range(max_frames):
-            codes = self.model.sample_frame(last_h, topk, temperature, state.rng)  # [1, C]
+            codes = self.model.sample_frame(last_h, topk, temperature, self._rng)  # [1, C]
             if stop_at_end and not codes.any():
                 return
             yield codes[0]
             if n + 1 < max_frames:
-                self._use(state)
                 position = len(tokens) + n
                 row, row_mask = frame_row(codes)
                 self.model.cached_rows.clear_from(position)
@@ -362,19 +342,10 @@ class StreamingGenerator:
                 self.model.cached_rows.wrote(position, row[0], row_mask[0])
 
     def _decoded(self, frames: Iterator[torch.Tensor]) -> Generator[tuple[torch.Tensor, np.ndarray]]:
-        """Codes [C] and samples of each frame, decoded one by one as the fast path decodes them, on a decoding
-        state of this utterance's own."""
-        decoder = self.codec.decode_stream()
+        """Codes [C] and samples of each frame, decoded one by one as the fast path decodes them."""
+        decoder = self.codec.decode_streams()
         for codes in frames:
-            yield codes, decoder.decode_chunk(codes[:, None])
-
-    def _graphed_frames(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, max_frames: int, topk: int,
-                        temperature: float, seed: int, stop_at_end: bool) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """The fast path's frames. Its graphs read the generator's own caches at the addresses they were captured
-        with, whatever eager streams do in between; the backbone is pointed back at them before the prefill resets
-        them."""
-        self._use(self._own_state)
-        yield from self.graphs.frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
+            yield codes, decoder.decode(codes[None, :, None], [0])[0]
 
     @staticmethod
     def _chunks(frames: Iterator[tuple[torch.Tensor, np.ndarray]], generated: list[torch.Tensor],

@@ -1,12 +1,12 @@
-"""The one thread that owns the model: every open stream's utterances generated interleaved, one chunk per stream in
-turn (round-robin), so that a second listener is not starved behind a long first one.
+"""The one thread that owns the model: every open stream's utterances generated together, in one batch.
 
 A stream is one client's slot: utterances queued on it are spoken one after another, each chunk handed to the
-stream's `emit` callback from the model thread. Each stream generates on caches and an RNG of its own
-(`StreamingGenerator.new_state()`); the generator's own state, the one its CUDA graphs were captured on, is lent to
-one stream at a time, so a lone stream runs the fast path. Closing a stream, from any thread, stops its generation
-before its next chunk and frees its slot. A later batched implementation replaces the turn-taking loop, not this
-interface.
+stream's `emit` callback from the model thread. The utterances being spoken take slots of one `SpeechBatch` of
+`max_streams` slots, so each step of the model samples a frame for every stream (continuous batching: a stream
+joins between two steps, its prompt prefilled in its slot, and leaves as soon as its utterance ends or it is
+closed). The thread takes the streams in turn; each takes the chunks its frames already queued make, and at most
+one step of the batch more, so that no stream falls behind the others. Closing a stream, from any thread, stops its
+generation before its next chunk and frees its slot.
 """
 
 import sys
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CsmError
-from ..generation.generator import StreamingGenerator, StreamState
+from ..generation.generator import StreamingGenerator
 
 # starts one utterance on the model thread (on the stream's `state`) and yields its chunks
 Start = Callable[[], Iterator[np.ndarray]]
@@ -54,11 +54,9 @@ Event = Chunk | Done | Failed
 class Stream:
     """One client's slot. `submit` and `close` may be called from any thread; `emit` is called on the model thread."""
 
-    def __init__(self, scheduler: "Scheduler", emit: Callable[[Event], None], state: StreamState | None) -> None:
-        """`state`: the caches and RNG every utterance of this stream generates on (None: the generator's own)."""
+    def __init__(self, scheduler: "Scheduler", emit: Callable[[Event], None]) -> None:
         self._scheduler = scheduler
         self._emit = emit
-        self.state = state
         self._jobs: deque[tuple[Any, Start]] = deque()
         self._current: tuple[Any, Iterator[np.ndarray]] | None = None
         self.closed = False
@@ -77,30 +75,39 @@ class Stream:
     def _has_work(self) -> bool:
         return self.closed or self._current is not None or bool(self._jobs)
 
-    def _step(self) -> None:
-        """One chunk of the current utterance, starting the next queued one if none is current. Model thread only."""
+    def _take_turn(self) -> None:
+        """The chunks of frames already generated, and one step of the batch more if this stream needs one."""
+        batch = self._scheduler.batch
+        steps = batch.steps
+        while batch.steps == steps and self._step():
+            pass
+
+    def _step(self) -> bool:
+        """One chunk of the current utterance, starting the next queued one if none is current; False when there
+        was nothing to do. Model thread only."""
         if self._current is None:
             with self._scheduler.lock:
                 if not self._jobs:
-                    return
+                    return False
                 tag, start = self._jobs.popleft()
             try:
                 self._current = (tag, start())
             except Exception as e:  # reported to the client; the server goes on
                 self._fail(tag, e)
-                return
+                return True
         tag, chunks = self._current
         try:
             samples = next(chunks, None)
         except Exception as e:  # reported to the client; the server goes on
             self._current = None
             self._fail(tag, e)
-            return
+            return True
         if samples is None:
             self._current = None
             self._emit(Done(tag))
         else:
             self._emit(Chunk(tag, samples))
+        return True
 
     def _fail(self, tag: Any, error: Exception) -> None:
         if isinstance(error, CsmError):
@@ -120,10 +127,9 @@ class Scheduler:
         assert max_streams >= 1, max_streams
         self.generator = generator
         self.max_streams = max_streams
+        self.batch = generator.new_batch(max_streams)
         self.lock = threading.Condition()
         self._streams: list[Stream] = []
-        self._free_states: list[StreamState] = []
-        self._own_state_lent = False
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="csm-model", daemon=True)
 
@@ -146,12 +152,7 @@ class Scheduler:
         with self.lock:
             if len(self._streams) >= self.max_streams:
                 raise ServerBusy(f"all {self.max_streams} streams are busy (--max-streams): try again shortly")
-            if not self._own_state_lent:
-                self._own_state_lent = True
-                state = None
-            else:
-                state = self._free_states.pop() if self._free_states else self.generator.new_state()
-            stream = Stream(self, emit, state)
+            stream = Stream(self, emit)
             self._streams.append(stream)
             return stream
 
@@ -167,13 +168,9 @@ class Scheduler:
                 if stream.closed:
                     self._remove(stream)
                 else:
-                    stream._step()
+                    stream._take_turn()
 
     def _remove(self, stream: Stream) -> None:
         stream._release()
         with self.lock:
             self._streams.remove(stream)
-            if stream.state is None:
-                self._own_state_lent = False
-            else:
-                self._free_states.append(stream.state)

@@ -185,7 +185,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                        state=stream.state, history=history)
+                                        batch=scheduler.batch, history=history)
             script = utterances_of(text, voice.speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
             first = await events.get()
@@ -221,7 +221,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             await websocket.close(closing.code)
             return
         conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                    state=stream.state)
+                                    batch=scheduler.batch)
         session = SpeechSession(websocket, stream, events, conversation, voice.speaker, options.max_input_chars)
         try:
             await session.run()

@@ -23,14 +23,14 @@ def alone(generator, stream: dict, frames: int) -> np.ndarray:
     """The codes [C, frames] of `stream` generated alone, on the single-stream eager path."""
     speech = generator.stream(stream["text"], context=stream["context"], temperature=stream["temperature"],
                               topk=stream["topk"], seed=stream["seed"], max_seconds=(frames + 0.5) * FRAME_SECONDS,
-                              stop_at_end=False, state=generator.new_state())
+                              stop_at_end=False)
     list(speech)
     return speech.codes
 
 
-def join(batch: FrameBatch, generator, stream: dict) -> int:
+def join(batch: FrameBatch, generator, stream: dict, frames: int = FRAMES) -> int:
     tokens, mask = generator.prompt_rows(stream["text"], 0, stream["context"])
-    return batch.join(tokens, mask, stream["topk"], stream["temperature"], stream["seed"])
+    return batch.join(tokens, mask, frames, stream["topk"], stream["temperature"], stream["seed"])
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,48 @@ def test_a_joining_stream_takes_the_free_slot_that_holds_most_of_its_prompt(gene
     assert join(batch, generator, {**STREAMS[1], "text": "Something else, after the same context."}) == with_context
     assert join(batch, generator, STREAMS[2]) == without
     assert batch.active == [0, 1] and batch.free == [2]
+
+
+def test_an_utterance_that_ends_frees_its_slot_for_the_next(generator):
+    """In a batch of one slot: an utterance taken to its last frame, then one closed after its first, leave the slot
+    at once, and each utterance after them says what it says alone."""
+    batch = generator.new_batch(1)
+    stream = STREAMS[1]
+
+    def utterance(frames: int):
+        tokens, mask = generator.prompt_rows(stream["text"], 0, stream["context"])
+        return batch.utterance(tokens, mask, frames, stream["topk"], stream["temperature"], stream["seed"],
+                               stop_at_end=False)
+
+    whole = [codes for codes, _ in utterance(FRAMES)]
+    assert batch.frames.free == [0]
+    cut = utterance(FRAMES)
+    next(cut)
+    cut.close()
+    assert batch.frames.free == [0]
+    again = torch.stack([codes for codes, _ in utterance(FRAMES)], dim=1)
+    np.testing.assert_array_equal(torch.stack(whole, dim=1).numpy(), again.numpy())
+
+
+def test_an_utterance_stops_at_its_end_frame_and_the_batch_never_steps_past_the_window(generator, monkeypatch):
+    """An utterance whose frames fill the model's window samples no more once it has them all, while another in the
+    batch goes on; the model's all-zero frame ends an utterance and frees its slot."""
+    batch = generator.new_batch(2)
+    window = generator.model.max_seq_len
+    long_context = [Segment(1, "Hi.", codes=np.zeros((32, window - 20), dtype=int))]
+    long_tokens, long_mask = generator.prompt_rows("Hi.", 0, long_context)
+    room = window - len(long_tokens)
+    tokens, mask = generator.prompt_rows("Hi.", 0, ())
+    other = batch.utterance(tokens, mask, room + 3, 50, 0.9, 2, stop_at_end=False)
+    next(other)
+    filling = batch.utterance(long_tokens, long_mask, room, 50, 0.9, 1, stop_at_end=False)
+    for _ in range(room):
+        next(filling)
+        next(other)
+    assert batch.frames.sampling == [0]  # `other`'s; `filling` has all its frames
+    assert len(list(other)) == 2 and list(filling) == []
+    assert batch.frames.free == [0, 1]
+    end_frames = lambda last_h, sample: torch.zeros(len(last_h), 32, dtype=torch.long)  # noqa: E731
+    monkeypatch.setattr(generator.model, "frame_codes", end_frames)
+    ended = batch.utterance(tokens, mask, 6, 50, 0.9, 3, stop_at_end=True)
+    assert list(ended) == [] and batch.frames.free == [0, 1]

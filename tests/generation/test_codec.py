@@ -21,6 +21,32 @@ def test_streamed_decode_equals_whole_sequence_decode(codec):
     np.testing.assert_allclose(streamed, whole, atol=1e-5)
 
 
+def test_streams_decoded_together_each_continue_their_own_state(codec):
+    """Three utterances on the rows of one batch, starting at different steps (a row reset when its utterance
+    starts, and only the rows given advanced) decode as each does alone, up to float rounding."""
+    generator = torch.Generator().manual_seed(1)
+    codes = [torch.randint(0, 2048, (32, 4), generator=generator) for _ in range(3)]
+    starts = [0, 2, 1]
+    alone = []
+    for utterance in codes:
+        with codec.streaming():
+            alone.append(np.concatenate([codec.decode_chunk(utterance[:, i : i + 1]) for i in range(4)]))
+    streams = codec.decode_streams(3)
+    decoded: list[list[np.ndarray]] = [[], [], []]
+    for step in range(6):
+        rows = [row for row, start in enumerate(starts) if start <= step < start + 4]
+        batch = torch.zeros(3, 32, 1, dtype=torch.long)
+        for row in rows:
+            if step == starts[row]:
+                streams.reset(row)
+            batch[row, :, 0] = codes[row][:, step - starts[row]]
+        samples = streams.decode(batch, rows)
+        for row in rows:
+            decoded[row].append(samples[row])
+    for row in range(3):
+        np.testing.assert_allclose(np.concatenate(decoded[row]), alone[row], atol=1e-5)
+
+
 def test_codes_past_the_codec_vocabulary_are_clamped(codec):
     codes = torch.full((32, 2), 2050)
     np.testing.assert_array_equal(codec.decode(codes), codec.decode(torch.full((32, 2), 2047)))

@@ -213,14 +213,14 @@ def test_the_fast_path_prefills_from_the_cached_rows_and_says_what_a_whole_eager
         np.testing.assert_array_equal(got, want)
 
 
-def test_the_fast_stream_and_eager_streams_of_their_own_interleave(simulated):
-    """The server's case on CUDA: the stream on the generator's own state replays the graphs while streams beside it
-    run eagerly on caches of their own; stepped in turn, frame by frame, each says what it says alone."""
+def test_the_fast_stream_and_a_batch_beside_it_interleave(simulated):
+    """The stream on the generator's own caches replays the graphs while a batch beside it runs eagerly on caches of
+    its own; stepped in turn, frame by frame, each says what it says alone."""
     settings = {"seed": 6, "max_seconds": 0.64}
     other = "A second listener."
     fast_alone = np.concatenate(list(simulated.stream(TEXT, **settings)))
-    eager_alone = np.concatenate(list(simulated.stream(other, **settings, state=simulated.new_state())))
+    eager_alone = np.concatenate(list(simulated.stream(other, **settings, batch=simulated.new_batch(1))))
     audio = round_robin({"fast": simulated.stream(TEXT, **settings),
-                         "eager": simulated.stream(other, **settings, state=simulated.new_state())})
+                         "eager": simulated.stream(other, **settings, batch=simulated.new_batch(1))})
     np.testing.assert_allclose(audio["fast"], fast_alone, atol=1e-5)
     np.testing.assert_array_equal(audio["eager"], eager_alone)

@@ -82,7 +82,7 @@ def test_an_error_inside_generation_surfaces_and_the_generator_stays_usable(gene
         raise RuntimeError("decoder fault")
 
     with monkeypatch.context() as patch:
-        patch.setattr(generator.codec, "decode_chunk", failing_decode)
+        patch.setattr(generator.codec.mimi, "decode", failing_decode)
         with pytest.raises(RuntimeError, match="decoder fault"):
             list(generator.stream(TEXT, **SETTINGS))
     np.testing.assert_array_equal(np.concatenate(list(generator.stream(TEXT, **SETTINGS))), fresh_output)
@@ -156,18 +156,22 @@ def test_context_that_fills_the_window_says_what_to_shorten(generator, frames, r
         generator.stream(TEXT, context=long_context)
 
 
-def test_streams_with_states_of_their_own_interleave_frame_by_frame(generator, fresh_output):
-    """Two utterances stepped in turn, each with its own caches, RNG and Mimi state, say what each says alone; the
-    generator's own stream is not ended by them."""
+def test_speeches_in_a_batch_interleave_frame_by_frame(generator, fresh_output):
+    """Two utterances of one batch stepped in turn say what each says alone: the same codes, and samples that differ
+    only by the rounding of Mimi's batched decode; the generator's own stream beside them is not ended by them."""
     other_text = "A second listener, at the same time."
-    alone = np.concatenate(list(generator.stream(other_text, **SETTINGS)))
+    alone = generator.stream(other_text, **SETTINGS)
+    alone_audio = np.concatenate(list(alone))
     own = generator.stream(TEXT, **SETTINGS)
-    first = generator.stream(TEXT, **SETTINGS, state=generator.new_state())
-    second = generator.stream(other_text, **SETTINGS, state=generator.new_state())
+    batch = generator.new_batch(2)
+    first = generator.stream(TEXT, **SETTINGS, batch=batch)
+    second = generator.stream(other_text, **SETTINGS, batch=batch)
     audio = round_robin({"own": own, "first": first, "second": second})
     np.testing.assert_array_equal(audio["own"], fresh_output)
-    np.testing.assert_array_equal(audio["first"], fresh_output)
-    np.testing.assert_array_equal(audio["second"], alone)
+    np.testing.assert_allclose(audio["first"], fresh_output, atol=1e-5)
+    np.testing.assert_allclose(audio["second"], alone_audio, atol=1e-5)
+    np.testing.assert_array_equal(second.codes, alone.codes)
+    assert batch.frames.active == [], "an utterance that ended still holds its slot"
 
 
 def test_a_second_thread_gets_an_error_while_the_first_generates(generator, monkeypatch):
@@ -183,7 +187,7 @@ def test_a_second_thread_gets_an_error_while_the_first_generates(generator, monk
 
     monkeypatch.setattr(generator.model, "sample_frame", held)
     speech = generator.stream(TEXT, **SETTINGS)
-    other = generator.stream(TEXT, **SETTINGS, state=generator.new_state())
+    other = generator.stream(TEXT, **SETTINGS, batch=generator.new_batch(1))
     first = threading.Thread(target=next, args=(speech,))
     first.start()
     try:

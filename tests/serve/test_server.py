@@ -280,7 +280,8 @@ def test_a_taken_port_is_one_error_line(server, model):
 
 
 def test_a_voice_name_speaks_as_csm_say_voice(server, model):
-    """With that voice's prompt as context, spoken by speaker 0."""
+    """With that voice's prompt as context, spoken by speaker 0: the same codes, so the same samples up to the
+    rounding of Mimi's batched decode (one 16-bit step at most)."""
     cache = {**os.environ, "XDG_CACHE_HOME": str(server.log.parent / "cache")}  # the server's voice codes
     say = subprocess.Popen([sys.executable, "-m", "csm_cli", "say", "Hi there.", "--voice", "conversational_b",
                             "--seed", "3", "--out", "-", *model], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -288,7 +289,8 @@ def test_a_voice_name_speaks_as_csm_say_voice(server, model):
     spoken = speech(server, voice="conversational_b", input="Hi there.", response_format="pcm", seed=3).content
     out, err = say.communicate(timeout=120)
     assert say.returncode == 0, err
-    assert spoken == out
+    assert len(spoken) == len(out) > 0
+    np.testing.assert_allclose(np.frombuffer(spoken, "<i2"), np.frombuffer(out, "<i2"), atol=1)
 
 
 def test_requests_that_name_a_conversation_continue_it(server):
