@@ -11,8 +11,10 @@ step; a slot a stream left is free for the next. A slot keeps the record of the 
 and a joining stream takes the free slot that holds the longest prefix of its prompt, which it is not prefilled
 again (a voice prompt, say).
 
-Idle slots ride along in each step (fixed shapes, as CUDA graphs per batch size would want): their rows write past
-what their record holds and sample nothing. The step runs eagerly; the depth decoder gets caches of the batch's size.
+A step computes the first slots only, as many as the smallest power of two that holds every stream still sampling
+(a few fixed shapes, as CUDA graphs per batch size would want), so a lone stream in a large batch costs what it
+costs alone; a joining stream takes the lowest free slot (unless another holds more of its prompt). Idle slots
+among them ride along: their rows write past what their record holds and sample nothing. The step runs eagerly.
 """
 
 from collections import deque
@@ -49,8 +51,8 @@ class FrameBatch:
         self.graph_shapes = graph_shapes
         self.device = model.audio_head.device
         self._caches = model.backbone.new_caches(slots)
-        self._decoder_caches = model.decoder.new_caches(slots)
         self._slot_caches = [[cache.row(slot) for cache in self._caches] for slot in range(slots)]
+        self._bucket_caches: dict[int, tuple[list[KVCache], list[KVCache]]] = {}
         self.rows = [model.cached_rows.empty_like() for _ in range(slots)]
         self._streams: list[_Stream | None] = [None] * slots
         self._last_h = torch.zeros(slots, model.args.backbone.dim, dtype=model.audio_head.dtype, device=self.device)
@@ -77,6 +79,7 @@ class FrameBatch:
         assert 0 < frames <= self.model.max_seq_len - len(tokens), "the prompt and its frames must fit the window"
         free = self.free
         assert free, "every slot holds a stream: leave one first"
+        # the slot that holds most of the prompt, the lowest of those that hold as much (max takes the first)
         slot = max(free, key=lambda s: self.rows[s].common_prefix(tokens, mask)) if reuse_prefix else free[0]
         rng = torch.Generator(device=self.device).manual_seed(seed)
         with self._using(self._slot_caches[slot], self.rows[slot], self.model.decoder.caches()):
@@ -95,22 +98,32 @@ class FrameBatch:
     def step(self) -> torch.Tensor:
         """The next frame of every stream in `sampling`, fed back through the backbone -> codes [slots, C]; the
         other slots' rows are zeros."""
-        assert self.sampling, "no stream to step"
-        with self._using(self._caches, self.model.cached_rows, self._decoder_caches):  # slot records below
-            codes = self.model.frame_codes(self._last_h, self._sample)  # [slots, C]
-            positions = [self._position(slot) for slot in range(self.slots)]
-            row, row_mask = frame_row(codes)  # [slots, 1, C+1]
-            input_pos = torch.tensor(positions, device=self.device).unsqueeze(1)  # [slots, 1]
+        sampling = self.sampling
+        assert sampling, "no stream to step"
+        computed = min(self.slots, 1 << max(sampling).bit_length())  # a power of two above the last sampling slot
+        caches, decoder_caches = self._caches_of(computed)
+        with self._using(caches, self.model.cached_rows, decoder_caches):  # slot records below
+            codes = self.model.frame_codes(self._last_h[:computed], self._sample)  # [computed, C]
+            positions = [self._position(slot) for slot in range(computed)]
+            row, row_mask = frame_row(codes)  # [computed, 1, C+1]
+            input_pos = torch.tensor(positions, device=self.device).unsqueeze(1)  # [computed, 1]
             attend = None if self.graph_shapes else max(positions) + 1
-            self._last_h = self.model.backbone_step(row, row_mask, input_pos, attend)
-        host_tokens, host_mask = row[:, 0].cpu(), row_mask[:, 0].cpu()  # [slots, C+1]
-        for slot, (stream, rows, position) in enumerate(zip(self._streams, self.rows, positions, strict=True)):
+            self._last_h[:computed] = self.model.backbone_step(row, row_mask, input_pos, attend)
+        host_tokens, host_mask = row[:, 0].cpu(), row_mask[:, 0].cpu()  # [computed, C+1]
+        for slot, (stream, rows, position) in enumerate(zip(self._streams, self.rows, positions, strict=False)):
             rows.clear_from(position)
             if _samples(stream):
                 rows.wrote(position, host_tokens[slot : slot + 1], host_mask[slot : slot + 1])
                 stream.position += 1
                 stream.frames_left -= 1
-        return codes
+        return torch.cat([codes, codes.new_zeros(self.slots - computed, codes.shape[1])])
+
+    def _caches_of(self, computed: int) -> tuple[list[KVCache], list[KVCache]]:
+        """The backbone's caches of the first `computed` slots (views), and depth decoder caches of that size."""
+        if computed not in self._bucket_caches:
+            backbone = [KVCache(cache.k[:computed], cache.v[:computed]) for cache in self._caches]
+            self._bucket_caches[computed] = backbone, self.model.decoder.new_caches(computed)
+        return self._bucket_caches[computed]
 
     def _position(self, slot: int) -> int:
         """Where the slot's row goes in this step: the stream's next position, or, for a slot that samples nothing,
@@ -122,10 +135,10 @@ class FrameBatch:
         return stream.position
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits [slots, V] -> codes [slots, 1], each stream's row sampled as the single-stream path samples it,
-        from its own RNG; idle slots get 0."""
+        """Logits [n, V] of the first n slots -> codes [n, 1], each stream's row sampled as the single-stream path
+        samples it, from its own RNG; idle slots get 0."""
         codes = torch.zeros(len(logits), 1, dtype=torch.long, device=logits.device)
-        for slot, stream in enumerate(self._streams):
+        for slot, stream in enumerate(self._streams[: len(logits)]):
             if _samples(stream):
                 codes[slot] = sample_topk(logits[slot : slot + 1], stream.topk, stream.temperature, stream.rng)[0]
         return codes

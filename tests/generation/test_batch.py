@@ -129,3 +129,25 @@ def test_an_utterance_stops_at_its_end_frame_and_the_batch_never_steps_past_the_
     monkeypatch.setattr(generator.model, "frame_codes", end_frames)
     ended = batch.utterance(tokens, mask, 6, 50, 0.9, 3, stop_at_end=True)
     assert list(ended) == [] and batch.frames.free == [0, 1]
+
+
+def test_a_step_computes_only_the_slots_up_to_the_last_stream_sampling(generator, monkeypatch, codes_alone):
+    """A lone stream in the first slot of a batch of 8 is stepped as a batch of one (a power of two above the last
+    sampling slot) and gets its codes; with a stream in slot 5, the step computes all 8."""
+    batch = FrameBatch(generator.model, 8)
+    rows_stepped = []
+    backbone_step = generator.model.backbone_step
+    monkeypatch.setattr(generator.model, "backbone_step",
+                        lambda row, *args: rows_stepped.append(len(row)) or backbone_step(row, *args))
+    slot = join(batch, generator, STREAMS[0])
+    frames = torch.stack([batch.step() for _ in range(FRAMES)], dim=2)
+    assert slot == 0 and rows_stepped == [1] * FRAMES
+    np.testing.assert_array_equal(frames[0].numpy(), codes_alone[0])
+    assert not frames[1:].any()
+    batch.leave(slot)
+    slots = [join(batch, generator, STREAMS[2], frames=1) for _ in range(6)]
+    for slot in slots[:5]:
+        batch.leave(slot)
+    assert batch.sampling == [5]
+    batch.step()
+    assert rows_stepped[-1] == 8
