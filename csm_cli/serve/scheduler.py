@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import CsmError
 from ..generation.generator import StreamingGenerator
 
-# starts one utterance on the model thread (on the stream's `state`) and yields its chunks
+# starts one utterance on the model thread (in the scheduler's batch) and yields its chunks
 Start = Callable[[], Iterator[np.ndarray]]
 
 
