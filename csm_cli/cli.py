@@ -419,6 +419,7 @@ def serve(
 ) -> None:
     """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces."""
     with user_errors():
+        from .generation.conversation import pause_frames
         from .generation.generator import Settings
         from .serve.server import ServeOptions
         from .serve.server import serve as run_server
@@ -432,8 +433,7 @@ def serve(
             raise CsmError(f"--max-conversations must be at least 1, got {max_conversations}")
         if not 0 <= port <= 65535:
             raise CsmError(f"--port must lie in 0..65535, got {port}")
-        if pause < 0:
-            raise CsmError(f"--pause must not be negative, got {pause:g}")
+        pause_frames(pause)
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
                                max_conversations, api_key or None)
         use_cpu_threads(threads)

@@ -21,10 +21,12 @@ from collections import deque
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import CsmError
 from .codec import Codec
 from .model import CSM, CachedRows, KVCache, sample_topk
 from .prompt import frame_row
@@ -50,6 +52,7 @@ class FrameBatch:
         self.slots = slots
         self.graph_shapes = graph_shapes
         self.device = model.audio_head.device
+        _check_memory(model, slots, self.device)
         self._caches = model.backbone.new_caches(slots)
         self._slot_caches = [[cache.row(slot) for cache in self._caches] for slot in range(slots)]
         self._bucket_caches: dict[int, tuple[list[KVCache], list[KVCache]]] = {}
@@ -200,6 +203,30 @@ class SpeechBatch:
         self.steps += 1
         for slot in sampling:
             self._queues[slot].append((codes[slot], samples[slot]))
+
+
+def _check_memory(model: CSM, slots: int, device: torch.device) -> None:
+    """Refuses, with CsmError, a batch whose backbone caches would not fit the memory free now: they are allocated
+    and zeroed up front, and on a CPU an allocation past the memory there is ends the process, not in an error."""
+    per_slot = sum(cache.k[:1].nbytes + cache.v[:1].nbytes for cache in model.backbone.caches())
+    free = _free_memory(device)
+    if free is not None and slots * per_slot > free:
+        raise CsmError(f"the KV caches of {slots} streams take {slots * per_slot / 2**30:.1f} GiB, more than the "
+                       f"{free / 2**30:.1f} GiB of memory free on {device.type}: generate fewer streams at once")
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free on the device (on a CPU, Linux's MemAvailable); None where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def _samples(stream: _Stream | None) -> bool:

@@ -279,6 +279,27 @@ def test_a_taken_port_is_one_error_line(server, model):
     assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--max-streams", "0"], "--max-streams must be at least 1, got 0"),
+    (["--max-streams", "1000000000"], "the KV caches of 1000000000 streams take"),
+    (["--max-input-chars", "0"], "--max-input-chars must be at least 1, got 0"),
+    (["--max-conversations", "0"], "--max-conversations must be at least 1, got 0"),
+    (["--port", "70000"], "--port must lie in 0..65535, got 70000"),
+    (["--pause", "-1"], "--pause must be a number from 0 to 60 seconds, got -1"),
+    (["--pause", "nan"], "--pause must be a number from 0 to 60 seconds, got nan"),
+    (["--temperature", "nan"], "--temperature must be a number"),
+    (["--max-seconds", "inf"], "--max-seconds must be a number"),
+])
+def test_bad_serve_options_are_one_error_line(model, args, message):
+    """Refused before serving, the memory a batch of --max-streams needs included (its caches are allocated up
+    front: past the memory there is, a CPU would end the process rather than raise)."""
+    done = subprocess.run([sys.executable, "-m", "csm_cli", "serve", "--port", "0", *model, *args],
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("csm: error: ") and message in lines[0], done.stderr
+
+
 def test_a_voice_name_speaks_as_csm_say_voice(server, model):
     """With that voice's prompt as context, spoken by speaker 0: the same codes, so the same samples up to the
     rounding of Mimi's batched decode (one 16-bit step at most)."""
