@@ -7,6 +7,7 @@ reports status, watches that the sound card keeps taking audio, and on Ctrl-C or
 re-raises. A sound server that dies or freezes is an error within STALL_S, not a run that hangs or ends "done".
 """
 
+import atexit
 import math
 import threading
 import time
@@ -333,9 +334,10 @@ class _Watchdog:
                            f"froze or died): playback stopped, {NO_PLAY_HINT}")
 
 
-def _close_stream(stream: Any, abort: bool) -> None:
+def _close_stream(sd: ModuleType, stream: Any, abort: bool) -> None:
     """Stops and closes the stream, waiting at most STREAM_CLOSE_S when it ends on an error: a frozen sound server
-    can block PortAudio's stop for ever, and the program must still end (its exit does not wait for this thread)."""
+    can block PortAudio's stop for ever, and the program must still end. Its exit does not wait for this thread, and
+    does not end PortAudio either (sounddevice does at exit), which would block as long on the stream left open."""
     def close() -> None:
         if abort:
             stream.abort()
@@ -347,6 +349,8 @@ def _close_stream(stream: Any, abort: bool) -> None:
     closer = threading.Thread(target=close, name="csm-stream-close", daemon=True)
     closer.start()
     closer.join(STREAM_CLOSE_S)
+    if closer.is_alive():
+        atexit.unregister(sd._exit_handler)
 
 
 def _start(sd: ModuleType, stream: Any, device_name: str) -> None:
@@ -439,10 +443,10 @@ def play(
                            f"server died): playback stopped, {NO_PLAY_HINT}")
     except BaseException:
         player.stop.set()  # a producer still running ends at its next chunk and closes the chunks
-        _close_stream(stream, abort=True)
+        _close_stream(sd, stream, abort=True)
         producer.join(PRODUCER_JOIN_S)  # not longer: it may be inside a long model step, and it is a daemon
         raise
-    _close_stream(stream, abort=False)
+    _close_stream(sd, stream, abort=False)
     producer.join()  # it has closed the ring: it is done
     _raise_worker_error(producer)
 
