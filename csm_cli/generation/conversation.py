@@ -157,6 +157,9 @@ class Conversation:
             wav = AudioFileWriter(numbered_path(self.out_dir, utterance.line, utterance.part), self.sample_format)
         try:
             for chunk in speech:
+                if not len(chunk):  # a batch's speech whose prompt is being prefilled
+                    yield chunk
+                    continue
                 if wav:
                     wav.write(chunk)
                 if line.first_chunk is None:
@@ -167,6 +170,7 @@ class Conversation:
                 line.end_sample = self.samples
                 yield chunk
         finally:
+            speech.close()
             if wav:
                 wav.close()
         line.generation_ended = time.monotonic()

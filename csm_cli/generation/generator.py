@@ -22,7 +22,7 @@ from ..loading.repository import fetch_model_files
 from ..loading.voice import Voice, cached_voice_codes, model_voices, unknown_voice
 from ..progress import LoadProgress
 from ..threads import use_cpu_threads
-from .batch import SpeechBatch
+from .batch import SpeechBatch, UtteranceFrames
 from .codec import Codec
 from .ending import frame_budget, until_silence
 from .graphs import FrameGraphs
@@ -104,22 +104,37 @@ class Settings:
 
 class Speech(Iterator[np.ndarray]):
     """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
-    shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe."""
+    shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe.
+
+    A speech in a batch (`stream(batch=...)`) yields empty chunks while its prompt is being prefilled, so that whoever
+    takes the chunks of several speeches in turn never waits for a whole prefill: the first at once (it has joined
+    the batch, whose next step starts its prefill), then one for each step of the batch that leaves part of it."""
 
     def __init__(self, chunks: Generator[np.ndarray], frames: list[torch.Tensor], seed: int,
-                 one_thread: Callable[[], AbstractContextManager[None]]) -> None:
+                 one_thread: Callable[[], AbstractContextManager[None]],
+                 utterance: UtteranceFrames | None = None) -> None:
         self._chunks = chunks
         self._frames = frames
         self._one_thread = one_thread
+        self._utterance = utterance
+        self._taken = False
         self.seed = seed
 
     def __next__(self) -> np.ndarray:
         with self._one_thread():
+            taken, self._taken = self._taken, True
+            if self._utterance is not None and self._utterance.prefilling:
+                if taken:
+                    self._utterance.batch.step()
+                if self._utterance.prefilling:
+                    return np.zeros(0, dtype=np.float32)
             return next(self._chunks)
 
     def close(self) -> None:
         with self._one_thread():
             self._chunks.close()
+            if self._utterance is not None:
+                self._utterance.close()
 
     @property
     def codes(self) -> np.ndarray:
@@ -303,9 +318,10 @@ class StreamingGenerator:
         temperature, topk = settings.temperature, settings.topk
         if stop_at_end:
             max_frames = frame_budget(text, max_frames)
+        utterance = None
         if batch is not None:
-            decoded = batch.utterance(tokens, mask, max_frames, topk, temperature, seed, stop_at_end,
-                                      self.reuse_prefix)
+            decoded = utterance = batch.utterance(tokens, mask, max_frames, topk, temperature, seed, stop_at_end,
+                                                  self.reuse_prefix)
         else:
             padded = self.graph_shapes or self.graphs is not None
             start = self.model.reused_rows(tokens, mask, padded) if self.reuse_prefix else 0
@@ -316,7 +332,7 @@ class StreamingGenerator:
                 decoded = self.graphs.frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
         frames: list[torch.Tensor] = []
         chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, settings.chunk_frames)
-        speech = Speech(chunks, frames, seed, self._one_thread)
+        speech = Speech(chunks, frames, seed, self._one_thread, utterance)
         if batch is None:
             self._active = speech
         return speech

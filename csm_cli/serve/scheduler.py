@@ -4,8 +4,10 @@ A stream is one client's slot: utterances queued on it are spoken one after anot
 stream's `emit` callback from the model thread. The utterances being spoken take slots of one `SpeechBatch` of
 `max_streams` slots, so each step of the model samples a frame for every stream (continuous batching: a stream
 joins between two steps, its prompt prefilled in its slot, and leaves as soon as its utterance ends or it is
-closed). The thread takes the streams in turn; each takes the chunks its frames already queued make, and at most
-one step of the batch more, so that no stream falls behind the others. Closing a stream, from any thread, stops its
+closed). Each round, the streams with an utterance to start join the batch first, so that those arriving together
+take part in the same step. Then the thread takes the streams in turn; each takes the chunks its frames already
+queued make, and at most one step of the batch more, so that no stream falls behind the others, and a stream whose
+prompt is being prefilled takes a step that prefills the next part of it. Closing a stream, from any thread, stops its
 generation before its next chunk and frees its slot.
 """
 
@@ -105,7 +107,7 @@ class Stream:
         if samples is None:
             self._current = None
             self._emit(Done(tag))
-        else:
+        elif len(samples):  # empty while its prompt is being prefilled
             self._emit(Chunk(tag, samples))
         return True
 
@@ -167,7 +169,10 @@ class Scheduler:
             for stream in turn:
                 if stream.closed:
                     self._remove(stream)
-                else:
+                elif stream._current is None:
+                    stream._step()  # starts its next utterance: it joins the batch before the next step
+            for stream in turn:
+                if not stream.closed:
                     stream._take_turn()
 
     def _remove(self, stream: Stream) -> None:

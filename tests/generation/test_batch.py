@@ -41,7 +41,7 @@ def codes_alone(generator) -> list[np.ndarray]:
 def test_streams_generated_together_get_the_codes_each_gets_alone(generator, codes_alone):
     batch = FrameBatch(generator.model, len(STREAMS))
     slots = [join(batch, generator, stream) for stream in STREAMS]
-    assert sorted(slots) == [0, 1, 2]
+    assert sorted(slots) == [0, 1, 2] and batch.prefilling == slots
     frames = torch.stack([batch.step() for _ in range(FRAMES)], dim=2)  # [slots, C, frames]
     for slot, expected in zip(slots, codes_alone, strict=True):
         np.testing.assert_array_equal(frames[slot].numpy(), expected)
@@ -78,12 +78,13 @@ def test_streams_join_mid_way_leave_and_a_freed_slot_is_reused(generator, codes_
 
 def test_a_joining_stream_takes_the_free_slot_that_holds_most_of_its_prompt(generator):
     batch = FrameBatch(generator.model, 3)
-    with_context, without = join(batch, generator, STREAMS[1]), join(batch, generator, STREAMS[0])
+    without, with_context = join(batch, generator, STREAMS[0]), join(batch, generator, STREAMS[1])
+    batch.step()  # prefills them
     batch.leave(with_context)
     batch.leave(without)
     assert join(batch, generator, {**STREAMS[1], "text": "Something else, after the same context."}) == with_context
     assert join(batch, generator, STREAMS[2]) == without
-    assert batch.active == [0, 1] and batch.free == [2]
+    assert with_context == 1 and batch.active == [0, 1] and batch.free == [2]
 
 
 def test_an_utterance_that_ends_frees_its_slot_for_the_next(generator):
@@ -116,14 +117,14 @@ def test_an_utterance_stops_at_its_end_frame_and_the_batch_never_steps_past_the_
     long_tokens, long_mask = generator.prompt_rows("Hi.", 0, long_context)
     room = window - len(long_tokens)
     tokens, mask = generator.prompt_rows("Hi.", 0, ())
-    other = batch.utterance(tokens, mask, room + 3, 50, 0.9, 2, stop_at_end=False)
-    next(other)
     filling = batch.utterance(long_tokens, long_mask, room, 50, 0.9, 1, stop_at_end=False)
-    for _ in range(room):
+    next(filling)
+    other = batch.utterance(tokens, mask, room + 3, 50, 0.9, 2, stop_at_end=False)
+    for _ in range(room - 1):
         next(filling)
         next(other)
-    assert batch.frames.sampling == [0]  # `other`'s; `filling` has all its frames
-    assert len(list(other)) == 2 and list(filling) == []
+    assert batch.frames.sampling == [1]  # `other`'s; `filling` has all its frames
+    assert len(list(other)) == 4 and list(filling) == []
     assert batch.frames.free == [0, 1]
     end_frames = lambda last_h, sample: torch.zeros(len(last_h), 32, dtype=torch.long)  # noqa: E731
     monkeypatch.setattr(generator.model, "frame_codes", end_frames)
@@ -148,6 +149,31 @@ def test_a_step_computes_only_the_slots_up_to_the_last_stream_sampling(generator
     slots = [join(batch, generator, STREAMS[2], frames=1) for _ in range(6)]
     for slot in slots[:5]:
         batch.leave(slot)
-    assert batch.sampling == [5]
+    assert batch.prefilling == [5]
     batch.step()
-    assert rows_stepped[-1] == 8
+    assert batch.sampled == [5] and rows_stepped[-1] == 8
+
+
+def test_a_long_prompt_joining_is_prefilled_a_chunk_a_step_while_the_others_sample(generator, monkeypatch):
+    """A stream whose prompt takes 3 chunks of 64 rows, joining a stream that samples, is prefilled 64 rows a step
+    while the other takes a frame each step; it samples in the step that prefills its last row, and gets the codes
+    it gets alone."""
+    long = {**STREAMS[1], "context": [Segment(1, "Hi.", codes=np.random.default_rng(4).integers(0, 2048, (32, 150)))]}
+    tokens, _ = generator.prompt_rows(long["text"], 0, long["context"])
+    assert 128 < len(tokens) <= 192
+    batch = FrameBatch(generator.model, 2, prefill_rows=64)
+    prefilled = []
+    prefill = generator.model.prefill
+    monkeypatch.setattr(generator.model, "prefill",
+                        lambda tokens, *args, **kw: prefilled.append(len(tokens)) or prefill(tokens, *args, **kw))
+    sampling = join(batch, generator, STREAMS[0], frames=FRAMES + 3)
+    batch.step()
+    joining = join(batch, generator, long)
+    got = []
+    for _ in range(3 + FRAMES - 1):
+        codes = batch.step()
+        assert sampling in batch.sampled
+        if joining in batch.sampled:
+            got.append(codes[joining])
+    assert prefilled[1:] == [64, 64, len(tokens) - 128]
+    np.testing.assert_array_equal(torch.stack(got, dim=1).numpy(), alone(generator, long, FRAMES))
