@@ -1,7 +1,8 @@
 """`make gpu-check`: the one command a session with a GPU runs first. It installs what the GPU image lacks from the
 wheels carried in `.whl/` (`make gpu-wheels` downloads them where pip has a network), then runs the `gpu` tests,
-`csm bench --random-weights` with and without 20 s of context, a torch.profiler trace of one eager frame, and
-writes one Markdown report. Without a GPU the GPU steps say "no GPU" and the report is still written.
+`csm bench --random-weights` with and without 20 s of context and with 32 streams in one batch, a torch.profiler
+trace of one eager frame, and writes one Markdown report. Without a GPU the GPU steps say "no GPU" and the report
+is still written.
 
 Only the standard library is imported here: the packages it installs are not there yet when it starts.
 """
@@ -15,11 +16,14 @@ import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = {
     "bench, no context": ["--frames", "125", "--compare", "eager"],
     "bench, 20 s of context": ["--frames", "125", "--compare", "eager", "--context-seconds", "20"],
+    # issue 14's goal: 32 streams in real time (under 80 ms a frame each) with first audio within 200 ms p95
+    "bench, 32 streams in one batch": ["--frames", "25", "--streams", "32"],
 }
 STEP_TIMEOUT_S = 900
 
@@ -92,7 +96,11 @@ def bench_section(args: list[str], env: dict[str, str]) -> str:
     status, out = run([sys.executable, "-m", "csm_cli", "bench", "--random-weights", "--json", "-q", *args], env)
     if status != 0:
         return f"failed (exit {status}):\n\n{fenced(out)}"
-    figures = json.loads(out[out.index("{"):])
+    return bench_markdown(json.loads(out[out.index("{"):]), args)
+
+
+def bench_markdown(figures: dict[str, Any], args: list[str]) -> str:
+    """The figures of `csm bench --json` as Markdown tables."""
     rows = ["| path | first audio p50 / p95 ms | per frame p50 / p95 ms | Mimi ms | RTF | underruns |",
             "|---|---|---|---|---|---|"]
     compare = figures["compare"] or {}
@@ -108,6 +116,12 @@ def bench_section(args: list[str], env: dict[str, str]) -> str:
     if compare.get("speedup"):
         rows.append(f"; eager / graphs: first audio {compare['speedup']['time_to_first_audio']:.1f}x, per frame "
                     f"{compare['speedup']['steady_ms_per_frame']:.1f}x")
+    if streams := figures.get("streams"):
+        first, frame = streams["first_audio_ms"], streams["per_frame_ms"]
+        rows += ["", "| streams | first audio p50 / p95 ms | per stream per frame p50 / p95 ms | frames/s, all | "
+                 "vs one stream |", "|---|---|---|---|---|",
+                 f"| {streams['streams']} | {first['p50']:.0f} / {first['p95']:.0f} | {frame['p50']:.1f} / "
+                 f"{frame['p95']:.1f} | {streams['frames_per_second']:.1f} | {streams['ratio']:.2f}x |"]
     return "\n".join(rows)
 
 

@@ -118,16 +118,21 @@ def test_bad_bench_options_are_one_line(transformers_dir, mimi_file, args, messa
     assert_one_line_error(result.stderr, message)
 
 
-def test_the_table_shows_both_paths_and_the_ratio():
+def report_of_every_kind() -> BenchReport:
+    """A report with CUDA graphs and eager, a conversation and batched streams."""
     def figures(path: str, scale: float) -> PathFigures:
         return PathFigures(path, 1.5, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
                            0.05 * scale, 0)
 
-    report = BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
+    return BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
                          900.0, figures("cuda-graphs", 1), figures("eager", 10), ConversationFigures(5, 25, [900.0],
                                                                                                       [80.0]),
                          StreamsFigures(4, 125, Percentiles(300.0, 520.0), Percentiles(120.0, 130.0), 33.3,
                                         Percentiles(100.0, 110.0), 10.0, 3.33))
+
+
+def test_the_table_shows_both_paths_and_the_ratio():
+    report = report_of_every_kind()
     console = Console(width=200, record=True)
     console.print(render_table(report))
     text = console.export_text()

@@ -3,6 +3,8 @@ reported as skipped, the report written."""
 
 import base64
 import hashlib
+import importlib.util
+import json
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bench import report_of_every_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,5 +54,18 @@ def test_without_a_gpu_it_installs_the_missing_wheels_and_reports_no_gpu(tmp_pat
     assert report.startswith("# csm gpu-check: no GPU")
     assert f"torch {torch.__version__}" in report
     assert "installed from wheels: csm_probe_package 0.1" in report and "already present: numpy " in report
-    for step in ("GPU tests", "bench, no context", "bench, 20 s of context", "One frame under torch.profiler"):
+    for step in ("GPU tests", "bench, no context", "bench, 20 s of context", "bench, 32 streams in one batch",
+                 "One frame under torch.profiler"):
         assert f"## {step}\n\nskipped: no GPU" in report
+
+
+def test_the_report_shows_the_bench_figures_of_every_kind():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    figures = json.loads(json.dumps(report_of_every_kind().to_dict()))
+    text = gpu_check.bench_markdown(figures, ["--streams", "4"])
+    for expected in ("| cuda-graphs | 40 / 50 | 4.00 / 5.00 |", "| eager | 400 / 500 | 40.00 / 50.00 |",
+                     "peak GPU memory 5,000 MiB", "first audio 10.0x, per frame 10.0x",
+                     "| 4 | 300 / 520 | 120.0 / 130.0 | 33.3 | 3.33x |"):
+        assert expected in text, text
