@@ -13,7 +13,7 @@ STOPPED_S = 0.5  # longer than the sound server's buffer: the stream underruns a
 def test_an_underrun_message_from_alsa_is_counted_not_printed(pulse_server, tmp_path, transformers_dir, mimi_file):
     out = tmp_path / "speech.wav"
     args = ["say", "One two three four five six seven eight nine ten.", "--out", str(out), "--stats", "--seed", "3",
-            "--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "4"]
+            "--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "2"]
     process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args], env={**os.environ, **pulse_server.env},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     shown = ""  # status lines until playback has started (the --out file grows as generated, before it plays)
