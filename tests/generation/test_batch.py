@@ -177,3 +177,18 @@ def test_a_long_prompt_joining_is_prefilled_a_chunk_a_step_while_the_others_samp
             got.append(codes[joining])
     assert prefilled[1:] == [64, 64, len(tokens) - 128]
     np.testing.assert_array_equal(torch.stack(got, dim=1).numpy(), alone(generator, long, FRAMES))
+
+
+def test_a_stream_that_leaves_mid_prefill_frees_its_slot_and_leaves_the_rows_it_prefilled(generator):
+    long = {**STREAMS[1], "context": [Segment(1, "Hi.", codes=np.random.default_rng(4).integers(0, 2048, (32, 150)))]}
+    tokens, mask = generator.prompt_rows(long["text"], 0, long["context"])
+    batch = FrameBatch(generator.model, 2, prefill_rows=64)
+    sampling = join(batch, generator, STREAMS[0], frames=FRAMES)
+    batch.step()
+    leaving = join(batch, generator, long)
+    batch.step()
+    batch.leave(leaving)
+    assert batch.prefilling == [] and batch.free == [leaving]
+    assert batch.rows[leaving].common_prefix(tokens, mask) == 64
+    batch.step()
+    assert batch.sampled == [sampling]

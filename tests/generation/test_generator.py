@@ -201,3 +201,19 @@ def test_a_second_thread_gets_an_error_while_the_first_generates(generator, monk
     assert speech.codes.shape[1] == 1
     other.close()
     speech.close()
+
+
+def test_a_speech_in_a_batch_yields_empty_chunks_while_its_prompt_is_prefilled(generator):
+    """The first chunk of a batch's speech is empty (it has joined); while others speak, a prompt of 3 chunks of 64
+    rows takes 3 steps, one empty chunk each but the last, in which the speech samples its first frame."""
+    batch = generator.new_batch(2)
+    speaking = generator.stream(TEXT, seed=1, max_seconds=1.0, stop_at_end=False, batch=batch)
+    assert len(next(speaking)) == 0 and len(next(speaking)) == SAMPLES_PER_FRAME
+    context = [Segment(1, "Hi.", codes=np.random.default_rng(4).integers(0, 2048, (32, 150)))]
+    joining = generator.stream(TEXT, context=context, seed=2, max_seconds=0.5, stop_at_end=False, batch=batch)
+    assert [len(next(joining)) for _ in range(4)] == [0, 0, 0, SAMPLES_PER_FRAME]
+    steps = batch.steps
+    assert [len(next(speaking)) for _ in range(3)] == [SAMPLES_PER_FRAME] * 3  # the frames of those steps, queued
+    assert batch.steps == steps
+    joining.close()
+    assert batch.frames.active == [0]
