@@ -258,8 +258,8 @@ def test_say_plays_exactly_what_it_records(pulse_server, tmp_path, model):
 
 
 def test_the_next_line_is_generated_while_the_current_one_plays(pulse_server, tmp_path, transformers_dir, mimi_file):
-    lines = "Hello there.\nHow are you?\nI am fine.\n"
-    args = ["--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "1.5", "--seed", "1",
+    lines = "Hello there.\nHow are you?\n"
+    args = ["--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "1", "--seed", "1",
             "--stats", "-q"]
     process = subprocess.run([sys.executable, "-m", "csm_cli", "say", *args], input=lines, capture_output=True,
                              text=True, env={**os.environ, **pulse_server.env}, timeout=120)
@@ -267,7 +267,7 @@ def test_the_next_line_is_generated_while_the_current_one_plays(pulse_server, tm
     stats = json.loads(process.stderr.strip().splitlines()[-1])
     first_audio = stats["playback"]["time_to_first_audio_s"]
     utterances = stats["utterances"]
-    assert len(utterances) == 3
+    assert len(utterances) == 2
     if stats["playback"]["realtime_factor"] > 1:
         pytest.skip("generation is slower than real time on this machine: a line cannot be ready before the one "
                     "before it has played")
