@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from statistics import median
 
@@ -374,30 +375,36 @@ def test_ctrl_c_exits_130_at_once_in_every_state(request, tmp_path, transformers
     said, exited = [], []
     for attempt in range(INTERRUPT_REPEATS):
         out = tmp_path / f"{attempt}.wav"
+        # playing: 1.5 s of speech. The tiny model generates it slower than real time, so playback starts once the
+        # rest can play without a gap: near the end of its generation, seconds after the start, not tens of seconds
         args = ["say", *([] if state == "waiting for stdin" else [TEN_WORDS]), "--out", str(out),
-                "--max-seconds", "20", *([] if playing else ["--no-play"]), *model_args]
-        process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args], stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   env={**os.environ, **(server.env if server else {})})
-        if state == "starting":
-            time.sleep(0.5 + attempt)  # importing, then loading the model
-        elif state == "waiting for stdin":
-            process.stdin.write(b"Hello.\n")
-            process.stdin.flush()
-            wait_for(lambda out=out: out.exists() and out.stat().st_size > 44, "spoke the first line")
-            time.sleep(0.5)
-        else:
-            wait_for(lambda out=out: out.exists() and out.stat().st_size > 44 + 2 * SAMPLE_RATE, "generated 1 s")
-        if state == "frozen sound server":
-            os.kill(server.pid, signal.SIGSTOP)
-            time.sleep(0.2)
-        try:
-            said_after, exited_after = interrupt(process)
-            said.append(said_after)
-            exited.append(exited_after)
-        finally:
+                "--max-seconds", "1.5" if playing else "20", *([] if playing else ["--no-play"]), *model_args]
+        with server.record_monitor(tmp_path / f"{attempt}.raw") if playing else nullcontext() as played:
+            process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       env={**os.environ, **(server.env if server else {})})
+            if state == "starting":
+                time.sleep(0.5 + attempt)  # importing, then loading the model
+            elif state == "waiting for stdin":
+                process.stdin.write(b"Hello.\n")
+                process.stdin.flush()
+                wait_for(lambda out=out: out.exists() and out.stat().st_size > 44, "spoke the first line")
+                time.sleep(0.5)
+            elif state == "generating":
+                wait_for(lambda out=out: out.exists() and out.stat().st_size > 44 + 2 * SAMPLE_RATE, "generated 1 s")
+            else:
+                wait_for(lambda played=played: np.abs(played.samples()).max(initial=0) > 1e-4, "played a sound")
+                time.sleep(0.2)
             if state == "frozen sound server":
-                os.kill(server.pid, signal.SIGCONT)
+                os.kill(server.pid, signal.SIGSTOP)
+                time.sleep(0.2)
+            try:
+                said_after, exited_after = interrupt(process)
+                said.append(said_after)
+                exited.append(exited_after)
+            finally:
+                if state == "frozen sound server":
+                    os.kill(server.pid, signal.SIGCONT)
         assert_valid_wav(out)
     # "csm: interrupted" comes once the outputs are closed, within 200 ms; then the process leaves without interpreter
     # teardown, and the kernel freeing its memory takes the rest: 0.15 s on two idle cores, 0.4-0.9 s under a load
