@@ -225,7 +225,7 @@ class SpeechBatch:
         utterance's frames, until the all-zero end-of-speech frame (unless `stop_at_end` is False) or its `frames`."""
         slot = self.frames.join(tokens, mask, frames, topk, temperature, seed, reuse_prefix)
         self.decoder.reset(slot)
-        return UtteranceFrames(self, slot, frames, stop_at_end)
+        return UtteranceFrames(self, slot, self._queues[slot], frames, stop_at_end)
 
     def step(self) -> None:
         """One step of the batch: a frame queued for every utterance sampling, and what the step prefills."""
@@ -241,12 +241,13 @@ class UtteranceFrames(Iterator[tuple[torch.Tensor, np.ndarray]]):
     """An utterance in a `SpeechBatch`: iterating yields the codes [C] and samples of each of its frames, stepping the
     batch when none is queued. It leaves the batch, freeing its slot, when it ends or is closed (or collected)."""
 
-    def __init__(self, batch: SpeechBatch, slot: int, frames: int, stop_at_end: bool) -> None:
+    def __init__(self, batch: SpeechBatch, slot: int, queue: deque[tuple[torch.Tensor, np.ndarray]], frames: int,
+                 stop_at_end: bool) -> None:
         self.batch = batch
         self._slot = slot
+        self._queue = queue  # the frames the batch's steps queued for the slot
         self._frames_left = frames
         self._stop_at_end = stop_at_end
-        self._queue = batch._queues[slot]
         self._left = False
 
     @property
