@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+from test_cli import assert_one_line_error
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -295,9 +296,8 @@ def test_bad_serve_options_are_one_error_line(model, args, message):
     front: past the memory there is, a CPU would end the process rather than raise)."""
     done = subprocess.run([sys.executable, "-m", "csm_cli", "serve", "--port", "0", *model, *args],
                           capture_output=True, text=True, timeout=120)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert lines[0].startswith("csm: error: ") and message in lines[0], done.stderr
+    assert done.returncode == 1, done.stderr
+    assert_one_line_error(done.stderr, message)
 
 
 def test_a_voice_name_speaks_as_csm_say_voice(server, model):
