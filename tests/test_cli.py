@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from fake_hub import failing_hub, refusing_hub, unreachable_hub
@@ -101,6 +102,7 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, transformers_dir, mi
     ("--model-device", "mps", "--model-device mps is not supported: csm runs on cpu or cuda"),
     ("--model-device", "tpu:9", "--model-device 'tpu:9' is not a torch device"),
     ("--model-device", "cuda:7", "--model-device cuda:7 was asked for but torch sees no CUDA GPU"),
+    ("--model-device", "cpu:7", "--model-device cpu:7: the CPU is one device, cpu (cpu:0)"),
     ("--dtype", "float8", "--dtype float8 is not supported: choose bfloat16, float16, float32"),
 ])
 def test_bad_numbers_devices_and_dtypes_name_the_option_before_loading(option, value, message):
@@ -193,6 +195,36 @@ def test_a_damaged_file_is_one_line_naming_it(request, tmp_path, tokenizer_dir, 
     assert_one_line_error(result.stderr, message)
     assert str(damaged) in result.stderr or damaged.name in result.stderr
     assert not out.exists()
+
+
+def random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("mimi.json", b'{"model": {}}', "is not a .safetensors file"),
+    ("hostname", b"myhost\n", "is not a .safetensors file"),
+    ("mimi.pt", random_bytes, "is not a .safetensors file"),
+    ("mimi.safetensors", random_bytes, "is not a Mimi checkpoint"),
+    ("mimi.safetensors", b'{"model": {}}', "is not a Mimi checkpoint"),
+    ("mimi.safetensors", "dir", "is a directory"),
+    ("model.safetensors", "csm", "is not a Mimi checkpoint (Error(s) in loading state_dict"),
+])
+def test_a_codec_that_is_not_mimi_is_one_line_naming_it(tmp_path, transformers_dir, name, content, message):
+    codec = tmp_path / name
+    if content == "dir":
+        codec.mkdir()
+    elif content == "csm":
+        codec = transformers_dir / name
+    elif callable(content):
+        content(codec)
+    else:
+        codec.write_bytes(content)
+    result = runner.invoke(app, ["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                 *model_args(transformers_dir, codec)])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, f"{codec} {message}")
+    assert "give Mimi's safetensors file" in result.stderr
 
 
 @pytest.mark.parametrize("hub", [unreachable_hub, refusing_hub])
