@@ -18,6 +18,7 @@ from statistics import median
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_readers import assert_readable
 from pulse import aligned, similarity
 from test_cli import assert_one_line_error
 from typer.testing import CliRunner
@@ -355,13 +356,6 @@ def interrupt(process: subprocess.Popen) -> tuple[float, float]:
     return said, exited
 
 
-def assert_valid_wav(path: Path) -> None:
-    if path.exists():
-        info = sf.info(str(path))
-        assert path.stat().st_size == 44 + 2 * info.frames
-        assert len(sf.read(str(path))[0]) == info.frames
-
-
 @pytest.mark.parametrize("state", ["starting", "generating", "waiting for stdin", "playing", "frozen sound server"])
 def test_ctrl_c_exits_130_at_once_in_every_state(request, tmp_path, transformers_dir, mimi_file, state):
     model_args = ["--model", str(transformers_dir), "--codec", str(mimi_file), "-q"]
@@ -400,12 +394,70 @@ def test_ctrl_c_exits_130_at_once_in_every_state(request, tmp_path, transformers
             finally:
                 if state == "frozen sound server":
                     os.kill(server.pid, signal.SIGCONT)
-        assert_valid_wav(out)
+        if out.exists():
+            assert_readable(out)
     # "csm: interrupted" comes once the outputs are closed, within 200 ms; then the process leaves without interpreter
     # teardown, and the kernel freeing its memory takes the rest: 0.15 s on two idle cores, 0.4-0.9 s under a load
     # average of 10-13, hence the looser bound on the exit
     assert median(said) < 0.2, said
     assert median(exited) < 1.0 and max(exited) < 2.0, exited
+
+
+def mapped(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` mapped (safetensors maps the file it loads while it reads it)."""
+    try:
+        return str(path) in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def audio_files(out: Path) -> list[Path]:
+    return sorted(out.iterdir()) if out.is_dir() else [out] if out.exists() else []
+
+
+@pytest.mark.parametrize(("signum", "state", "output"), [
+    (signal.SIGINT, "loading the codec", "x.wav"),
+    (signal.SIGTERM, "loading the codec", "x.wav"),
+    (signal.SIGHUP, "loading the codec", "x.wav"),
+    (signal.SIGINT, "generating", "lines"),
+    (signal.SIGTERM, "generating", "lines"),
+    (signal.SIGHUP, "generating", "x.flac"),
+    (signal.SIGTERM, "generating", "x.wav"),
+    (signal.SIGTERM, "playing", "x.wav"),
+    (signal.SIGHUP, "playing", "lines"),
+], ids=lambda value: value.name if isinstance(value, signal.Signals) else value)
+def test_each_stop_signal_in_each_state_leaves_every_file_readable(request, tmp_path, transformers_dir, mimi_file,
+                                                                    signum, state, output):
+    """SIGTERM (`timeout`, `systemctl stop`) and SIGHUP (a closed terminal) end a run as Ctrl-C does: one line, exit
+    128 + the signal, each file written (--out, every --out-dir file) readable by wave, soundfile and ffmpeg; a WAV
+    says its length while it grows, so that it is readable at every moment."""
+    playing = state == "playing"
+    server = request.getfixturevalue("pulse_server") if playing else None
+    out = tmp_path / output
+    where = ["--out-dir", str(out)] if output == "lines" else ["--out", str(out)]
+    args = ["say", TEN_WORDS, *where, "--max-seconds", "1.5" if playing else "20", *([] if playing else ["--no-play"]),
+            "--model", str(transformers_dir), "--codec", str(mimi_file), "-q"]
+    with server.record_monitor(tmp_path / "monitor.raw") if playing else nullcontext() as played:
+        process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   env={**os.environ, **(server.env if server else {})})
+        if state == "loading the codec":
+            wait_for(lambda: mapped(process.pid, mimi_file), "loaded the codec")
+        elif state == "generating":
+            wait_for(lambda: sum(f.stat().st_size for f in audio_files(out)) > 4 * SAMPLES_PER_FRAME, "generated")
+            if output.endswith(".wav") or output == "lines":  # a WAV is readable while it grows
+                assert all(assert_readable(file) for file in audio_files(out))
+        else:
+            wait_for(lambda: np.abs(played.samples()).max(initial=0) > 1e-4, "played a sound")
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum, stderr
+    message = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}[signum]
+    assert stderr.decode().strip() == f"csm: {message}"
+    files = audio_files(out)
+    assert bool(files) == (state != "loading the codec")
+    for file in files:
+        assert assert_readable(file) > 0
 
 
 def read_until(stream, marker: str, timeout: float) -> str:
