@@ -396,9 +396,13 @@ def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> No
         defaults = {name: speaker for speaker, name in DEFAULT_VOICES.items()}
         table = Table("name", "seconds", "transcript", "default for")
         for name, voice in offered.items():
+            seconds = voice.seconds
+            if seconds is None:
+                table.add_row(name, "-", f"unreadable: {voice.path.name} is not an audio file", "")
+                continue
             transcript = "known" if voice.text else "unknown: give it with --voice-text"
             speaker = f"speaker {defaults[name]}" if name in defaults and voice.text else ""
-            table.add_row(name, f"{voice.seconds:.1f}", transcript, speaker)
+            table.add_row(name, f"{seconds:.1f}", transcript, speaker)
         Console(width=120).print(table)
 
 
