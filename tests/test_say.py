@@ -144,6 +144,14 @@ def test_a_closed_pipe_ends_quietly(model):
     assert stderr.decode().split() == ["141"]
 
 
+def test_raw_pcm_to_a_full_device_is_one_line(model):
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, "-m", "csm_cli", "say", "Hello there.", "--out", "-", "-q", *model],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "writing raw PCM to standard output failed (No space left on device)")
+
+
 def test_out_dir_names_one_wav_per_line_and_part_and_never_mixes_runs(tmp_path, model):
     lines = tmp_path / "lines"
     long_line = " ".join(["Word."] * 4)  # more words than --max-seconds 1.5 holds: two parts
