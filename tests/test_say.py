@@ -198,13 +198,16 @@ def test_stdin_run_records_one_wav(tmp_path, model):
     assert len(stats["utterances"]) == 2
 
 
-def test_an_unknown_speaker_tag_is_spoken_with_a_warning(tmp_path, model):
+@pytest.mark.parametrize("tag", ["S1:", "1000000000000000000000000000000:"])
+def test_an_unknown_speaker_tag_is_spoken_with_a_warning(tmp_path, model, tag):
+    """A mistyped tag, or a number out of the speakers' range, is text, not the end of the run."""
     result = runner.invoke(app, ["say", "--speaker", "2", "--out", str(tmp_path / "x.wav"), "--no-play", "--stats",
-                                 "-q", *model], input="S1: hello there\n")
+                                 "-q", *model, "--max-seconds", "0.5"], input=f"{tag} hello there\n")
     assert result.exit_code == 0, result.stderr
     warning, stats = result.stderr.strip().splitlines()
-    assert warning.startswith("csm: warning: 'S1:' is not a speaker tag")
-    assert [(u["speaker"], u["text"]) for u in json.loads(stats)["utterances"]] == [(2, "S1: hello there")]
+    assert warning.startswith(f"csm: warning: '{tag}' is not a speaker tag (write 'N: text' with N a whole number "
+                              "from 0 to 999999")
+    assert [(u["speaker"], u["text"]) for u in json.loads(stats)["utterances"]] == [(2, f"{tag} hello there")]
 
 
 def write_voice(path: Path, rate: int, channels: int, seconds: float = 0.5) -> Path:

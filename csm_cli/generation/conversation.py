@@ -19,7 +19,7 @@ from ..errors import CsmError
 from ..output.audiofile import AudioFileWriter, SampleFormat, numbered_path
 from ..text.script import Passage, parse_line, split_utterances
 from .batch import SpeechBatch
-from .generator import MAX_SEED, Settings, StreamingGenerator
+from .generator import MAX_SEED, MAX_SPEAKER, Settings, StreamingGenerator
 from .prompt import Segment
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
@@ -45,7 +45,7 @@ def utterances(passages: Iterable[Passage], default_speaker: int, max_words: int
     for passage in passages:
         text = passage.text
         if passage.first:
-            line = parse_line(text, default_speaker)
+            line = parse_line(text, default_speaker, MAX_SPEAKER)
             if line.warning:
                 warn(line.warning)
             speaker, text, part = line.speaker, line.text, 0
