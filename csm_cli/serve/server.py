@@ -14,26 +14,30 @@ import asyncio
 import base64
 import ipaddress
 import json
+import logging
+import re
 import secrets
+import signal
 import socket
 import sys
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import HTTPConnection
+from starlette.requests import ClientDisconnect, HTTPConnection
 
 from ..audio import SAMPLES_PER_FRAME
+from ..checks import whole_number
 from ..errors import CsmError
 from ..generation.conversation import PACK_WORDS, Conversation, Utterance
 from ..generation.ending import window_words
-from ..generation.generator import Settings, StreamingGenerator
+from ..generation.generator import MAX_SEED, MAX_SPEAKER, Settings, StreamingGenerator
 from ..generation.prompt import Segment
 from ..loading.voice import DEFAULT_VOICES, choose_voices
 from ..output.pcm import to_pcm16
@@ -45,6 +49,9 @@ MODEL_ID = "csm-1b"
 SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
 NAMED_VOICE_SPEAKER = 0  # `csm say --voice NAME` speaks as --speaker, 0 unless given
 MAX_CONVERSATION_ID = 128
+SHUTDOWN_S = 1.0  # longest a shutdown waits for the streams it ends before uvicorn closes the connections
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+log = logging.getLogger("uvicorn.error")
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,14 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return ErrorResponse(self.body(), status_code=self.status)
+
+
+class ErrorResponse(JSONResponse):
+    """JSON in ASCII: a message that quotes what the client sent (a lone surrogate included) always encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content).encode()
 
 
 class SpeechRequest(BaseModel):
@@ -80,12 +94,22 @@ class SpeechRequest(BaseModel):
 
     model: str = MODEL_ID
     input: str
-    voice: str | int
+    voice: StrictStr | StrictInt
     response_format: str = "wav"
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = None
+    seed: StrictInt | None = None
     conversation: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONVERSATION_ID)] | None = None
+
+
+@dataclass(frozen=True)
+class ShuttingDown:
+    """The server shuts down: the response or connection ends now, cleanly."""
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down: send the request again (to another replica, or once it is "
+                         "back)", code="server_shutting_down", kind="server_error")
 
 
 class _Events:
@@ -107,6 +131,37 @@ class _Events:
         return await self._queue.get()
 
 
+class Listeners:
+    """The requests and WebSocket connections being answered, so that a shutdown ends each of them cleanly (a
+    streamed body terminated, a WebSocket closed with 1001) before uvicorn closes the connections. Event loop only."""
+
+    def __init__(self) -> None:
+        self._open: set[_Events] = set()
+        self._none_open = asyncio.Event()
+        self.closing = False
+
+    def add(self, events: _Events) -> None:
+        if self.closing:
+            raise shutting_down()
+        self._open.add(events)
+        self._none_open.clear()
+
+    def remove(self, events: _Events) -> None:
+        self._open.discard(events)
+        if not self._open:
+            self._none_open.set()
+
+    async def end_all(self, timeout: float) -> None:
+        """Each response and connection gets ShuttingDown; returns once all have ended, or after `timeout`."""
+        self.closing = True
+        if not self._open:
+            return
+        for events in self._open:
+            events.put_now(ShuttingDown())
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._none_open.wait(), timeout)
+
+
 def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
     if api_key is None:
         return True
@@ -126,6 +181,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     voices = Voices(generator)
     conversations = Conversations(options.max_conversations)
+    listeners = app.state.listeners = Listeners()
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -161,8 +217,13 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         return {"voices": voices.listing()}
 
     @app.post("/v1/audio/speech")
-    async def speech(request: Request) -> StreamingResponse:
-        body = parse_body(await request.body())
+    async def speech(request: Request) -> Response:
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            log.info("%s left before sending its whole request", client_of(request))
+            return Response(status_code=400)  # nobody reads it
+        body = parse_body(raw)
         voice = voices.resolve(body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
@@ -171,7 +232,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: CSM speaks at its own pace; send 1.0 or "
                                 "omit speed", param="speed", code="unsupported_speed")
-        settings = request_settings(options.settings, body.seed)
+        settings = request_settings(options.settings, checked_seed(body.seed))
         history = None if body.conversation is None else conversations.take(body.conversation, voice.name)
         events = _Events()
         stream: Stream | None = None
@@ -181,20 +242,26 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
                 stream.close()
             if body.conversation is not None:
                 conversations.give_back(body.conversation)
+            listeners.remove(events)
 
         try:
+            listeners.add(events)
             stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                         batch=scheduler.batch, history=history)
             script = utterances_of(text, voice.speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
-            first = await events.get()
+            first = await first_event(request, events)
         except BaseException:
             finish()
             raise
-        if isinstance(first, Failed):
+        if first is None:  # the client left before its first audio: its slot is free at once
             finish()
-            raise failure_error(first)
+            log.info("%s left before its first audio", client_of(request))
+            return Response(status_code=499)  # nobody reads it
+        if isinstance(first, Failed | ShuttingDown):
+            finish()
+            raise failure_error(first) if isinstance(first, Failed) else shutting_down()
         encoder = ENCODERS[body.response_format]()
         if body.stream_format == "sse":
             tokens = len(generator.tokenizer.encode(voice.speaker, text))
@@ -212,13 +279,19 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
             events = _Events()
             try:
+                listeners.add(events)
+            except ApiError as e:
+                raise ClosingError(e, status.WS_1001_GOING_AWAY) from None
+            try:
                 stream = open_stream(scheduler, events)
             except ApiError as e:
+                listeners.remove(events)
                 raise ClosingError(e, status.WS_1013_TRY_AGAIN_LATER) from None
         except (ApiError, ClosingError) as e:
             closing = e if isinstance(e, ClosingError) else ClosingError(e, status.WS_1008_POLICY_VIOLATION)
-            await websocket.send_json(closing.error.body() | {"type": "error"})
-            await websocket.close(closing.code)
+            with suppress(WebSocketDisconnect, RuntimeError):  # the client may have left already
+                await websocket.send_json(closing.error.body() | {"type": "error"})
+                await websocket.close(closing.code)
             return
         conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                     batch=scheduler.batch)
@@ -227,6 +300,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             await session.run()
         finally:
             stream.close()
+            listeners.remove(events)
 
     return app
 
@@ -240,11 +314,40 @@ class ClosingError(Exception):
 
 
 def query_seed(value: str | None) -> int | None:
+    """`?seed=N`: ASCII digits, as `csm say --seed`."""
     if value is None:
         return None
-    if not value.strip().lstrip("-").isdigit():
-        raise ApiError(400, f"seed must be a whole number, got {value!r}", param="seed", code="invalid_request")
-    return int(value)
+    if not re.fullmatch("[0-9]{1,20}", value):
+        raise ApiError(400, f"seed must be a whole number from 0 to {MAX_SEED}, got {value!r}", param="seed",
+                       code="invalid_request")
+    return checked_seed(int(value))
+
+
+def checked_seed(seed: int | None) -> int | None:
+    """A request's seed in the range `csm say --seed` takes, or a 400."""
+    try:
+        return None if seed is None else whole_number("seed", seed, 0, MAX_SEED)
+    except CsmError as e:
+        raise ApiError(400, str(e), param="seed", code="invalid_request") from None
+
+
+def checked_text(text: str, param: str) -> str:
+    """Text to speak, refused (400) when it holds a lone surrogate (JSON's "\\ud800"): not a character, and nothing
+    a tokenizer can read."""
+    if found := _LONE_SURROGATE.search(text):
+        raise ApiError(400, f"{param} holds a lone surrogate ({found[0]!r} at character {found.start()}), which is not "
+                            "text: send valid Unicode", param=param, code="invalid_text")
+    return text
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON, or a 400 for anything that is not (too deeply nested included)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "the JSON is nested too deeply", code="invalid_json") from None
+    except ValueError as e:
+        raise ApiError(400, f"the JSON is not valid ({e})", code="invalid_json") from None
 
 
 @dataclass(frozen=True)
@@ -292,12 +395,10 @@ class SpeechSession:
     def handle(self, text: str | None) -> None:
         if text is None:
             raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_message")
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise ApiError(400, "the message is not valid JSON", code="invalid_json") from None
+        message = parse_json(text)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "text" and isinstance(message.get("text"), str):
+            checked_text(message["text"], "text")
             if len(self.splitter.pending) + len(message["text"]) > self.max_chars:
                 raise ApiError(400, f"the unfinished sentence would pass this server's limit of {self.max_chars} "
                                     "characters (--max-input-chars): end sentences sooner or flush",
@@ -334,6 +435,9 @@ class SpeechSession:
                                                                               "sentence": event.tag})
             elif isinstance(event, Flushed):
                 self.flushes.append(event.sentences)
+            elif isinstance(event, ShuttingDown):
+                await self.websocket.close(status.WS_1001_GOING_AWAY, "the server is shutting down")
+                return
             else:
                 await self.websocket.send_json(event)
             while self.flushes and all(i in self.finished for i in range(self.flushes[0])):
@@ -375,6 +479,9 @@ class Voices:
         name = str(voice).strip()
         if name.isascii() and name.isdigit():  # as `csm say --speaker N`
             speaker = int(name)
+            if speaker > MAX_SPEAKER:
+                raise ApiError(400, f"voice {name[:40]!r}: a speaker id is a whole number from 0 to {MAX_SPEAKER}",
+                               param="voice", code="unknown_voice")
             chosen = choose_voices(self.offered, None, None, speaker, has_context=False)
         elif name in self.offered:  # as `csm say --voice NAME`
             speaker = NAMED_VOICE_SPEAKER
@@ -446,14 +553,13 @@ class Conversations:
 def parse_body(raw: bytes) -> SpeechRequest:
     """The request's JSON, whatever its Content-Type says (curl -d sends a form's)."""
     try:
-        return SpeechRequest.model_validate(json.loads(raw))
-    except ValueError as e:
-        if isinstance(e, ValidationError):
-            raise request_error(e.errors()) from None
-        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        return SpeechRequest.model_validate(parse_json(raw))
+    except ValidationError as e:
+        raise request_error(e.errors()) from None
 
 
 def checked_input(text: str, limit: int) -> str:
+    checked_text(text, "input")
     if len(text) > limit:
         raise ApiError(400, f"input is {len(text)} characters, more than this server's limit of {limit} "
                             "(--max-input-chars): split it into several requests", param="input",
@@ -474,6 +580,25 @@ def utterances_of(text: str, speaker: int, generator: StreamingGenerator) -> lis
     window cut at clauses."""
     most = window_words(generator.model.max_seq_len)
     return [Utterance(speaker, piece) for piece in split_utterances(text, most, min(PACK_WORDS, most))]
+
+
+def client_of(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+
+async def first_event(request: Request, events: _Events) -> Event | ShuttingDown | None:
+    """The stream's first event, or None when the client leaves before it comes."""
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    coming, leaving = asyncio.ensure_future(events.get()), asyncio.ensure_future(left())
+    try:
+        await asyncio.wait([coming, leaving], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (coming, leaving):
+            task.cancel()
+    return coming.result() if coming.done() and not coming.cancelled() else None
 
 
 def open_stream(scheduler: Scheduler, events: _Events) -> Stream:
@@ -525,7 +650,7 @@ async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterat
         if data := encoder.encode(event.samples):
             yield data
         event = await events.get()
-    if isinstance(event, Done):
+    if isinstance(event, Done | ShuttingDown):  # a body cut short by a shutdown still ends as a valid stream
         yield encoder.finish()
 
 
@@ -543,8 +668,8 @@ async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: in
         if data := encoder.encode(event.samples):
             yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         event = await events.get()
-    if isinstance(event, Failed):
-        yield sse(failure_error(event).body())
+    if isinstance(event, Failed | ShuttingDown):
+        yield sse((failure_error(event) if isinstance(event, Failed) else shutting_down()).body())
         return
     if data := encoder.finish():
         yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
@@ -591,4 +716,31 @@ def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options:
     print(f"csm: serving on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", timeout_graceful_shutdown=2,
                             ws="websockets-sansio")
-    uvicorn.Server(config).run(sockets=[sock])
+    graceful_server(config, app.state.listeners).run(sockets=[sock])
+
+
+def graceful_server(config: Any, listeners: Listeners) -> Any:
+    """uvicorn's server, whose shutdown (SIGTERM, Ctrl-C, or SIGHUP as uvicorn does not catch it) stops accepting
+    connections, then ends every response and WebSocket connection cleanly at its next frame (`Listeners`), before
+    uvicorn closes the connections (waiting 2 s at most) and the model thread stops."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():  # it raises each signal caught again once the server is down
+                hangup = signal.getsignal(signal.SIGHUP)
+                if hangup is not signal.SIG_IGN:
+                    signal.signal(signal.SIGHUP, self.handle_exit)
+                try:
+                    yield
+                finally:
+                    signal.signal(signal.SIGHUP, hangup)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:
+                server.close()
+            await listeners.end_all(SHUTDOWN_S)
+            await super().shutdown(sockets)
+
+    return GracefulServer(config)

@@ -2,6 +2,7 @@
 official `openai` client, curl, httpx and a WebSocket client."""
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -181,29 +182,68 @@ def test_listings_and_health(server):
                                                         "conversations": 0, "max_conversations": 1}
 
 
+@pytest.fixture(scope="module")
+def keep_alive(server) -> Iterator[http.client.HTTPConnection]:
+    """One connection for many requests, as a client with keep-alive makes them."""
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    yield connection
+    connection.close()
+
+
+def request_on(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+               ) -> tuple[int, bytes]:
+    """A request on `connection`, which must stay the same TCP connection (http.client would open another)."""
+    connection.request(method, path, body=body, headers=AUTH)
+    sock = connection.sock
+    response = connection.getresponse()
+    content = response.read()
+    assert connection.sock is sock and not response.will_close, "the server closed the keep-alive connection"
+    return response.status, content
+
+
 @pytest.mark.parametrize(("body", "param", "code"), [
     (b'{"input": "Hi.", "voice": ', None, "invalid_json"),
+    (b"[" * 100_000 + b"]" * 100_000, None, "invalid_json"),
     (b'["Hi."]', None, "invalid_request"),
     (b'{"voice": "0"}', "input", "invalid_request"),
+    (b'{"input": 5, "voice": "0"}', "input", "invalid_request"),
+    (b'{"input": "Hi \\ud800.", "voice": "0"}', "input", "invalid_text"),
     (b'{"input": "Hi.", "voice": "alloy"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "\\ud800"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "1000000"}', "voice", "unknown_voice"),
+    (f'{{"input": "Hi.", "voice": {10**30}}}'.encode(), "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": true}', "voice", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": -1}', "seed", "invalid_request"),
+    (f'{{"input": "Hi.", "voice": "0", "seed": {2**70}}}'.encode(), "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": 1.5}', "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": true}', "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": 1e400}', "seed", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "conversation": ""}', "conversation", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "response_format": "mp3"}', "response_format", "unsupported_format"),
+    (b'{"input": "Hi.", "voice": "0", "response_format": "\\udfff"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
+    (b'{"input": "Hi.", "voice": "0", "speed": NaN}', "speed", "unsupported_speed"),
     (b'{"input": " ", "voice": "0"}', "input", "empty_input"),
     (json.dumps({"input": "word " * 50, "voice": "0"}).encode(), "input", "input_too_long"),
-])
-def test_bad_requests_are_answered_400_with_an_openai_error(server, body, param, code):
-    response = httpx.post(f"{server.url}/v1/audio/speech", content=body, headers=AUTH, timeout=30)
-    assert response.status_code == 400
-    error = response.json()["error"]
+], ids=lambda value: value[:50].decode(errors="replace") if isinstance(value, bytes) else value)
+def test_bad_requests_are_answered_400_with_an_openai_error_and_the_connection_goes_on(keep_alive, body, param,
+                                                                                       code):
+    """Every field checked as `csm say` checks its options; a 4xx, never a 500, and the client's keep-alive
+    connection serves its next request."""
+    status, content = request_on(keep_alive, "POST", "/v1/audio/speech", body)
+    assert status == 400, content
+    error = json.loads(content)["error"]
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert error["message"] and "Traceback" not in error["message"]
     if code == "input_too_long":
         assert "200" in error["message"] and "--max-input-chars" in error["message"]
-    if code == "unknown_voice":
+    if code == "unknown_voice" and "alloy" in error["message"]:
         assert "voices are conversational_a, conversational_b, or a speaker id (0, 1, ...)" in error["message"]
+    if param == "seed":
+        assert "seed must be" in error["message"] or "integer" in error["message"]
+    assert request_on(keep_alive, "GET", "/v1/models")[0] == 200
 
 
 def test_requests_without_the_key_are_answered_401(server):
@@ -373,8 +413,11 @@ def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
 
 
 def test_a_websocket_answers_bad_messages_and_goes_on(server):
-    with connect(ws_url(server), additional_headers=AUTH) as ws:
-        for bad in ["{not json", json.dumps({"type": "speak"}), json.dumps({"type": "text", "text": "x" * 300})]:
+    bad_messages = ["{not json", "[" * 100_000 + "]" * 100_000, json.dumps({"type": "speak"}),
+                    json.dumps({"type": "text", "text": 5}), '{"type": "text", "text": "Hi \\ud800."}',
+                    json.dumps({"type": "text", "text": "x" * 300})]
+    with connect(ws_url(server), additional_headers=AUTH, max_size=None) as ws:
+        for bad in bad_messages:
             ws.send(bad)
             assert json.loads(ws.recv(timeout=60))["type"] == "error"
         ws.send(json.dumps({"type": "text", "text": "Fine."}))
@@ -389,6 +432,24 @@ def test_a_websocket_without_the_key_is_refused(server):
     with connect(ws_url(server)) as ws:
         error = json.loads(ws.recv(timeout=30))
         assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("?seed=-1", "seed"),
+    (f"?seed={2**70}", "seed"),
+    ("?seed=1.5", "seed"),
+    ("?seed=", "seed"),
+    ("?voice=1000000", "voice"),
+    ("?voice=alloy", "voice"),
+])
+def test_a_websocket_with_a_bad_parameter_is_answered_and_closed(server, query, param):
+    """As a request's body is: an error message naming the parameter, then close code 1008."""
+    with connect(ws_url(server, query), additional_headers=AUTH) as ws:
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["error"]["param"] == param, error
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1008
