@@ -8,6 +8,7 @@ import json
 import os
 import re
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -77,8 +78,10 @@ def model(hub_copy_dir, mimi_file) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server"), model, "--max-streams", "2", "--api-key", KEY,
-                           "--max-input-chars", "200", "--max-conversations", "1")
+    """Its log at uvicorn's info level (not --quiet): what it says of clients that leave is checked."""
+    running = start_server(tmp_path_factory.mktemp("server"), [arg for arg in model if arg != "--quiet"],
+                           "--max-streams", "2", "--api-key", KEY, "--max-input-chars", "200",
+                           "--max-conversations", "1")
     yield running
     log = stop_server(running)
     assert "Traceback" not in log, log
@@ -289,6 +292,46 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(tmp_path, model):
     finally:
         log = stop_server(server)
     assert "Traceback" not in log, log
+
+
+def raw_request(body: bytes, length: int | None = None) -> bytes:
+    """A speech request as bytes, its Content-Length `length` (the body's own by default)."""
+    return (f"POST /v1/audio/speech HTTP/1.1\r\nHost: csm\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body) if length is None else length}\r\n\r\n"
+            ).encode() + body
+
+
+def address(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_a_slot_freed_by_a_client_that_just_left_is_free_at_once(server):
+    """20 clients leave one after another (before their first audio, or after it) on a server of 2 slots: each
+    next one gets a slot, not a 429."""
+    server.wait_idle(timeout=30)
+    body = json.dumps({"voice": "0", "input": TEXT, "response_format": "pcm"}).encode()
+    with httpx.Client(headers=AUTH, timeout=120) as client:
+        for _ in range(10):
+            with socket.create_connection(address(server)) as sock:  # leaves before its first audio
+                sock.sendall(raw_request(body))
+            with client.stream("POST", f"{server.url}/v1/audio/speech", content=body) as response:
+                assert response.status_code == 200, response.read()  # then leaves after its first audio
+    server.wait_idle(timeout=30)
+
+
+def test_clients_that_leave_mid_body_are_one_quiet_log_line_each(server):
+    before = server.log.read_text().count("left before sending its whole request")
+    for _ in range(5):
+        with socket.create_connection(address(server)) as sock:
+            sock.sendall(raw_request(b'{"voice": "0", "in', length=1000))
+    deadline = time.monotonic() + 30
+    while server.log.read_text().count("left before sending its whole request") < before + 5:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log
+    assert speech(server, input="Hi.", response_format="pcm").status_code == 200
 
 
 def test_two_listeners_are_served_interleaved(server):
