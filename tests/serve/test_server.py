@@ -349,6 +349,45 @@ def test_two_listeners_are_served_interleaved(server):
     assert b"".join(data for _, data in second_chunks) == alone
 
 
+def test_sigterm_ends_every_stream_cleanly_and_exits_soon(tmp_path, model):
+    """A streamed WAV body is terminated (its chunked encoding complete, the WAV readable), server-sent events end with
+    an error event, a WebSocket is closed with 1001 (going away), no new connection is accepted, and the process
+    exits with 143 within a few seconds."""
+    server = start_server(tmp_path, [arg for arg in model if arg != "--quiet"], "--max-seconds", "20",
+                          "--max-streams", "3")
+    long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
+    body = {"voice": "0", "input": long_text, "response_format": "wav", "seed": 0}
+    url = f"{server.url}/v1/audio/speech"
+    with httpx.Client(timeout=60) as client, client.stream("POST", url, json=body) as wav, \
+            client.stream("POST", url, json=body | {"response_format": "pcm", "stream_format": "sse"}) as sse, \
+            connect(ws_url(server)) as ws:
+        wav_bytes = wav.iter_bytes()
+        first = next(wav_bytes)
+        sse_lines = sse.iter_lines()
+        assert next(line for line in sse_lines if line.startswith("data: "))
+        ws.send(json.dumps({"type": "text", "text": long_text}))
+        ws.send(json.dumps({"type": "flush"}))
+        while json.loads(ws.recv(timeout=60))["type"] != "audio":
+            pass
+        server.process.terminate()
+        stopped_at = time.monotonic()
+        samples, rate = sf.read(io.BytesIO(first + b"".join(wav_bytes)), dtype="int16")  # complete, or httpx raises
+        assert rate == SAMPLE_RATE and len(samples) > 0 and len(samples) % SAMPLES_PER_FRAME == 0
+        events = [json.loads(line.removeprefix("data: ")) for line in sse_lines if line.startswith("data: ")]
+        assert events[-1]["error"]["code"] == "server_shutting_down", events[-1]
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1001
+        with pytest.raises(httpx.ConnectError):
+            client.get(f"{server.url}/health")
+    assert server.process.wait(timeout=30) == 143
+    assert time.monotonic() - stopped_at < 6
+    log = server.log.read_text()
+    assert log.strip().splitlines()[-1] == "csm: terminated", log
+    assert "Traceback" not in log and "Cancel" not in log, log
+
+
 def test_binding_beyond_loopback_without_a_key_warns(tmp_path, model):
     running = start_server(tmp_path, model, "--host", "0.0.0.0", until="csm: warning: serving on 0.0.0.0")
     log = stop_server(running)
