@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from audio_readers import assert_readable
-from pulse import aligned, similarity
+from pulse import DEFAULT_SINK, RECORDED_SINK, aligned, similarity
 from test_cli import assert_one_line_error
 from typer.testing import CliRunner
 
@@ -269,6 +269,17 @@ def test_say_plays_exactly_what_it_records(pulse_server, tmp_path, model):
     heard = aligned(monitor.samples(), said)
     assert similarity(heard, said) >= 0.999
     assert similarity(heard[-TAIL_SAMPLES:], said[-TAIL_SAMPLES:]) >= 0.999
+
+
+@pytest.mark.parametrize("pulse_server", [RECORDED_SINK, DEFAULT_SINK], indirect=True,
+                         ids=["norewinds null sink", "null sink with default options"])
+def test_say_plays_to_the_end_on_a_sink_that_takes_audio_in_bursts(pulse_server, tmp_path, model):
+    """A null sink with PulseAudio's defaults and nothing recording it takes nothing for up to 2 s, then a burst: not
+    a frozen sound server. Every sample generated is handed to it."""
+    result = run_say(["Hello there.", "--stats", "-q", *model], pulse_server.env)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stderr.strip().splitlines()[-1])
+    assert stats["playback"]["seconds_played"] == stats["playback"]["seconds_generated"] == stats["seconds"] > 0
 
 
 def test_the_next_line_is_generated_while_the_current_one_plays(pulse_server, tmp_path, transformers_dir, mimi_file):

@@ -2,9 +2,10 @@
 
 ALSA, under PortAudio, writes lines such as ``ALSA lib pcm.c:8570:(snd_pcm_recover) underrun occurred`` straight to
 stderr, into the status line; PortAudio writes ``Expression '...' failed in 'src/hostapi/alsa/pa_linux_alsa.c', line:
-3665`` when the sound server dies under it. Once `keep_off_terminal` has run, ALSA's go to a handler that only counts
-them, and C's `stderr` stream (where PortAudio prints; Python's own sys.stderr writes descriptor 2 itself) goes to a
-pipe whose lines a thread reads: the sound libraries' are counted, any other is passed on to descriptor 2.
+3665`` when the sound server dies under it, and JACK ``jack server is not running or cannot be started``. Once
+`keep_off_terminal` has run, ALSA's go to a handler that only counts them, and C's `stderr` stream (where PortAudio
+and JACK print; Python's own sys.stderr writes descriptor 2 itself) goes to a pipe whose lines a thread reads: the
+sound libraries' are counted, any other is passed on to descriptor 2.
 """
 
 import ctypes
@@ -17,7 +18,9 @@ import threading
 _AlsaErrorHandler = ctypes.CFUNCTYPE(
     None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p
 )
-_SOUND_LIBRARY_LINE = re.compile(rb"Expression '.*' failed in 'src/|ALSA lib |PaAlsa|PortAudio")
+# PortAudio's, ALSA's and JACK's (PortAudio looks for a JACK server when it starts, and JACK says it found none)
+_SOUND_LIBRARY_LINE = re.compile(
+    rb"Expression '.*' failed in 'src/|ALSA lib |PaAlsa|PortAudio|[Jj]ack|Cannot connect to server")
 _IOLBF = 1  # setvbuf's line buffering (glibc)
 
 _count = 0
