@@ -73,12 +73,15 @@ class Voices:
         self._prompts = {name: generator.voice_segment(voice, NAMED_VOICE_SPEAKER)
                          for name, voice in self.offered.items()}
         targets = list(self.offered) or [str(speaker) for speaker in SPEAKERS]
-        self.aliases = {name: targets[i % len(targets)] for i, name in enumerate(OPENAI_VOICES)} | dict(aliases or {})
-        for name, voice in self.aliases.items():
+        self.aliases = {name: targets[i % len(targets)] for i, name in enumerate(OPENAI_VOICES)
+                        if name not in generator.voices}  # a voice of the model keeps its name
+        for name, voice in (aliases or {}).items():
             if name in generator.voices:
                 raise CsmError(f"--voice-alias {name}={voice}: {name} is a voice of the model already")
-            if voice not in self.offered and not is_speaker_id(voice):
+            target = self.aliases.get(voice, voice)  # an alias of an alias names what that one names
+            if target not in self.offered and not is_speaker_id(target):
                 raise CsmError(f"--voice-alias {name}={voice}: {self.unknown(voice)}")
+            self.aliases[name] = target
 
     def listing(self) -> list[dict[str, Any]]:
         named = [{"id": name, "name": name, "speaker": NAMED_VOICE_SPEAKER, "seconds": round(voice.seconds, 2)}

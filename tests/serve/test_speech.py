@@ -17,9 +17,8 @@ def test_without_voice_prompts_openai_names_take_the_speakers_in_turn(generator)
 
 
 def test_aliases_given_change_or_add_names(generator):
-    voices = Voices(generator, parse_voice_aliases(["alloy=1", " narrator = 0 "]))
-    assert (voices.resolve("alloy").speaker, voices.resolve("narrator").speaker, voices.resolve("ash").speaker) == (
-        1, 0, 1)
+    voices = Voices(generator, parse_voice_aliases(["alloy=1", " narrator = 0 ", "host=alloy"]))
+    assert [voices.resolve(name).speaker for name in ("alloy", "narrator", "ash", "host")] == [1, 0, 1, 1]
 
 
 @pytest.mark.parametrize(("options", "message"), [
