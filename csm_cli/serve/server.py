@@ -2,7 +2,8 @@
 
 - POST /v1/audio/speech: OpenAI's speech endpoint; the body streams as frames are decoded (or as server-sent events);
 - WS /v1/audio/speech/stream: text arriving in pieces, spoken sentence by sentence as each is complete;
-- GET /v1/models, /v1/audio/voices, /health.
+- GET /v1/models, /v1/audio/voices, /health;
+- with --wyoming-port, Home Assistant's Wyoming on its own TCP port (wyoming.py), on the same scheduler.
 
 The model is loaded once and owned by the scheduler's thread; each request or WebSocket connection is one stream
 there. Requests carry their own context, so replicas behind a load balancer serve more users, unless they name a
@@ -20,7 +21,7 @@ import sys
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
@@ -31,19 +32,17 @@ from starlette.requests import HTTPConnection
 
 from ..audio import SAMPLES_PER_FRAME
 from ..errors import CsmError
-from ..generation.conversation import PACK_WORDS, Conversation, Utterance
-from ..generation.ending import window_words
+from ..generation.conversation import Conversation
 from ..generation.generator import Settings, StreamingGenerator
 from ..generation.prompt import Segment
-from ..loading.voice import DEFAULT_VOICES, choose_voices
 from ..output.pcm import to_pcm16
-from ..text.script import SentenceSplitter, split_utterances
+from ..text.script import SentenceSplitter
 from .encoders import ENCODERS
 from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
+from .speech import DEFAULT_VOICE, SpeakingVoice, StreamEvents, UnknownVoice, Voices, utterances_of
+from .wyoming import WyomingServer, WyomingSpeech
 
 MODEL_ID = "csm-1b"
-SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
-NAMED_VOICE_SPEAKER = 0  # `csm say --voice NAME` speaks as --speaker, 0 unless given
 MAX_CONVERSATION_ID = 128
 
 
@@ -55,6 +54,7 @@ class ServeOptions:
     max_input_chars: int = 4096
     max_conversations: int = 100
     api_key: str | None = None
+    voice_aliases: dict[str, str] = field(default_factory=dict)  # --voice-alias: NAME -> VOICE
 
 
 class ApiError(Exception):
@@ -81,30 +81,11 @@ class SpeechRequest(BaseModel):
     model: str = MODEL_ID
     input: str
     voice: str | int
-    response_format: str = "wav"
+    response_format: str = "mp3"  # OpenAI's default
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
     seed: int | None = None
     conversation: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONVERSATION_ID)] | None = None
-
-
-class _Events:
-    """A stream's events, handed from the model thread to the request's event loop."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(self, event: Event) -> None:
-        with suppress(RuntimeError):  # the loop is closed: the server is shutting down
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-
-    def put_now(self, message: Any) -> None:
-        """From the event loop's own thread."""
-        self._queue.put_nowait(message)
-
-    async def get(self) -> Any:
-        return await self._queue.get()
 
 
 def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
@@ -114,17 +95,24 @@ def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
 
 
-def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
+def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: socket.socket | None = None) -> FastAPI:
+    """The HTTP and WebSocket app; with `wyoming`, a listening socket, it also serves Wyoming there while it runs."""
     scheduler = Scheduler(generator, options.max_streams)
+    voices = Voices(generator, options.voice_aliases)
+    wyoming_server = None if wyoming is None else WyomingServer(wyoming)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
+        if wyoming_server is not None:
+            await wyoming_server.start(WyomingSpeech(scheduler, voices, options.settings, options.pause_seconds,
+                                                     options.max_input_chars).connection)
         yield
+        if wyoming_server is not None:
+            await wyoming_server.stop()
         scheduler.stop()
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    voices = Voices(generator)
     conversations = Conversations(options.max_conversations)
 
     @app.exception_handler(ApiError)
@@ -163,7 +151,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> StreamingResponse:
         body = parse_body(await request.body())
-        voice = voices.resolve(body.voice)
+        voice = resolve_voice(voices, body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
@@ -173,7 +161,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
                                 "omit speed", param="speed", code="unsupported_speed")
         settings = request_settings(options.settings, body.seed)
         history = None if body.conversation is None else conversations.take(body.conversation, voice.name)
-        events = _Events()
+        events = StreamEvents()
         stream: Stream | None = None
 
         def finish() -> None:
@@ -196,11 +184,13 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             finish()
             raise failure_error(first)
         encoder = ENCODERS[body.response_format]()
+        request_id = {"x-request-id": f"req_{secrets.token_hex(16)}"}  # as OpenAI's: clients log it with the request
         if body.stream_format == "sse":
             tokens = len(generator.tokenizer.encode(voice.speaker, text))
             return StreamResponse(finish, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
-                                  headers={"Cache-Control": "no-cache"})
-        return StreamResponse(finish, audio_body(events, first, encoder), media_type=encoder.media_type)
+                                  headers={"Cache-Control": "no-cache", **request_id})
+        return StreamResponse(finish, audio_body(events, first, encoder), media_type=encoder.media_type,
+                              headers=request_id)
 
     @app.websocket("/v1/audio/speech/stream")
     async def speech_stream(websocket: WebSocket) -> None:
@@ -208,9 +198,9 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
-            voice = voices.resolve(websocket.query_params.get("voice", "0"))
+            voice = resolve_voice(voices, websocket.query_params.get("voice", DEFAULT_VOICE))
             settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
-            events = _Events()
+            events = StreamEvents()
             try:
                 stream = open_stream(scheduler, events)
             except ApiError as e:
@@ -239,6 +229,13 @@ class ClosingError(Exception):
         self.error, self.code = error, code
 
 
+def resolve_voice(voices: Voices, voice: str | int) -> SpeakingVoice:
+    try:
+        return voices.resolve(voice)
+    except UnknownVoice as e:
+        raise ApiError(400, str(e), param="voice", code="unknown_voice") from None
+
+
 def query_seed(value: str | None) -> int | None:
     if value is None:
         return None
@@ -259,7 +256,7 @@ class SpeechSession:
     sentences before it as context; audio frames out, tagged with their sentence's index. Every message sent goes
     through one queue, so the socket has one writer."""
 
-    def __init__(self, websocket: WebSocket, stream: Stream, events: _Events, conversation: Conversation,
+    def __init__(self, websocket: WebSocket, stream: Stream, events: StreamEvents, conversation: Conversation,
                  speaker: int, max_chars: int) -> None:
         self.websocket, self.stream, self.events = websocket, stream, events
         self.conversation, self.speaker, self.max_chars = conversation, speaker, max_chars
@@ -341,57 +338,6 @@ class SpeechSession:
                 await self.websocket.send_json({"type": "done"})
 
 
-@dataclass(frozen=True)
-class SpeakingVoice:
-    """What a request's `voice` names: the speaker who says its text, and the voice prompts its context starts with."""
-
-    name: str  # a voice's name or a speaker id, as GET /v1/audio/voices lists it
-    speaker: int
-    prompts: tuple[Segment, ...]
-
-
-class Voices:
-    """The voices a request may name, given as `csm say` gives them:
-    - a voice of the model by name, as `--voice NAME`: speaker 0 says the text, that voice's prompt as context;
-    - a speaker id, as `--speaker N`: speaker N says the text, with the model's default voices as context
-      (conversational_a as speaker 0, conversational_b as speaker 1), so 0 and 1 speak with those voices.
-    The voices with a known transcript are offered; their prompts are encoded here, once (and cached on disk)."""
-
-    def __init__(self, generator: StreamingGenerator) -> None:
-        self.offered = {name: voice for name, voice in generator.voices.items() if voice.text}
-        self.untranscribed = [name for name in generator.voices if name not in self.offered]
-        self._prompts = {name: generator.voice_segment(voice, NAMED_VOICE_SPEAKER)
-                         for name, voice in self.offered.items()}
-
-    def listing(self) -> list[dict[str, Any]]:
-        named = [{"id": name, "name": name, "speaker": NAMED_VOICE_SPEAKER, "seconds": round(voice.seconds, 2)}
-                 for name, voice in self.offered.items()]
-        speakers = [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker,
-                     "voice": DEFAULT_VOICES[speaker] if DEFAULT_VOICES.get(speaker) in self.offered else None}
-                    for speaker in SPEAKERS]
-        return named + speakers
-
-    def resolve(self, voice: str | int) -> SpeakingVoice:
-        name = str(voice).strip()
-        if name.isascii() and name.isdigit():  # as `csm say --speaker N`
-            speaker = int(name)
-            chosen = choose_voices(self.offered, None, None, speaker, has_context=False)
-        elif name in self.offered:  # as `csm say --voice NAME`
-            speaker = NAMED_VOICE_SPEAKER
-            chosen = choose_voices(self.offered, name, None, speaker, has_context=False)
-        else:
-            raise self.unknown(voice)
-        return SpeakingVoice(name, speaker, tuple(replace(self._prompts[v.name], speaker=n) for n, v in chosen))
-
-    def unknown(self, voice: str | int) -> ApiError:
-        names = ", ".join(self.offered) or "none (the model has no voice prompts with a known transcript)"
-        ids = ", ".join(str(speaker) for speaker in SPEAKERS)
-        unusable = (f"; {', '.join(self.untranscribed)} have no known transcript, so they cannot be prompts"
-                    if self.untranscribed else "")
-        return ApiError(400, f"unknown voice {voice!r}: this server's voices are {names}, or a speaker id ({ids}, "
-                             f"...){unusable}; see GET /v1/audio/voices", param="voice", code="unknown_voice")
-
-
 @dataclass
 class KeptConversation:
     voice: str  # as the request that started it named it
@@ -469,14 +415,7 @@ def request_settings(defaults: Settings, seed: int | None) -> Settings:
     return Settings(defaults.temperature, defaults.topk, seed, defaults.max_seconds, defaults.chunk_frames)
 
 
-def utterances_of(text: str, speaker: int, generator: StreamingGenerator) -> list[Utterance]:
-    """A request's text as `csm say` speaks a line: sentences, short ones packed, one too long for the model's
-    window cut at clauses."""
-    most = window_words(generator.model.max_seq_len)
-    return [Utterance(speaker, piece) for piece in split_utterances(text, most, min(PACK_WORDS, most))]
-
-
-def open_stream(scheduler: Scheduler, events: _Events) -> Stream:
+def open_stream(scheduler: Scheduler, events: StreamEvents) -> Stream:
     try:
         return scheduler.open(events.put)
     except ServerBusy as e:
@@ -518,7 +457,7 @@ class StreamResponse(StreamingResponse):
             self.finish()
 
 
-async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:
+async def audio_body(events: StreamEvents, first: Event, encoder: Any) -> AsyncIterator[bytes]:
     """The response's bytes as chunks arrive."""
     event = first
     while isinstance(event, Chunk):
@@ -529,7 +468,7 @@ async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterat
         yield encoder.finish()
 
 
-async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: int) -> AsyncIterator[bytes]:
+async def sse_body(events: StreamEvents, first: Event, encoder: Any, input_tokens: int) -> AsyncIterator[bytes]:
     """OpenAI's speech events: speech.audio.delta with base64 audio, then speech.audio.done with the usage (input
     tokens: the text's; output tokens: the 80 ms frames sent, pauses between sentences included)."""
 
@@ -552,7 +491,7 @@ async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: in
                                                        "total_tokens": input_tokens + frames}})
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, option: str = "--port") -> socket.socket:
     """The listening socket, bound before the model loads so that a taken port fails at once."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -565,7 +504,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise CsmError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or --host") from None
+        raise CsmError(f"cannot listen on {host}:{port} ({e.strerror}): choose another {option} or --host") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -575,20 +514,29 @@ def is_loopback(sock: socket.socket) -> bool:
     return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
+def address_of(sock: socket.socket) -> str:
+    address, port = sock.getsockname()[:2]
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options: ServeOptions,
-          quiet: bool = False) -> None:
-    """Binds, loads the model, then serves until interrupted."""
+          quiet: bool = False, wyoming_port: int | None = None) -> None:
+    """Binds, loads the model, then serves until interrupted; Wyoming too, on `wyoming_port`."""
     import uvicorn
 
     sock = bind(host, port)
+    wyoming = None if wyoming_port is None else bind(host, wyoming_port, "--wyoming-port")
     if not is_loopback(sock) and options.api_key is None:
         print(f"csm: warning: serving on {host}, which is not loopback, without --api-key: anyone who can reach "
               "this port can use the server", file=sys.stderr)
+    if wyoming is not None and not is_loopback(wyoming):
+        print(f"csm: warning: serving Wyoming on {host}, which is not loopback: Wyoming has no authentication, so "
+              "anyone who can reach --wyoming-port can use the server", file=sys.stderr)
     generator = load()
-    app = create_app(generator, options)
-    address, bound_port = sock.getsockname()[:2]
-    shown = f"[{address}]" if ":" in address else address
-    print(f"csm: serving on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
+    app = create_app(generator, options, wyoming)
+    if wyoming is not None:
+        print(f"csm: serving Wyoming on tcp://{address_of(wyoming)}", file=sys.stderr, flush=True)
+    print(f"csm: serving on http://{address_of(sock)}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", timeout_graceful_shutdown=2,
                             ws="websockets-sansio")
     uvicorn.Server(config).run(sockets=[sock])
