@@ -417,6 +417,13 @@ def serve(
     max_input_chars: Annotated[int, typer.Option(help="Longest input of one request, in characters.")] = 4096,
     max_conversations: Annotated[int, typer.Option(
         help="Most conversations kept for requests that name one; the least recently used is forgotten.")] = 100,
+    voice_alias: Annotated[list[str] | None, typer.Option(
+        metavar="NAME=VOICE",
+        help="Let requests name VOICE (a voice or a speaker id) NAME; repeatable. OpenAI's voice names (alloy, ash, "
+             "...) take the voices with a known transcript in turn unless given here.")] = None,
+    wyoming_port: Annotated[int | None, typer.Option(
+        help="Also serve Home Assistant's Wyoming protocol on this TCP port (10200 is its usual one) of --host.")
+    ] = None,
     pause: Annotated[float, typer.Option(help="Seconds of silence between the sentences of a request.")] = 0.2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
     topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
@@ -431,12 +438,14 @@ def serve(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces."""
+    """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces; with
+    --wyoming-port, Home Assistant's Wyoming too."""
     with user_errors():
         from .generation.conversation import pause_frames
         from .generation.generator import Settings
         from .serve.server import ServeOptions
         from .serve.server import serve as run_server
+        from .serve.speech import parse_voice_aliases
         from .threads import use_cpu_threads
 
         if max_streams < 1:
@@ -445,14 +454,15 @@ def serve(
             raise CsmError(f"--max-input-chars must be at least 1, got {max_input_chars}")
         if max_conversations < 1:
             raise CsmError(f"--max-conversations must be at least 1, got {max_conversations}")
-        if not 0 <= port <= 65535:
-            raise CsmError(f"--port must lie in 0..65535, got {port}")
+        for option, number in (("--port", port), ("--wyoming-port", wyoming_port)):
+            if number is not None and not 0 <= number <= 65535:
+                raise CsmError(f"{option} must lie in 0..65535, got {number}")
         pause_frames(pause)
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
-                               max_conversations, api_key or None)
+                               max_conversations, api_key or None, parse_voice_aliases(voice_alias or []))
         use_cpu_threads(threads)
         run_server(lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet), host,
-                   port, options, quiet)
+                   port, options, quiet, wyoming_port)
 
 
 class CompareWith(StrEnum):

@@ -1,6 +1,8 @@
 """`csm serve` through HTTP: a real uvicorn server in a subprocess on an ephemeral loopback port, called by the
-official `openai` client, curl, httpx and a WebSocket client."""
+official `openai` client, curl, httpx and a WebSocket client, and by voice agents' own clients (pipecat's and
+LiveKit's) with their defaults, against the shared `agent_server` of conftest.py."""
 
+import asyncio
 import base64
 import http.client
 import io
@@ -20,16 +22,23 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+from decoded import MEDIA_TYPES, assert_holds_pcm
+from livekit.agents import tts as livekit_tts
+from livekit.plugins import openai as livekit_openai
+from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
+from pipecat.services.openai.tts import OpenAITTSService
 from test_cli import assert_one_line_error
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from csm_cli.serve.speech import OPENAI_VOICES
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXT = "Hello there, how are you today?"
 FRAME_BYTES = 2 * SAMPLES_PER_FRAME  # 16-bit PCM
+MAX_FRAMES = 5  # of an utterance of the agent_server (conftest.py): --max-seconds 0.4
 
 
 class Server:
@@ -178,9 +187,12 @@ def test_listings_and_health(server):
     models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["csm-1b"]
     voices = {voice["id"]: voice for voice in httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["voices"]}
-    assert list(voices) == ["conversational_a", "conversational_b", "0", "1"]  # read_speech_*: no transcript
+    # read_speech_*: no transcript; then OpenAI's names, taking the voices in turn
+    assert list(voices) == ["conversational_a", "conversational_b", "0", "1", *OPENAI_VOICES]
     assert voices["conversational_b"]["speaker"] == 0 and voices["conversational_b"]["seconds"] == 0.5
     assert (voices["0"]["voice"], voices["1"]["voice"]) == ("conversational_a", "conversational_b")
+    assert [voices[name]["alias_of"] for name in ("alloy", "ash", "ballad", "verse")] == [
+        "conversational_a", "conversational_b", "conversational_a", "conversational_a"]
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2,
                                                         "conversations": 0, "max_conversations": 1}
 
@@ -211,7 +223,7 @@ def request_on(connection: http.client.HTTPConnection, method: str, path: str, b
     (b'{"voice": "0"}', "input", "invalid_request"),
     (b'{"input": 5, "voice": "0"}', "input", "invalid_request"),
     (b'{"input": "Hi \\ud800.", "voice": "0"}', "input", "invalid_text"),
-    (b'{"input": "Hi.", "voice": "alloy"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "nobody"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "\\ud800"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "1000000"}', "voice", "unknown_voice"),
@@ -223,7 +235,7 @@ def request_on(connection: http.client.HTTPConnection, method: str, path: str, b
     (b'{"input": "Hi.", "voice": "0", "seed": true}', "seed", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "seed": 1e400}', "seed", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "conversation": ""}', "conversation", "invalid_request"),
-    (b'{"input": "Hi.", "voice": "0", "response_format": "mp3"}', "response_format", "unsupported_format"),
+    (b'{"input": "Hi.", "voice": "0", "response_format": "ogg"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "response_format": "\\udfff"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
@@ -242,8 +254,11 @@ def test_bad_requests_are_answered_400_with_an_openai_error_and_the_connection_g
     assert error["message"] and "Traceback" not in error["message"]
     if code == "input_too_long":
         assert "200" in error["message"] and "--max-input-chars" in error["message"]
-    if code == "unknown_voice" and "alloy" in error["message"]:
-        assert "voices are conversational_a, conversational_b, or a speaker id (0, 1, ...)" in error["message"]
+    if code == "unknown_voice" and "nobody" in error["message"]:
+        assert ("voices are conversational_a, conversational_b, the aliases alloy, ash, ballad, cedar, coral, echo, "
+                "fable, marin, nova, onyx, sage, shimmer, verse, or a speaker id (0, 1, ...)") in error["message"]
+    if code == "unsupported_format":
+        assert "choose one of mp3, opus, aac, flac, wav, pcm" in error["message"]
     if param == "seed":
         assert "seed must be" in error["message"] or "integer" in error["message"]
     assert request_on(keep_alive, "GET", "/v1/models")[0] == 200
@@ -389,18 +404,23 @@ def test_sigterm_ends_every_stream_cleanly_and_exits_soon(tmp_path, model):
     assert "Traceback" not in log and "Cancel" not in log, log
 
 
-def test_binding_beyond_loopback_without_a_key_warns(tmp_path, model):
-    running = start_server(tmp_path, model, "--host", "0.0.0.0", until="csm: warning: serving on 0.0.0.0")
+def test_binding_beyond_loopback_without_a_key_warns_and_wyoming_always_does(tmp_path, model):
+    running = start_server(tmp_path, model, "--host", "0.0.0.0", "--wyoming-port", "0",
+                           until="csm: warning: serving Wyoming on 0.0.0.0")
     log = stop_server(running)
-    assert "--api-key" in log
+    assert "csm: warning: serving on 0.0.0.0" in log and "--api-key" in log
+    assert "Wyoming has no authentication" in log
 
 
-def test_a_taken_port_is_one_error_line(server, model):
+@pytest.mark.parametrize("option", ["--port", "--wyoming-port"])
+def test_a_taken_port_is_one_error_line(server, model, option):
     port = server.url.rsplit(":", 1)[1]
-    done = subprocess.run([sys.executable, "-m", "csm_cli", "serve", "--port", port, *model], capture_output=True,
-                          text=True, timeout=60)
+    ports = {"--port": "0", "--wyoming-port": "0", option: port}
+    done = subprocess.run([sys.executable, "-m", "csm_cli", "serve", *(part for item in ports.items() for part in item),
+                           *model], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
+    assert_one_line_error(done.stderr, f"cannot listen on 127.0.0.1:{port} (Address already in use): choose another "
+                                       f"{option} or --host")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -409,6 +429,7 @@ def test_a_taken_port_is_one_error_line(server, model):
     (["--max-input-chars", "0"], "--max-input-chars must be at least 1, got 0"),
     (["--max-conversations", "0"], "--max-conversations must be at least 1, got 0"),
     (["--port", "70000"], "--port must lie in 0..65535, got 70000"),
+    (["--voice-alias", "alloy"], "--voice-alias 'alloy' is not NAME=VOICE"),
     (["--pause", "-1"], "--pause must be a number from 0 to 60 seconds, got -1"),
     (["--pause", "nan"], "--pause must be a number from 0 to 60 seconds, got nan"),
     (["--temperature", "nan"], "--temperature must be a number"),
@@ -558,3 +579,108 @@ def test_the_load_benchmark_reports_each_round(server):
     for figures in rounds:
         assert 0 < figures["first_audio_p50_s"] <= figures["first_audio_p95_s"] < figures["wall_s"]
         assert figures["aggregate_rtf"] > 0 and figures["audio_s"] > 0
+
+
+# --- voice agents' own clients, with their defaults: the shared agent_server (utterances of 5 frames) -------------
+
+
+@pytest.fixture(scope="module")
+def alloy_pcm(agent_server) -> bytes:
+    return speech(agent_server, voice="alloy", response_format="pcm", seed=5).content
+
+
+@pytest.mark.parametrize("response_format", list(MEDIA_TYPES))
+def test_the_openai_client_gets_every_format_streamed_and_as_events(agent_server, alloy_pcm, response_format):
+    """OpenAI's Content-Type for each; the bytes, and the base64 deltas of stream_format "sse", decode to the pcm
+    format's samples (within a lossy codec's loss)."""
+    client = openai.OpenAI(base_url=f"{agent_server.url}/v1", api_key=KEY)
+    request = {"model": "csm-1b", "voice": "alloy", "input": TEXT, "response_format": response_format,
+               "extra_body": {"seed": 5}}
+    with client.audio.speech.with_streaming_response.create(**request) as response:
+        assert response.headers["content-type"] == MEDIA_TYPES[response_format]
+        assert response.headers["x-request-id"].startswith("req_")
+        audio = b"".join(response.iter_bytes())
+    assert_holds_pcm(audio, response_format, alloy_pcm)
+    with client.audio.speech.with_streaming_response.create(**request, stream_format="sse") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines]
+    assert [event["type"] for event in events] == ["speech.audio.delta"] * (len(events) - 1) + ["speech.audio.done"]
+    assert_holds_pcm(b"".join(base64.b64decode(event["audio"]) for event in events[:-1]), response_format, alloy_pcm)
+
+
+def test_openai_voice_names_speak_as_the_voices_they_name(agent_server, alloy_pcm):
+    """alloy takes conversational_a by default; --voice-alias ash=1 and narrator=conversational_b; a request that
+    names no format gets mp3, as from OpenAI."""
+    assert alloy_pcm == speech(agent_server, voice="conversational_a", response_format="pcm", seed=5).content
+    narrator = speech(agent_server, voice="narrator", response_format="pcm", seed=5).content
+    assert narrator == speech(agent_server, voice="conversational_b", response_format="pcm", seed=5).content
+    ash = speech(agent_server, voice="ash", seed=5)
+    assert ash.headers["content-type"] == "audio/mpeg"
+    assert_holds_pcm(ash.content, "mp3", speech(agent_server, voice="1", response_format="pcm", seed=5).content)
+    listed = {voice["id"]: voice for voice in
+              httpx.get(f"{agent_server.url}/v1/audio/voices", headers=AUTH).json()["voices"]}
+    assert (listed["ash"]["alias_of"], listed["ash"]["speaker"], listed["narrator"]["alias_of"]) == (
+        "1", 1, "conversational_b")
+
+
+def test_pipecats_openai_tts_speaks_with_its_default_voice(agent_server):
+    """pipecat refuses, before sending, any voice but OpenAI's; it asks for pcm, its default voice alloy."""
+
+    async def run() -> list:
+        service = OpenAITTSService(api_key=KEY, base_url=f"{agent_server.url}/v1", sample_rate=SAMPLE_RATE)
+        service._sample_rate = SAMPLE_RATE  # set by setup() in a pipeline
+        return [frame async for frame in service.run_tts(TEXT, context_id="turn-1")]
+
+    frames = asyncio.run(run())
+    assert not [frame for frame in frames if isinstance(frame, ErrorFrame)], frames
+    audio = [frame for frame in frames if isinstance(frame, TTSAudioRawFrame)]
+    assert {(frame.sample_rate, frame.num_channels, frame.context_id) for frame in audio} == {
+        (SAMPLE_RATE, 1, "turn-1")}
+    assert sum(len(frame.audio) for frame in audio) == MAX_FRAMES * FRAME_BYTES
+
+
+def livekit_samples(frames: list) -> np.ndarray:
+    assert {(frame.sample_rate, frame.num_channels) for frame in frames} == {(SAMPLE_RATE, 1)}
+    return np.concatenate([np.frombuffer(frame.data, dtype="<i2") for frame in frames])
+
+
+def test_livekits_openai_tts_speaks_mp3_over_server_sent_events(agent_server):
+    """Its defaults: voice ash, mp3 as base64 deltas of server-sent events, decoded by PyAV."""
+
+    async def run() -> list:
+        tts = livekit_openai.TTS(base_url=f"{agent_server.url}/v1", api_key=KEY)
+        try:
+            async with tts.synthesize(TEXT) as stream:
+                return [event.frame async for event in stream]
+        finally:
+            await tts.aclose()
+
+    samples = livekit_samples(asyncio.run(run()))
+    assert MAX_FRAMES * SAMPLES_PER_FRAME <= len(samples) < (MAX_FRAMES + 1) * SAMPLES_PER_FRAME  # an MP3's padding
+    assert np.abs(samples).max() > 1000
+
+
+def test_livekits_stream_adapter_sends_a_request_per_sentence(agent_server):
+    """Its requests counted by the ids LiveKit reports in its metrics: the x-request-id of each response."""
+    sentences = ["Hello there, how are you today?", "I am fine, thank you very much."]
+    request_ids = []
+
+    async def run() -> list:
+        tts = livekit_openai.TTS(base_url=f"{agent_server.url}/v1", api_key=KEY)
+        tts.on("metrics_collected", lambda metrics: request_ids.append(metrics.request_id))
+        try:
+            stream = livekit_tts.StreamAdapter(tts=tts).stream()
+            for word in " ".join(sentences).split(" "):
+                stream.push_text(word + " ")
+            stream.end_input()
+            frames = [event.frame async for event in stream]
+            await stream.aclose()
+            return frames
+        finally:
+            await tts.aclose()
+
+    samples = livekit_samples(asyncio.run(run()))
+    assert len(set(request_ids)) == len(request_ids) == len(sentences)
+    assert all(request_id.startswith("req_") for request_id in request_ids)
+    assert len(samples) >= len(sentences) * MAX_FRAMES * SAMPLES_PER_FRAME
