@@ -6,7 +6,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -111,26 +111,26 @@ def user_errors() -> Iterator[None]:
     exception gets here."""
     from .output.pcm import OutputClosed, exit_for_closed_output
 
-    if threading.current_thread() is threading.main_thread():
-        stopping.raise_when_stopped()
-    try:
-        yield
-    except KeyboardInterrupt as e:
-        stop(e if isinstance(e, stopping.Stopped) else stopping.Stopped())
-    except BaseException as e:
-        if (stopped := stopping.received()) is not None:  # an error a library made of the stop
-            stop(stopped)
-        if isinstance(e, CsmError):
-            stopping.ignore_further()
-            print(f"csm: error: {e}", file=sys.stderr)
-            leave(e.exit_code)
-        if isinstance(e, OutputClosed):
-            exit_for_closed_output()
-        raise
+    main_thread = threading.current_thread() is threading.main_thread()
+    with stopping.raised_while() if main_thread else nullcontext():
+        try:
+            yield
+        except KeyboardInterrupt as e:
+            stop(e if isinstance(e, stopping.Stopped) else stopping.Stopped())
+        except BaseException as e:
+            if (stopped := stopping.received()) is not None:  # an error a library made of the stop
+                stop(stopped)
+            if isinstance(e, CsmError):
+                stopping.ending()
+                print(f"csm: error: {e}", file=sys.stderr)
+                leave(e.exit_code)
+            if isinstance(e, OutputClosed):
+                exit_for_closed_output()
+            raise
 
 
 def stop(stopped: stopping.Stopped) -> NoReturn:
-    stopping.ignore_further()
+    stopping.ending()
     with suppress(OSError):  # the terminal is gone (SIGHUP): the exit status says it
         print(stopped.message, file=sys.stderr)
     leave(stopped.exit_status, at_once=True)

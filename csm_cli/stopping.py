@@ -7,7 +7,8 @@ A signal the program was started with ignored (`nohup`, a background job of a sc
 
 import os
 import signal
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from types import FrameType
 
 STOP_SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
@@ -30,10 +31,13 @@ class Stopped(KeyboardInterrupt):
 
 
 _received: Stopped | None = None
+_ending = False
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     global _received
+    if _ending:
+        return
     _received = Stopped(signum)
     raise _received
 
@@ -52,18 +56,30 @@ def _catch(handler: signal.Handlers | object) -> None:
 
 
 def exit_while_starting() -> None:
-    """Until `raise_when_stopped`: a stop signal ends the process at once, with its line (nothing is open yet)."""
+    """Until `raised_while`: a stop signal ends the process at once, with its line (nothing is open yet)."""
     _catch(_stop_while_starting)
 
 
-def raise_when_stopped() -> None:
-    """From now on a stop signal raises `Stopped` in the main thread. Main thread only."""
+@contextmanager
+def raised_while() -> Iterator[None]:
+    """While the block runs, a stop signal raises `Stopped` in the main thread (main thread only); the handlers of
+    before are put back after it (a test runner that runs commands in its own process keeps its own)."""
+    global _received, _ending
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _received, _ending = None, False
     _catch(_stop)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
-def ignore_further() -> None:
-    """While the program ends after a stop or an error: another signal does not interrupt the ending."""
-    _catch(signal.SIG_IGN)
+def ending() -> None:
+    """The program ends (after a stop or an error): another stop signal does not interrupt the ending. Not SIG_IGN,
+    which the processes it starts would inherit."""
+    global _ending
+    _ending = True
 
 
 def received() -> Stopped | None:

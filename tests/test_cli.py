@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -109,6 +110,15 @@ def test_bad_numbers_devices_and_dtypes_name_the_option_before_loading(option, v
     result = runner.invoke(app, ["say", "Hi", option, value, "--no-play", "--out", "x.wav", "--model", "/unused"])
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, message)
+
+
+def test_a_command_run_in_process_leaves_the_signal_handlers_as_they_were():
+    """Commands catch SIGINT, SIGTERM and SIGHUP while they run, in the main thread, then put back the handlers of
+    before: a test runner keeps its own, and ignores none (what it ignores, the processes it starts would)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    result = runner.invoke(app, ["say", "Hi", "--topk", "0", "--no-play", "--out", "x.wav", "--model", "/unused"])
+    assert result.exit_code == 1
+    assert {signum: signal.getsignal(signum) for signum in before} == before
 
 
 @pytest.mark.parametrize(("args", "message"), [
