@@ -442,7 +442,6 @@ def audio_files(out: Path) -> list[Path]:
     (signal.SIGTERM, "loading the codec", "x.wav"),
     (signal.SIGHUP, "loading the codec", "x.wav"),
     (signal.SIGINT, "generating", "lines"),
-    (signal.SIGTERM, "generating", "lines"),
     (signal.SIGHUP, "generating", "x.flac"),
     (signal.SIGTERM, "generating", "x.wav"),
     (signal.SIGTERM, "playing", "x.wav"),
