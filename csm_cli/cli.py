@@ -3,11 +3,10 @@ torch, moshi and sounddevice are imported inside the commands so that `csm --hel
 
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -15,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 import typer.core
 
+from . import stopping
 from .checks import whole_number
-from .errors import INTERRUPTED_EXIT_STATUS, CsmError
+from .errors import CsmError
 from .loading.config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
@@ -106,31 +106,41 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
-    quietly as a closed pipe does. Outputs are closed by the time an exception gets here."""
+    """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C, SIGTERM and SIGHUP one line and 128 + the
+    signal (`stopping`); a closed stdout ends quietly as a closed pipe does. Outputs are closed by the time an
+    exception gets here."""
     from .output.pcm import OutputClosed, exit_for_closed_output
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt from here on
-    try:
-        yield
-    except CsmError as e:
-        print(f"csm: error: {e}", file=sys.stderr)
-        leave(e.exit_code)
-    except KeyboardInterrupt:
-        print("csm: interrupted", file=sys.stderr)
-        leave(INTERRUPTED_EXIT_STATUS)
-    except OutputClosed:
-        exit_for_closed_output()
+    main_thread = threading.current_thread() is threading.main_thread()
+    with stopping.raised_while() if main_thread else nullcontext():
+        try:
+            yield
+        except KeyboardInterrupt as e:
+            stop(e if isinstance(e, stopping.Stopped) else stopping.Stopped())
+        except BaseException as e:
+            if (stopped := stopping.received()) is not None:  # an error a library made of the stop
+                stop(stopped)
+            if isinstance(e, CsmError):
+                stopping.ending()
+                print(f"csm: error: {e}", file=sys.stderr)
+                leave(e.exit_code)
+            if isinstance(e, OutputClosed):
+                exit_for_closed_output()
+            raise
 
 
-def leave(status: int) -> NoReturn:
-    """Ends the program with `status`. After Ctrl-C, or while the producer thread may still be inside torch, the
-    interpreter's teardown takes seconds and can abort ("terminate called without an active exception"): the
-    outputs are closed by then, so the standard streams are flushed and the process leaves at once."""
-    if status != INTERRUPTED_EXIT_STATUS and not any(
-        thread.name == "csm-producer" and thread.is_alive() for thread in threading.enumerate()
-    ):
+def stop(stopped: stopping.Stopped) -> NoReturn:
+    stopping.ending()
+    with suppress(OSError):  # the terminal is gone (SIGHUP): the exit status says it
+        print(stopped.message, file=sys.stderr)
+    leave(stopped.exit_status, at_once=True)
+
+
+def leave(status: int, at_once: bool = False) -> NoReturn:
+    """Ends the program with `status`. After a stop signal (`at_once`), or while the producer thread may still be
+    inside torch, the interpreter's teardown takes seconds and can abort ("terminate called without an active
+    exception"): the outputs are closed by then, so the standard streams are flushed and the process leaves at once."""
+    if not at_once and not any(thread.name == "csm-producer" and thread.is_alive() for thread in threading.enumerate()):
         raise typer.Exit(status)
     for stream in (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError, AttributeError):  # closed, or None when started without it
@@ -386,9 +396,13 @@ def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> No
         defaults = {name: speaker for speaker, name in DEFAULT_VOICES.items()}
         table = Table("name", "seconds", "transcript", "default for")
         for name, voice in offered.items():
+            seconds = voice.seconds
+            if seconds is None:
+                table.add_row(name, "-", f"unreadable: {voice.path.name} is not an audio file", "")
+                continue
             transcript = "known" if voice.text else "unknown: give it with --voice-text"
             speaker = f"speaker {defaults[name]}" if name in defaults and voice.text else ""
-            table.add_row(name, f"{voice.seconds:.1f}", transcript, speaker)
+            table.add_row(name, f"{seconds:.1f}", transcript, speaker)
         Console(width=120).print(table)
 
 

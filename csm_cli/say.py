@@ -86,6 +86,7 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
         else:
             _generate(chunks)
     finally:
+        conversation.close()
         if isinstance(sink, AudioFileWriter):
             sink.close()
     _report(conversation, started, playback, output)

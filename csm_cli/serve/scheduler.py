@@ -146,13 +146,15 @@ class Scheduler:
 
     @property
     def open_streams(self) -> int:
+        """Streams not closed. A closed one is free at once: the model thread removes it, and frees its slot of the
+        batch, before any stream opened after it starts an utterance."""
         with self.lock:
-            return len(self._streams)
+            return sum(not stream.closed for stream in self._streams)
 
     def open(self, emit: Callable[[Event], None]) -> Stream:
         """A new slot, or ServerBusy at once when all `max_streams` are taken."""
         with self.lock:
-            if len(self._streams) >= self.max_streams:
+            if sum(not stream.closed for stream in self._streams) >= self.max_streams:
                 raise ServerBusy(f"all {self.max_streams} streams are busy (--max-streams): try again shortly")
             stream = Stream(self, emit)
             self._streams.append(stream)

@@ -15,20 +15,22 @@ import asyncio
 import base64
 import ipaddress
 import json
+import logging
 import secrets
+import signal
 import socket
 import sys
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import HTTPConnection
+from starlette.requests import ClientDisconnect, HTTPConnection
 
 from ..audio import SAMPLES_PER_FRAME
 from ..errors import CsmError
@@ -39,11 +41,23 @@ from ..output.pcm import to_pcm16
 from ..text.script import SentenceSplitter
 from .encoders import ENCODERS
 from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
-from .speech import DEFAULT_VOICE, SpeakingVoice, StreamEvents, UnknownVoice, Voices, utterances_of
+from .speech import (
+    DEFAULT_VOICE,
+    InvalidText,
+    SpeakingVoice,
+    StreamEvents,
+    UnknownVoice,
+    Voices,
+    checked_seed,
+    checked_text,
+    utterances_of,
+)
 from .wyoming import WyomingServer, WyomingSpeech
 
 MODEL_ID = "csm-1b"
 MAX_CONVERSATION_ID = 128
+SHUTDOWN_S = 1.0  # longest a shutdown waits for the streams it ends before uvicorn closes the connections
+log = logging.getLogger("uvicorn.error")
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,14 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return ErrorResponse(self.body(), status_code=self.status)
+
+
+class ErrorResponse(JSONResponse):
+    """JSON in ASCII: a message that quotes what the client sent (a lone surrogate included) always encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content).encode()
 
 
 class SpeechRequest(BaseModel):
@@ -80,12 +101,53 @@ class SpeechRequest(BaseModel):
 
     model: str = MODEL_ID
     input: str
-    voice: str | int
+    voice: StrictStr | StrictInt
     response_format: str = "mp3"  # OpenAI's default
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = None
+    seed: StrictInt | None = None
     conversation: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONVERSATION_ID)] | None = None
+
+
+@dataclass(frozen=True)
+class ShuttingDown:
+    """The server shuts down: the response or connection ends now, cleanly."""
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down: send the request again (to another replica, or once it is "
+                         "back)", code="server_shutting_down", kind="server_error")
+
+
+class Listeners:
+    """The requests and WebSocket connections being answered, so that a shutdown ends each of them cleanly (a
+    streamed body terminated, a WebSocket closed with 1001) before uvicorn closes the connections. Event loop only."""
+
+    def __init__(self) -> None:
+        self._open: set[StreamEvents] = set()
+        self._none_open = asyncio.Event()
+        self.closing = False
+
+    def add(self, events: StreamEvents) -> None:
+        if self.closing:
+            raise shutting_down()
+        self._open.add(events)
+        self._none_open.clear()
+
+    def remove(self, events: StreamEvents) -> None:
+        self._open.discard(events)
+        if not self._open:
+            self._none_open.set()
+
+    async def end_all(self, timeout: float) -> None:
+        """Each response and connection gets ShuttingDown; returns once all have ended, or after `timeout`."""
+        self.closing = True
+        if not self._open:
+            return
+        for events in self._open:
+            events.put_now(ShuttingDown())
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._none_open.wait(), timeout)
 
 
 def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
@@ -114,6 +176,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     conversations = Conversations(options.max_conversations)
+    listeners = app.state.listeners = Listeners()
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -149,8 +212,13 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
         return {"voices": voices.listing()}
 
     @app.post("/v1/audio/speech")
-    async def speech(request: Request) -> StreamingResponse:
-        body = parse_body(await request.body())
+    async def speech(request: Request) -> Response:
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            log.info("%s left before sending its whole request", client_of(request))
+            return Response(status_code=400)  # nobody reads it
+        body = parse_body(raw)
         voice = resolve_voice(voices, body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
@@ -159,7 +227,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: CSM speaks at its own pace; send 1.0 or "
                                 "omit speed", param="speed", code="unsupported_speed")
-        settings = request_settings(options.settings, body.seed)
+        settings = request_settings(options.settings, api_seed(body.seed))
         history = None if body.conversation is None else conversations.take(body.conversation, voice.name)
         events = StreamEvents()
         stream: Stream | None = None
@@ -169,20 +237,26 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
                 stream.close()
             if body.conversation is not None:
                 conversations.give_back(body.conversation)
+            listeners.remove(events)
 
         try:
+            listeners.add(events)
             stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                         batch=scheduler.batch, history=history)
             script = utterances_of(text, voice.speaker, generator)
             stream.submit(0, lambda: conversation.speak(script))
-            first = await events.get()
+            first = await first_event(request, events)
         except BaseException:
             finish()
             raise
-        if isinstance(first, Failed):
+        if first is None:  # the client left before its first audio: its slot is free at once
             finish()
-            raise failure_error(first)
+            log.info("%s left before its first audio", client_of(request))
+            return Response(status_code=499)  # nobody reads it
+        if isinstance(first, Failed | ShuttingDown):
+            finish()
+            raise failure_error(first) if isinstance(first, Failed) else shutting_down()
         encoder = ENCODERS[body.response_format]()
         request_id = {"x-request-id": f"req_{secrets.token_hex(16)}"}  # as OpenAI's: clients log it with the request
         if body.stream_format == "sse":
@@ -199,16 +273,22 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
             voice = resolve_voice(voices, websocket.query_params.get("voice", DEFAULT_VOICE))
-            settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
+            settings = request_settings(options.settings, api_seed(websocket.query_params.get("seed")))
             events = StreamEvents()
+            try:
+                listeners.add(events)
+            except ApiError as e:
+                raise ClosingError(e, status.WS_1001_GOING_AWAY) from None
             try:
                 stream = open_stream(scheduler, events)
             except ApiError as e:
+                listeners.remove(events)
                 raise ClosingError(e, status.WS_1013_TRY_AGAIN_LATER) from None
         except (ApiError, ClosingError) as e:
             closing = e if isinstance(e, ClosingError) else ClosingError(e, status.WS_1008_POLICY_VIOLATION)
-            await websocket.send_json(closing.error.body() | {"type": "error"})
-            await websocket.close(closing.code)
+            with suppress(WebSocketDisconnect, RuntimeError):  # the client may have left already
+                await websocket.send_json(closing.error.body() | {"type": "error"})
+                await websocket.close(closing.code)
             return
         conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                     batch=scheduler.batch)
@@ -217,6 +297,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
             await session.run()
         finally:
             stream.close()
+            listeners.remove(events)
 
     return app
 
@@ -236,12 +317,29 @@ def resolve_voice(voices: Voices, voice: str | int) -> SpeakingVoice:
         raise ApiError(400, str(e), param="voice", code="unknown_voice") from None
 
 
-def query_seed(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.strip().lstrip("-").isdigit():
-        raise ApiError(400, f"seed must be a whole number, got {value!r}", param="seed", code="invalid_request")
-    return int(value)
+def api_seed(seed: int | str | None) -> int | None:
+    """A request's `seed` (a JSON number, or the WebSocket's `?seed=N`), as `csm say --seed` takes it, or a 400."""
+    try:
+        return checked_seed(seed)
+    except CsmError as e:
+        raise ApiError(400, str(e), param="seed", code="invalid_request") from None
+
+
+def api_text(text: str, param: str) -> str:
+    try:
+        return checked_text(text, param)
+    except InvalidText as e:
+        raise ApiError(400, str(e), param=param, code="invalid_text") from None
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON, or a 400 for anything that is not (too deeply nested included)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "the JSON is nested too deeply", code="invalid_json") from None
+    except ValueError as e:
+        raise ApiError(400, f"the JSON is not valid ({e})", code="invalid_json") from None
 
 
 @dataclass(frozen=True)
@@ -289,12 +387,10 @@ class SpeechSession:
     def handle(self, text: str | None) -> None:
         if text is None:
             raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_message")
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise ApiError(400, "the message is not valid JSON", code="invalid_json") from None
+        message = parse_json(text)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "text" and isinstance(message.get("text"), str):
+            api_text(message["text"], "text")
             if len(self.splitter.pending) + len(message["text"]) > self.max_chars:
                 raise ApiError(400, f"the unfinished sentence would pass this server's limit of {self.max_chars} "
                                     "characters (--max-input-chars): end sentences sooner or flush",
@@ -331,6 +427,9 @@ class SpeechSession:
                                                                               "sentence": event.tag})
             elif isinstance(event, Flushed):
                 self.flushes.append(event.sentences)
+            elif isinstance(event, ShuttingDown):
+                await self.websocket.close(status.WS_1001_GOING_AWAY, "the server is shutting down")
+                return
             else:
                 await self.websocket.send_json(event)
             while self.flushes and all(i in self.finished for i in range(self.flushes[0])):
@@ -392,14 +491,13 @@ class Conversations:
 def parse_body(raw: bytes) -> SpeechRequest:
     """The request's JSON, whatever its Content-Type says (curl -d sends a form's)."""
     try:
-        return SpeechRequest.model_validate(json.loads(raw))
-    except ValueError as e:
-        if isinstance(e, ValidationError):
-            raise request_error(e.errors()) from None
-        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        return SpeechRequest.model_validate(parse_json(raw))
+    except ValidationError as e:
+        raise request_error(e.errors()) from None
 
 
 def checked_input(text: str, limit: int) -> str:
+    api_text(text, "input")
     if len(text) > limit:
         raise ApiError(400, f"input is {len(text)} characters, more than this server's limit of {limit} "
                             "(--max-input-chars): split it into several requests", param="input",
@@ -413,6 +511,25 @@ def request_settings(defaults: Settings, seed: int | None) -> Settings:
     if seed is None:
         return defaults
     return Settings(defaults.temperature, defaults.topk, seed, defaults.max_seconds, defaults.chunk_frames)
+
+
+def client_of(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+
+async def first_event(request: Request, events: StreamEvents) -> Event | ShuttingDown | None:
+    """The stream's first event, or None when the client leaves before it comes."""
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    coming, leaving = asyncio.ensure_future(events.get()), asyncio.ensure_future(left())
+    try:
+        await asyncio.wait([coming, leaving], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (coming, leaving):
+            task.cancel()
+    return coming.result() if coming.done() and not coming.cancelled() else None
 
 
 def open_stream(scheduler: Scheduler, events: StreamEvents) -> Stream:
@@ -464,7 +581,7 @@ async def audio_body(events: StreamEvents, first: Event, encoder: Any) -> AsyncI
         if data := encoder.encode(event.samples):
             yield data
         event = await events.get()
-    if isinstance(event, Done):
+    if isinstance(event, Done | ShuttingDown):  # a body cut short by a shutdown still ends as a valid stream
         yield encoder.finish()
 
 
@@ -482,8 +599,8 @@ async def sse_body(events: StreamEvents, first: Event, encoder: Any, input_token
         if data := encoder.encode(event.samples):
             yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         event = await events.get()
-    if isinstance(event, Failed):
-        yield sse(failure_error(event).body())
+    if isinstance(event, Failed | ShuttingDown):
+        yield sse((failure_error(event) if isinstance(event, Failed) else shutting_down()).body())
         return
     if data := encoder.finish():
         yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
@@ -539,4 +656,31 @@ def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options:
     print(f"csm: serving on http://{address_of(sock)}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", timeout_graceful_shutdown=2,
                             ws="websockets-sansio")
-    uvicorn.Server(config).run(sockets=[sock])
+    graceful_server(config, app.state.listeners).run(sockets=[sock])
+
+
+def graceful_server(config: Any, listeners: Listeners) -> Any:
+    """uvicorn's server, whose shutdown (SIGTERM, Ctrl-C, or SIGHUP as uvicorn does not catch it) stops accepting
+    connections, then ends every response and WebSocket connection cleanly at its next frame (`Listeners`), before
+    uvicorn closes the connections (waiting 2 s at most), Wyoming's server stops and the model thread stops."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():  # it raises each signal caught again once the server is down
+                hangup = signal.getsignal(signal.SIGHUP)
+                if hangup is not signal.SIG_IGN:
+                    signal.signal(signal.SIGHUP, self.handle_exit)
+                try:
+                    yield
+                finally:
+                    signal.signal(signal.SIGHUP, hangup)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:
+                server.close()
+            await listeners.end_all(SHUTDOWN_S)
+            await super().shutdown(sockets)
+
+    return GracefulServer(config)

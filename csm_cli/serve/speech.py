@@ -1,17 +1,19 @@
 """What every protocol of `csm serve` (HTTP, WebSocket, Wyoming) speaks with: the voices a client may name, OpenAI's
-voice names among them, a text as the utterances the model speaks, and a stream's events handed from the model
-thread to the event loop."""
+voice names among them, a text as the utterances the model speaks, the checks of what a client sends (as `csm say`
+checks its options), and a stream's events handed from the model thread to the event loop."""
 
 import asyncio
+import re
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..checks import whole_number
 from ..errors import CsmError
 from ..generation.conversation import PACK_WORDS, Utterance
 from ..generation.ending import window_words
-from ..generation.generator import StreamingGenerator
+from ..generation.generator import MAX_SEED, MAX_SPEAKER, StreamingGenerator
 from ..generation.prompt import Segment
 from ..loading.voice import DEFAULT_VOICES, choose_voices
 from ..text.script import split_utterances
@@ -23,10 +25,33 @@ DEFAULT_VOICE = "0"  # the voice of a WebSocket or Wyoming request that names no
 # The voices OpenAI's speech API offers, which its clients send (pipecat refuses any other before sending).
 OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
                  "shimmer", "verse")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class UnknownVoice(CsmError):
     """A request named a voice this server does not have; the message lists those it has."""
+
+
+class InvalidText(CsmError):
+    """Text to speak that is not text."""
+
+
+def checked_text(text: str, what: str) -> str:
+    """`text`, unless it holds a lone surrogate (JSON's "\\ud800"): not a character, and nothing a tokenizer reads."""
+    if found := _LONE_SURROGATE.search(text):
+        raise InvalidText(f"{what} holds a lone surrogate ({found[0]!r} at character {found.start()}), which is not "
+                          "text: send valid Unicode")
+    return text
+
+
+def checked_seed(seed: int | str | None) -> int | None:
+    """A request's seed as `csm say --seed` takes it: a whole number from 0 to 2^64-1 (in ASCII digits, when it comes
+    as text)."""
+    if isinstance(seed, str):
+        if not re.fullmatch("[0-9]{1,20}", seed):
+            raise CsmError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+        seed = int(seed)
+    return None if seed is None else whole_number("seed", seed, 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -98,6 +123,8 @@ class Voices:
         name = self.aliases.get(name, name)
         if is_speaker_id(name):  # as `csm say --speaker N`
             speaker = int(name)
+            if speaker > MAX_SPEAKER:
+                raise UnknownVoice(f"voice {name[:40]!r}: a speaker id is a whole number from 0 to {MAX_SPEAKER}")
             chosen = choose_voices(self.offered, None, None, speaker, has_context=False)
         elif name in self.offered:  # as `csm say --voice NAME`
             speaker = NAMED_VOICE_SPEAKER

@@ -35,7 +35,16 @@ from ..generation.generator import Settings
 from ..output.pcm import to_pcm16
 from ..text.script import SentenceSplitter
 from .scheduler import Chunk, Done, Failed, Scheduler, ServerBusy, Stream
-from .speech import DEFAULT_VOICE, SpeakingVoice, StreamEvents, UnknownVoice, Voices, utterances_of
+from .speech import (
+    DEFAULT_VOICE,
+    InvalidText,
+    SpeakingVoice,
+    StreamEvents,
+    UnknownVoice,
+    Voices,
+    checked_text,
+    utterances_of,
+)
 
 _WIDTH, _CHANNELS = 2, 1  # 16-bit mono, as the other formats' pcm
 _LANGUAGES = ["en"]  # CSM-1B speaks English
@@ -72,6 +81,13 @@ class WyomingSpeech:
 
     def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> "WyomingConnection":
         return WyomingConnection(reader, writer, self)
+
+
+def _check_text(text: str) -> str:
+    try:
+        return checked_text(text, "the text")
+    except InvalidText as e:
+        raise Refusal(str(e), "invalid_text") from None
 
 
 def _described(voice: dict[str, Any]) -> str:
@@ -120,6 +136,7 @@ class WyomingConnection(AsyncEventHandler):
             await self.write_event(self.speech.info.event())
         elif Synthesize.is_type(event.type) and self.splitter is None:
             synthesize = Synthesize.from_event(event)
+            _check_text(synthesize.text)
             if len(synthesize.text) > self.speech.max_input_chars:
                 raise Refusal(f"the text is {len(synthesize.text)} characters, more than this server's limit of "
                               f"{self.speech.max_input_chars} (--max-input-chars): split it, or stream it with "
@@ -132,7 +149,7 @@ class WyomingConnection(AsyncEventHandler):
             self.synthesis = await self._start(SynthesizeStart.from_event(event).voice, streaming=True)
             self.splitter = SentenceSplitter()
         elif SynthesizeChunk.is_type(event.type) and self.splitter is not None:
-            text = SynthesizeChunk.from_event(event).text
+            text = _check_text(SynthesizeChunk.from_event(event).text)
             if len(self.splitter.pending) + len(text) > self.speech.max_input_chars:
                 raise Refusal(f"the unfinished sentence would pass this server's limit of {self.speech.max_input_chars}"
                               " characters (--max-input-chars): end sentences sooner", "input_too_long")

@@ -4,11 +4,13 @@ LiveKit's) with their defaults, against the shared `agent_server` of conftest.py
 
 import asyncio
 import base64
+import http.client
 import io
 import json
 import os
 import re
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -85,8 +87,10 @@ def model(hub_copy_dir, mimi_file) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server"), model, "--max-streams", "2", "--api-key", KEY,
-                           "--max-input-chars", "200", "--max-conversations", "1")
+    """Its log at uvicorn's info level (not --quiet): what it says of clients that leave is checked."""
+    running = start_server(tmp_path_factory.mktemp("server"), [arg for arg in model if arg != "--quiet"],
+                           "--max-streams", "2", "--api-key", KEY, "--max-input-chars", "200",
+                           "--max-conversations", "1")
     yield running
     log = stop_server(running)
     assert "Traceback" not in log, log
@@ -193,32 +197,71 @@ def test_listings_and_health(server):
                                                         "conversations": 0, "max_conversations": 1}
 
 
+@pytest.fixture(scope="module")
+def keep_alive(server) -> Iterator[http.client.HTTPConnection]:
+    """One connection for many requests, as a client with keep-alive makes them."""
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    yield connection
+    connection.close()
+
+
+def request_on(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+               ) -> tuple[int, bytes]:
+    """A request on `connection`, which must stay the same TCP connection (http.client would open another)."""
+    connection.request(method, path, body=body, headers=AUTH)
+    sock = connection.sock
+    response = connection.getresponse()
+    content = response.read()
+    assert connection.sock is sock and not response.will_close, "the server closed the keep-alive connection"
+    return response.status, content
+
+
 @pytest.mark.parametrize(("body", "param", "code"), [
     (b'{"input": "Hi.", "voice": ', None, "invalid_json"),
+    (b"[" * 100_000 + b"]" * 100_000, None, "invalid_json"),
     (b'["Hi."]', None, "invalid_request"),
     (b'{"voice": "0"}', "input", "invalid_request"),
+    (b'{"input": 5, "voice": "0"}', "input", "invalid_request"),
+    (b'{"input": "Hi \\ud800.", "voice": "0"}', "input", "invalid_text"),
     (b'{"input": "Hi.", "voice": "nobody"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "\\ud800"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "1000000"}', "voice", "unknown_voice"),
+    (f'{{"input": "Hi.", "voice": {10**30}}}'.encode(), "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": true}', "voice", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": -1}', "seed", "invalid_request"),
+    (f'{{"input": "Hi.", "voice": "0", "seed": {2**70}}}'.encode(), "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": 1.5}', "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": true}', "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": 1e400}', "seed", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "conversation": ""}', "conversation", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "response_format": "ogg"}', "response_format", "unsupported_format"),
+    (b'{"input": "Hi.", "voice": "0", "response_format": "\\udfff"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
+    (b'{"input": "Hi.", "voice": "0", "speed": NaN}', "speed", "unsupported_speed"),
     (b'{"input": " ", "voice": "0"}', "input", "empty_input"),
     (json.dumps({"input": "word " * 50, "voice": "0"}).encode(), "input", "input_too_long"),
-])
-def test_bad_requests_are_answered_400_with_an_openai_error(server, body, param, code):
-    response = httpx.post(f"{server.url}/v1/audio/speech", content=body, headers=AUTH, timeout=30)
-    assert response.status_code == 400
-    error = response.json()["error"]
+], ids=lambda value: value[:50].decode(errors="replace") if isinstance(value, bytes) else value)
+def test_bad_requests_are_answered_400_with_an_openai_error_and_the_connection_goes_on(keep_alive, body, param,
+                                                                                       code):
+    """Every field checked as `csm say` checks its options; a 4xx, never a 500, and the client's keep-alive
+    connection serves its next request."""
+    status, content = request_on(keep_alive, "POST", "/v1/audio/speech", body)
+    assert status == 400, content
+    error = json.loads(content)["error"]
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert error["message"] and "Traceback" not in error["message"]
     if code == "input_too_long":
         assert "200" in error["message"] and "--max-input-chars" in error["message"]
-    if code == "unknown_voice":
+    if code == "unknown_voice" and "nobody" in error["message"]:
         assert ("voices are conversational_a, conversational_b, the aliases alloy, ash, ballad, cedar, coral, echo, "
                 "fable, marin, nova, onyx, sage, shimmer, verse, or a speaker id (0, 1, ...)") in error["message"]
     if code == "unsupported_format":
         assert "choose one of mp3, opus, aac, flac, wav, pcm" in error["message"]
+    if param == "seed":
+        assert "seed must be" in error["message"] or "integer" in error["message"]
+    assert request_on(keep_alive, "GET", "/v1/models")[0] == 200
 
 
 def test_requests_without_the_key_are_answered_401(server):
@@ -257,13 +300,54 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(tmp_path, model):
         long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
         with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
                           json={"voice": "0", "input": long_text, "response_format": "pcm", "seed": 0}) as response:
-            next(response.iter_bytes())
+            body = response.iter_bytes()  # held: an iterator dropped closes the response
+            next(body)
             assert server.health()["streams"] == 1
         server.wait_idle(timeout=30)
         assert speech(server, input="Hi.", response_format="pcm").status_code == 200
     finally:
         log = stop_server(server)
     assert "Traceback" not in log, log
+
+
+def raw_request(body: bytes, length: int | None = None) -> bytes:
+    """A speech request as bytes, its Content-Length `length` (the body's own by default)."""
+    return (f"POST /v1/audio/speech HTTP/1.1\r\nHost: csm\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body) if length is None else length}\r\n\r\n"
+            ).encode() + body
+
+
+def address(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_a_slot_freed_by_a_client_that_just_left_is_free_at_once(server):
+    """20 clients leave one after another (before their first audio, or after it) on a server of 2 slots: each
+    next one gets a slot, not a 429."""
+    server.wait_idle(timeout=30)
+    body = json.dumps({"voice": "0", "input": TEXT, "response_format": "pcm"}).encode()
+    with httpx.Client(headers=AUTH, timeout=120) as client:
+        for _ in range(10):
+            with socket.create_connection(address(server)) as sock:  # leaves before its first audio
+                sock.sendall(raw_request(body))
+            with client.stream("POST", f"{server.url}/v1/audio/speech", content=body) as response:
+                assert response.status_code == 200, response.read()  # then leaves after its first audio
+    server.wait_idle(timeout=30)
+
+
+def test_clients_that_leave_mid_body_are_one_quiet_log_line_each(server):
+    before = server.log.read_text().count("left before sending its whole request")
+    for _ in range(5):
+        with socket.create_connection(address(server)) as sock:
+            sock.sendall(raw_request(b'{"voice": "0", "in', length=1000))
+    deadline = time.monotonic() + 30
+    while server.log.read_text().count("left before sending its whole request") < before + 5:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log
+    assert speech(server, input="Hi.", response_format="pcm").status_code == 200
 
 
 def test_two_listeners_are_served_interleaved(server):
@@ -279,6 +363,45 @@ def test_two_listeners_are_served_interleaved(server):
             assert first_times and first_times[-1] > second_chunks[0][0], "the second listener waited for the first"
     alone = speech(server, response_format="pcm", seed=1).content
     assert b"".join(data for _, data in second_chunks) == alone
+
+
+def test_sigterm_ends_every_stream_cleanly_and_exits_soon(tmp_path, model):
+    """A streamed WAV body is terminated (its chunked encoding complete, the WAV readable), server-sent events end with
+    an error event, a WebSocket is closed with 1001 (going away), no new connection is accepted, and the process
+    exits with 143 within a few seconds."""
+    server = start_server(tmp_path, [arg for arg in model if arg != "--quiet"], "--max-seconds", "20",
+                          "--max-streams", "3")
+    long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
+    body = {"voice": "0", "input": long_text, "response_format": "wav", "seed": 0}
+    url = f"{server.url}/v1/audio/speech"
+    with httpx.Client(timeout=60) as client, client.stream("POST", url, json=body) as wav, \
+            client.stream("POST", url, json=body | {"response_format": "pcm", "stream_format": "sse"}) as sse, \
+            connect(ws_url(server)) as ws:
+        wav_bytes = wav.iter_bytes()
+        first = next(wav_bytes)
+        sse_lines = sse.iter_lines()
+        assert next(line for line in sse_lines if line.startswith("data: "))
+        ws.send(json.dumps({"type": "text", "text": long_text}))
+        ws.send(json.dumps({"type": "flush"}))
+        while json.loads(ws.recv(timeout=60))["type"] != "audio":
+            pass
+        server.process.terminate()
+        stopped_at = time.monotonic()
+        samples, rate = sf.read(io.BytesIO(first + b"".join(wav_bytes)), dtype="int16")  # complete, or httpx raises
+        assert rate == SAMPLE_RATE and len(samples) > 0 and len(samples) % SAMPLES_PER_FRAME == 0
+        events = [json.loads(line.removeprefix("data: ")) for line in sse_lines if line.startswith("data: ")]
+        assert events[-1]["error"]["code"] == "server_shutting_down", events[-1]
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1001
+        with pytest.raises(httpx.ConnectError):
+            client.get(f"{server.url}/health")
+    assert server.process.wait(timeout=30) == 143
+    assert time.monotonic() - stopped_at < 6
+    log = server.log.read_text()
+    assert log.strip().splitlines()[-1] == "csm: terminated", log
+    assert "Traceback" not in log and "Cancel" not in log, log
 
 
 def test_binding_beyond_loopback_without_a_key_warns_and_wyoming_always_does(tmp_path, model):
@@ -394,8 +517,11 @@ def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
 
 
 def test_a_websocket_answers_bad_messages_and_goes_on(server):
-    with connect(ws_url(server), additional_headers=AUTH) as ws:
-        for bad in ["{not json", json.dumps({"type": "speak"}), json.dumps({"type": "text", "text": "x" * 300})]:
+    bad_messages = ["{not json", "[" * 100_000 + "]" * 100_000, json.dumps({"type": "speak"}),
+                    json.dumps({"type": "text", "text": 5}), '{"type": "text", "text": "Hi \\ud800."}',
+                    json.dumps({"type": "text", "text": "x" * 300})]
+    with connect(ws_url(server), additional_headers=AUTH, max_size=None) as ws:
+        for bad in bad_messages:
             ws.send(bad)
             assert json.loads(ws.recv(timeout=60))["type"] == "error"
         ws.send(json.dumps({"type": "text", "text": "Fine."}))
@@ -410,6 +536,24 @@ def test_a_websocket_without_the_key_is_refused(server):
     with connect(ws_url(server)) as ws:
         error = json.loads(ws.recv(timeout=30))
         assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("?seed=-1", "seed"),
+    (f"?seed={2**70}", "seed"),
+    ("?seed=1.5", "seed"),
+    ("?seed=", "seed"),
+    ("?voice=1000000", "voice"),
+    ("?voice=nobody", "voice"),
+])
+def test_a_websocket_with_a_bad_parameter_is_answered_and_closed(server, query, param):
+    """As a request's body is: an error message naming the parameter, then close code 1008."""
+    with connect(ws_url(server, query), additional_headers=AUTH) as ws:
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["error"]["param"] == param, error
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1008

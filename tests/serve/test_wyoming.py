@@ -9,7 +9,7 @@ from test_server import AUTH, FRAME_BYTES, MAX_FRAMES, TEXT, Server
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_read_event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
@@ -130,14 +130,24 @@ def test_wyoming_shares_the_slots_of_http_and_leaving_frees_them(agent_server):
 
 
 def test_requests_that_cannot_be_served_are_an_error_then_the_end(agent_server):
-    async def refused(event: Event) -> tuple[Event | None, Event | None]:
-        async with client(agent_server) as connection:
-            await connection.write_event(event)
-            return await connection.read_event(), await connection.read_event()
+    async def refused(event: Event | bytes) -> tuple[Event | None, Event | None]:
+        """`event` sent by the wyoming client, or as raw bytes (what it cannot send: JSON's "\\ud800")."""
+        if isinstance(event, Event):
+            async with client(agent_server) as connection:
+                await connection.write_event(event)
+                return await connection.read_event(), await connection.read_event()
+        reader, writer = await asyncio.open_connection(*agent_server.wyoming)
+        writer.write(event)
+        try:
+            return await async_read_event(reader), await async_read_event(reader)
+        finally:
+            writer.close()
 
     for event, code, words in [
         (Synthesize(text="Hi.", voice=SynthesizeVoice(name="nobody")).event(), "unknown_voice", "alloy, ash"),
         (Synthesize(text="word " * 1000).event(), "input_too_long", "--max-input-chars"),
+        (b'{"type": "synthesize", "data": {"text": "Hi \\ud800."}}\n', "invalid_text", "lone surrogate"),
+        (Synthesize(text="Hi.", voice=SynthesizeVoice(name="1000000")).event(), "unknown_voice", "0 to 999999"),
     ]:
         error, after = asyncio.run(refused(event))
         assert Error.from_event(error).code == code and words in Error.from_event(error).text
