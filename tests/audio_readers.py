@@ -35,8 +35,9 @@ def wav_chunk_sizes(path: Path) -> dict[bytes, int]:
     return sizes
 
 
-def assert_readable(path: Path) -> int:
-    """Asserts that every reader reads `path` whole; returns its samples."""
+def assert_readable(path: Path, growing: bool = False) -> int:
+    """Asserts that every reader reads `path` whole; returns its samples. `growing`: a snapshot of a file being
+    written, whose header may lag the data appended since its last update (it never says more than the file holds)."""
     info = sf.info(str(path))
     assert info.samplerate == SAMPLE_RATE and info.channels == 1, info
     samples, _ = sf.read(str(path), dtype="float32")
@@ -44,7 +45,10 @@ def assert_readable(path: Path) -> int:
     if info.format == "WAV":
         width = 2 if info.subtype == "PCM_16" else 4
         sizes = wav_chunk_sizes(path)
-        assert sizes[b"RIFF"] == path.stat().st_size - 8, (sizes, path.stat().st_size)
+        if growing:
+            assert sizes[b"RIFF"] <= path.stat().st_size - 8, (sizes, path.stat().st_size)
+        else:
+            assert sizes[b"RIFF"] == path.stat().st_size - 8, (sizes, path.stat().st_size)
         assert sizes[b"data"] == width * info.frames, (sizes, info.frames)
         if info.subtype == "PCM_16":
             with wave.open(str(path)) as reader:
@@ -56,3 +60,10 @@ def assert_readable(path: Path) -> int:
     else:
         assert decoded > 0
     return info.frames
+
+
+def assert_readable_while_growing(path: Path, snapshot: Path) -> int:
+    """Asserts that the file being written at `path`, as it is now (copied to `snapshot` in one read, so that every
+    reader sees the same bytes), is readable whole; returns its samples."""
+    snapshot.write_bytes(path.read_bytes())
+    return assert_readable(snapshot, growing=True)
