@@ -31,13 +31,13 @@ from starlette.requests import HTTPConnection
 
 from ..audio import SAMPLES_PER_FRAME
 from ..errors import CsmError
-from ..generation.conversation import PACK_WORDS, Conversation, Utterance
-from ..generation.ending import window_words
+from ..generation.codec import Codec
+from ..generation.conversation import Conversation
 from ..generation.generator import Settings, StreamingGenerator
 from ..generation.prompt import Segment
-from ..loading.voice import DEFAULT_VOICES, choose_voices
+from ..loading.voice import DEFAULT_VOICES, Voice, choose_voices, voice_segment
 from ..output.pcm import to_pcm16
-from ..text.script import SentenceSplitter, split_utterances
+from ..text.script import SentenceSplitter
 from .encoders import ENCODERS
 from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
 
@@ -114,17 +114,17 @@ def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
 
 
-def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
+def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options: ServeOptions) -> FastAPI:
+    """The app of a generator with a slot per stream (`options.max_streams`) and the model's `voices`."""
     scheduler = Scheduler(generator, options.max_streams)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
         yield
         scheduler.stop()
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    voices = Voices(generator)
+    offered = Voices(voices, generator.codec)
     conversations = Conversations(options.max_conversations)
 
     @app.exception_handler(ApiError)
@@ -158,12 +158,12 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
 
     @app.get("/v1/audio/voices")
     async def voice_list() -> dict[str, Any]:
-        return {"voices": voices.listing()}
+        return {"voices": offered.listing()}
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> StreamingResponse:
         body = parse_body(await request.body())
-        voice = voices.resolve(body.voice)
+        voice = offered.resolve(body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
@@ -185,8 +185,8 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                        batch=scheduler.batch, history=history)
-            script = utterances_of(text, voice.speaker, generator)
+                                        history=history, owner=stream)
+            script = conversation.script(text, voice.speaker)
             stream.submit(0, lambda: conversation.speak(script))
             first = await events.get()
         except BaseException:
@@ -208,7 +208,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
         try:
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
-            voice = voices.resolve(websocket.query_params.get("voice", "0"))
+            voice = offered.resolve(websocket.query_params.get("voice", "0"))
             settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
             events = _Events()
             try:
@@ -221,7 +221,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions) -> FastAPI:
             await websocket.close(closing.code)
             return
         conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                    batch=scheduler.batch)
+                                    owner=stream)
         session = SpeechSession(websocket, stream, events, conversation, voice.speaker, options.max_input_chars)
         try:
             await session.run()
@@ -315,7 +315,7 @@ class SpeechSession:
             index = self.sentences
             self.sentences += 1
             self.events.put_now({"type": "sentence", "sentence": index, "text": sentence})
-            script = utterances_of(sentence, self.speaker, self.conversation.generator)
+            script = self.conversation.script(sentence, self.speaker)
             self.stream.submit(index, lambda script=script: self.conversation.speak(script))
 
     async def send(self) -> None:
@@ -357,10 +357,10 @@ class Voices:
       (conversational_a as speaker 0, conversational_b as speaker 1), so 0 and 1 speak with those voices.
     The voices with a known transcript are offered; their prompts are encoded here, once (and cached on disk)."""
 
-    def __init__(self, generator: StreamingGenerator) -> None:
-        self.offered = {name: voice for name, voice in generator.voices.items() if voice.text}
-        self.untranscribed = [name for name in generator.voices if name not in self.offered]
-        self._prompts = {name: generator.voice_segment(voice, NAMED_VOICE_SPEAKER)
+    def __init__(self, voices: dict[str, Voice], codec: Codec) -> None:
+        self.offered = {name: voice for name, voice in voices.items() if voice.text}
+        self.untranscribed = [name for name in voices if name not in self.offered]
+        self._prompts = {name: voice_segment(voice, NAMED_VOICE_SPEAKER, codec)
                          for name, voice in self.offered.items()}
 
     def listing(self) -> list[dict[str, Any]]:
@@ -469,13 +469,6 @@ def request_settings(defaults: Settings, seed: int | None) -> Settings:
     return Settings(defaults.temperature, defaults.topk, seed, defaults.max_seconds, defaults.chunk_frames)
 
 
-def utterances_of(text: str, speaker: int, generator: StreamingGenerator) -> list[Utterance]:
-    """A request's text as `csm say` speaks a line: sentences, short ones packed, one too long for the model's
-    window cut at clauses."""
-    most = window_words(generator.model.max_seq_len)
-    return [Utterance(speaker, piece) for piece in split_utterances(text, most, min(PACK_WORDS, most))]
-
-
 def open_stream(scheduler: Scheduler, events: _Events) -> Stream:
     try:
         return scheduler.open(events.put)
@@ -575,8 +568,8 @@ def is_loopback(sock: socket.socket) -> bool:
     return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
-def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options: ServeOptions,
-          quiet: bool = False) -> None:
+def serve(load: Callable[[], tuple[StreamingGenerator, dict[str, Voice]]], host: str, port: int,
+          options: ServeOptions, quiet: bool = False) -> None:
     """Binds, loads the model, then serves until interrupted."""
     import uvicorn
 
@@ -584,8 +577,8 @@ def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options:
     if not is_loopback(sock) and options.api_key is None:
         print(f"csm: warning: serving on {host}, which is not loopback, without --api-key: anyone who can reach "
               "this port can use the server", file=sys.stderr)
-    generator = load()
-    app = create_app(generator, options)
+    generator, voices = load()
+    app = create_app(generator, voices, options)
     address, bound_port = sock.getsockname()[:2]
     shown = f"[{address}]" if ":" in address else address
     print(f"csm: serving on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
