@@ -308,7 +308,7 @@ def context_segments(seconds: float) -> list[Segment]:
 
 def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
                progress: LoadProgress) -> tuple[PathFigures, StreamingGenerator]:
-    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text; shows the frames
+    """Makes the generator (its CUDA graphs captured, on CUDA), warms it up, then speaks every text; shows the frames
     done in `progress`."""
     started = time.perf_counter()
     generator = make()

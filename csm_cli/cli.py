@@ -466,9 +466,10 @@ def bench(
     )] = 0,
     streams: Annotated[int, typer.Option(
         metavar="N",
-        help="Also generate the texts as N streams started together in one batch (eager; Mimi decodes their "
-             "frames together, each stream on its own row), then one stream the same way; report each stream's "
-             "first audio and time per frame, the frames per second of all, and the ratio to one stream.",
+        help="Also generate the texts as N streams started together in an engine of N slots (as csm serve does; "
+             "Mimi decodes their frames together, each stream on its own row), then one stream in an engine of one "
+             "slot; report each stream's first audio and time per frame, the frames per second of all, and the ratio "
+             "to one stream.",
     )] = 0,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,

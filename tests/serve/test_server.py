@@ -242,7 +242,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(tmp_path, model):
         long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
         with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
                           json={"voice": "0", "input": long_text, "response_format": "pcm", "seed": 0}) as response:
-            next(response.iter_bytes())
+            chunks = response.iter_bytes()  # kept: an iterator dropped closes the response
+            next(chunks)
             assert server.health()["streams"] == 1
         server.wait_idle(timeout=30)
         assert speech(server, input="Hi.", response_format="pcm").status_code == 200
