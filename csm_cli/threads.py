@@ -28,9 +28,9 @@ def use_cpu_threads(threads: int | None = None) -> int:
     """Sets torch's intra-op threads to `threads`, or, unless a count was set before, to one per physical core;
     returns the number in use.
 
-    The producer thread that runs the model is one of those threads (torch's parallel loops run on the calling
-    thread and the pool). Torch's inter-op pool, which csm never uses, is cut to one thread, so that nothing else
-    competes with the producer and the sound card's thread (which mostly sleeps)."""
+    The model thread is one of those threads (torch's parallel loops run on the calling thread and the pool). Torch's
+    inter-op pool, which csm never uses, is cut to one thread, so that nothing else competes with the model thread and
+    the sound card's thread (which mostly sleeps)."""
     global _chosen
     if threads is not None and threads < 1:
         raise CsmError(f"--threads must be at least 1, got {threads}")

@@ -40,7 +40,7 @@ from .codec import Codec
 from .ending import SilenceRule
 from .model import CSM, SHORTEST_PREFILL, reused_rows
 from .prompt import frame_row
-from .sampling import FrameSampler, RowSampling, candidates, seed_halves
+from .sampling import FrameSampler, RowSampling, candidates, code_counters, seed_halves
 
 # The prompt rows prefilled in a step while other streams sample. On a 2-core CPU (int8) 64 rows take 2.6 s, about
 # three steps of one stream (each row costs about as much as the next: prefill is bound by arithmetic there); on
@@ -186,6 +186,7 @@ class FrameEngine:
                                     seed_high=torch.zeros(slots, **zeros), seed_low=torch.zeros(slots, **zeros),
                                     frame=torch.zeros(slots, **zeros))
         self.advancing = torch.zeros(slots, dtype=torch.bool, device=self.device)  # the rows sampling
+        self.counters = code_counters(args.num_codebooks, args.audio_vocab_size, self.device)
         self.last_h = torch.zeros(slots, args.backbone.dim, dtype=model.audio_head.dtype, device=self.device)
         self.codes = torch.zeros(slots, args.num_codebooks, **zeros)  # the last step's
         self.samples = torch.zeros(slots, SAMPLES_PER_FRAME, device=self.device)
@@ -330,8 +331,7 @@ class FrameEngine:
         caches, decoder_caches = self._bucket_caches[rows]
         row = self.sampling
         sampler = FrameSampler(RowSampling(row.topk[:rows], row.temperature[:rows], row.seed_high[:rows],
-                                           row.seed_low[:rows], row.frame[:rows]),
-                               count, self.model.args.num_codebooks, self.model.args.audio_vocab_size)
+                                           row.seed_low[:rows], row.frame[:rows]), count, self.counters)
         codes = self.model.frame_codes(self.last_h[:rows], decoder_caches, sampler)  # [rows, C]
         self.codes[:rows].copy_(codes)
         tokens, mask = frame_row(codes)  # [rows, 1, C+1]

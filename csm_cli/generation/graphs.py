@@ -5,7 +5,9 @@ slots) is captured once per bucket of rows (1, 2, 4, ... up to the slots) and pe
 (`sampling.candidates`; the default's at construction, others on first use); Mimi's decode of every slot's row
 (`FrameEngine.decode_step`) once. Each reads the per-row tensors the host writes before a replay (positions,
 settings, seeds, frame indices, which rows advance) and writes the engine's codes, hidden states, caches and
-samples in place, so a replay runs what the eager step runs. The prefill stays eager (see `engine`).
+samples in place, so a replay runs what the eager step runs. Mimi's streaming state allows it: its offsets are device
+tensors, advanced only for the rows the mask holds (moshi's host-side offsets count calls, and are read only by
+weights per step, which Mimi's decoder has not). The prefill stays eager (see `engine`).
 """
 
 from collections.abc import Callable, Sequence

@@ -7,10 +7,12 @@ generator state to register with a graph or to reseed). The distribution is the 
 top k is drawn with probability softmax(logits / temperature) over them, as `argmax(probs / Exp(1))` draws it (the
 reference's sampler, without a host sync), here in log space: `argmax(logits / temperature - log Exp(1))`.
 
-The hash is lowbias32 (C. Wellons' integer hash prospector), a bijection of 32-bit values, in int64 tensors: each
-product of a 32-bit value and a 32-bit constant is taken as two products by its 16-bit halves, so that none passes
-2^49 and nothing overflows. A row's 64-bit seed comes as two 32-bit halves; the row's key for a frame hashes them
-with the frame's index; each code's noise hashes that key with the code's (codebook, code) counter.
+The hash is T. Mueller's 32-bit integer hash (two rounds of xor-shift and multiply by 0x45d9f3b, then a last
+xor-shift), a bijection of 32-bit values, in int64 tensors: a 32-bit value times that 27-bit constant stays below
+2^59, so nothing overflows, and each product is taken modulo 2^32. A row's 64-bit seed comes as two 32-bit halves;
+the row's key for a frame hashes them with the frame's index; each code's noise hashes that key with the code's
+(codebook, code) counter (`code_counters`, made once). The noise of every code of a frame is drawn at once: a few
+element-wise operations on [rows, codebooks, vocabulary], rather than a few for each codebook.
 """
 
 from dataclasses import dataclass
@@ -18,24 +20,22 @@ from dataclasses import dataclass
 import torch
 
 MASK32 = 0xFFFF_FFFF
+_MULTIPLIER = 0x45D9F3B  # below 2^27: a 32-bit value times it stays below 2^59
 _CODE_BITS = 12  # codes 0..2050 of a codebook; the codebook above them in a code's counter
 FEWEST_CANDIDATES = 64  # the rows' top k are taken among this many of each row's best codes at least
 
 
-def _times(x: torch.Tensor, constant: int) -> torch.Tensor:
-    """(x * constant) mod 2^32 for 32-bit values x [int64] and a 32-bit constant, every product below 2^49."""
-    low = x * (constant & 0xFFFF)
-    high = ((x * (constant >> 16)) & 0xFFFF) << 16
-    return (low + high) & MASK32
-
-
 def mix32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32: 32-bit values [int64] -> their hashes, a bijection with low bias."""
-    x = x ^ (x >> 16)
-    x = _times(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _times(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    """32-bit values [int64] -> their hashes (T. Mueller's), a bijection."""
+    x = ((x >> 16) ^ x) * _MULTIPLIER & MASK32
+    x = ((x >> 16) ^ x) * _MULTIPLIER & MASK32
+    return (x >> 16) ^ x
+
+
+def code_counters(codebooks: int, vocabulary: int, device: torch.device) -> torch.Tensor:
+    """Each code's counter, (codebook, code) as one integer -> [codebooks, vocabulary] int64."""
+    codebook = torch.arange(codebooks, device=device).view(-1, 1)
+    return (codebook << _CODE_BITS) + torch.arange(vocabulary, device=device)
 
 
 def seed_halves(seed: int) -> tuple[int, int]:
@@ -43,14 +43,13 @@ def seed_halves(seed: int) -> tuple[int, int]:
     return seed >> 32, seed & MASK32
 
 
-def frame_gumbel(seed_high: torch.Tensor, seed_low: torch.Tensor, frame: torch.Tensor, codebooks: int,
-                 vocabulary: int) -> torch.Tensor:
+def frame_gumbel(seed_high: torch.Tensor, seed_low: torch.Tensor, frame: torch.Tensor,
+                 counters: torch.Tensor) -> torch.Tensor:
     """Each row's noise for every code of one frame: -log(E), E ~ Exp(1), a function of (seed, frame, codebook,
-    code) -> [B, codebooks, vocabulary] float32. Rows' seed halves and frame indices [B] int64."""
+    code) -> [B, codebooks, vocabulary] float32. Rows' seed halves and frame indices [B] int64; the codes' counters
+    [codebooks, vocabulary] (`code_counters`)."""
     key = mix32(mix32(mix32(seed_low) ^ seed_high) ^ frame)  # [B]
-    counter = torch.arange(codebooks * vocabulary, device=key.device).view(codebooks, vocabulary)
-    counter = (counter // vocabulary << _CODE_BITS) + counter % vocabulary  # (codebook, code)
-    bits = mix32(key.view(-1, 1, 1) ^ counter)  # [B, codebooks, vocabulary]
+    bits = mix32(key.view(-1, 1, 1) ^ counters)  # [B, codebooks, vocabulary]
     uniform = ((bits >> 8).float() + 0.5) * 2.0**-24  # 24 bits, in (0, 1)
     return -torch.log(-torch.log(uniform))
 
@@ -76,10 +75,10 @@ class RowSampling:
 class FrameSampler:
     """Draws the codes of one frame of every row, codebook by codebook, with each row's settings."""
 
-    def __init__(self, rows: RowSampling, candidates: int, codebooks: int, vocabulary: int) -> None:
+    def __init__(self, rows: RowSampling, candidates: int, counters: torch.Tensor) -> None:
         self.rows = rows
         self.candidates = candidates
-        self.gumbel = frame_gumbel(rows.seed_high, rows.seed_low, rows.frame, codebooks, vocabulary)
+        self.gumbel = frame_gumbel(rows.seed_high, rows.seed_low, rows.frame, counters)
 
     def __call__(self, codebook: int, logits: torch.Tensor) -> torch.Tensor:
         """One codebook's logits [B, V] -> codes [B, 1]: a row's top k codes at its temperature."""

@@ -227,7 +227,7 @@ def test_the_graphs_shapes_sample_what_a_cpu_runs(generator):
         engine = FrameEngine(generator.model, generator.codec, 1)
         engine.graph_shapes = graph_shapes
         driver = Driver(engine)
-        driver.join("greedy", prompt(generator, long, frames=8))
+        driver.join("greedy", prompt(generator, long, frames=FRAMES))
         driver.run()
         codes.append(driver.codes("greedy"))
     np.testing.assert_array_equal(codes[0], codes[1])
