@@ -6,8 +6,11 @@ PYTHON ?= python3
 # pulls a multi-GB CUDA build. On a GPU machine, install the CUDA torch you want first: `pip install -e .` keeps it.
 TORCH ?= torch==2.13.0
 MOSHI := moshi==0.2.13
-# PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests; curl for the server's.
-APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins curl
+# a test dependency, without its pins of soundfile and soxr (see pyproject.toml)
+PIPECAT := pipecat-ai==1.14.0
+# PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests; curl for the server's;
+# ffmpeg, a reader the tests open every written file with.
+APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins curl ffmpeg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # What the GPU machines' image lacks, as wheels for its Python 3.12, carried in .whl/ (ignored by git).
@@ -32,6 +35,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# moshi without its stale pins (see pyproject.toml); what its Mimi needs comes with this package
 	$(PIP) install -q --no-deps "$(MOSHI)"
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps "$(PIPECAT)"
 	touch $@
 
 lint: install

@@ -1,19 +1,10 @@
-"""The `csm` command and `python -m csm_cli`. Ctrl-C ends the program at once while it starts (importing Typer and
-the CLI takes a while on a busy machine), until the command takes Ctrl-C over (cli.user_errors)."""
+"""The `csm` command and `python -m csm_cli`. Ctrl-C, SIGTERM and SIGHUP end the program at once while it starts
+(importing Typer and the CLI takes a while on a busy machine), until the command takes them over (cli.user_errors)."""
 
 import os
-import signal
 import sys
-from contextlib import suppress
-from types import FrameType
 
-from .errors import INTERRUPTED_EXIT_STATUS
-
-
-def _interrupted_while_starting(signum: int, frame: FrameType | None) -> None:
-    with suppress(OSError):  # stderr closed: the exit status says it
-        os.write(2, b"csm: interrupted\n")
-    os._exit(INTERRUPTED_EXIT_STATUS)
+from .stopping import exit_while_starting
 
 
 def _open_closed_standard_streams() -> None:
@@ -35,7 +26,7 @@ def _open_closed_standard_streams() -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    exit_while_starting()
     _open_closed_standard_streams()
     from .cli import main as cli_main
 

@@ -3,11 +3,10 @@ torch, moshi and sounddevice are imported inside the commands so that `csm --hel
 
 import os
 import re
-import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -15,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 import typer.core
 
+from . import stopping
 from .checks import whole_number
-from .errors import INTERRUPTED_EXIT_STATUS, CsmError
+from .errors import CsmError
 from .loading.config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
@@ -107,31 +107,41 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C exits with 130; a closed stdout ends
-    quietly as a closed pipe does. Outputs are closed by the time an exception gets here."""
+    """A CsmError becomes one line on stderr and a non-zero exit; Ctrl-C, SIGTERM and SIGHUP one line and 128 + the
+    signal (`stopping`); a closed stdout ends quietly as a closed pipe does. Outputs are closed by the time an
+    exception gets here."""
     from .output.pcm import OutputClosed, exit_for_closed_output
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as KeyboardInterrupt from here on
-    try:
-        yield
-    except CsmError as e:
-        print(f"csm: error: {e}", file=sys.stderr)
-        leave(e.exit_code)
-    except KeyboardInterrupt:
-        print("csm: interrupted", file=sys.stderr)
-        leave(INTERRUPTED_EXIT_STATUS)
-    except OutputClosed:
-        exit_for_closed_output()
+    main_thread = threading.current_thread() is threading.main_thread()
+    with stopping.raised_while() if main_thread else nullcontext():
+        try:
+            yield
+        except KeyboardInterrupt as e:
+            stop(e if isinstance(e, stopping.Stopped) else stopping.Stopped())
+        except BaseException as e:
+            if (stopped := stopping.received()) is not None:  # an error a library made of the stop
+                stop(stopped)
+            if isinstance(e, CsmError):
+                stopping.ending()
+                print(f"csm: error: {e}", file=sys.stderr)
+                leave(e.exit_code)
+            if isinstance(e, OutputClosed):
+                exit_for_closed_output()
+            raise
 
 
-def leave(status: int) -> NoReturn:
-    """Ends the program with `status`. After Ctrl-C, or while the producer thread may still be inside torch, the
-    interpreter's teardown takes seconds and can abort ("terminate called without an active exception"): the
-    outputs are closed by then, so the standard streams are flushed and the process leaves at once."""
-    if status != INTERRUPTED_EXIT_STATUS and not any(
-        thread.name == "csm-producer" and thread.is_alive() for thread in threading.enumerate()
-    ):
+def stop(stopped: stopping.Stopped) -> NoReturn:
+    stopping.ending()
+    with suppress(OSError):  # the terminal is gone (SIGHUP): the exit status says it
+        print(stopped.message, file=sys.stderr)
+    leave(stopped.exit_status, at_once=True)
+
+
+def leave(status: int, at_once: bool = False) -> NoReturn:
+    """Ends the program with `status`. After a stop signal (`at_once`), or while the producer thread may still be
+    inside torch, the interpreter's teardown takes seconds and can abort ("terminate called without an active
+    exception"): the outputs are closed by then, so the standard streams are flushed and the process leaves at once."""
+    if not at_once and not any(thread.name == "csm-producer" and thread.is_alive() for thread in threading.enumerate()):
         raise typer.Exit(status)
     for stream in (sys.stdout, sys.stderr):
         with suppress(OSError, ValueError, AttributeError):  # closed, or None when started without it
@@ -385,9 +395,13 @@ def voices(model: ModelOption = DEFAULT_MODEL, quiet: QuietOption = False) -> No
         defaults = {name: speaker for speaker, name in DEFAULT_VOICES.items()}
         table = Table("name", "seconds", "transcript", "default for")
         for name, voice in offered.items():
+            seconds = voice.seconds
+            if seconds is None:
+                table.add_row(name, "-", f"unreadable: {voice.path.name} is not an audio file", "")
+                continue
             transcript = "known" if voice.text else "unknown: give it with --voice-text"
             speaker = f"speaker {defaults[name]}" if name in defaults and voice.text else ""
-            table.add_row(name, f"{voice.seconds:.1f}", transcript, speaker)
+            table.add_row(name, f"{seconds:.1f}", transcript, speaker)
         Console(width=120).print(table)
 
 
@@ -402,6 +416,13 @@ def serve(
     max_input_chars: Annotated[int, typer.Option(help="Longest input of one request, in characters.")] = 4096,
     max_conversations: Annotated[int, typer.Option(
         help="Most conversations kept for requests that name one; the least recently used is forgotten.")] = 100,
+    voice_alias: Annotated[list[str] | None, typer.Option(
+        metavar="NAME=VOICE",
+        help="Let requests name VOICE (a voice or a speaker id) NAME; repeatable. OpenAI's voice names (alloy, ash, "
+             "...) take the voices with a known transcript in turn unless given here.")] = None,
+    wyoming_port: Annotated[int | None, typer.Option(
+        help="Also serve Home Assistant's Wyoming protocol on this TCP port (10200 is its usual one) of --host.")
+    ] = None,
     pause: Annotated[float, typer.Option(help="Seconds of silence between the sentences of a request.")] = 0.2,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.9,
     topk: Annotated[int, typer.Option(help="Sample among the k most likely codes; 1 is greedy.")] = 50,
@@ -416,13 +437,15 @@ def serve(
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces."""
+    """Serve speech over HTTP: OpenAI's /v1/audio/speech, and a WebSocket for text that arrives in pieces; with
+    --wyoming-port, Home Assistant's Wyoming too."""
     with user_errors():
         from .generation.conversation import pause_frames
         from .generation.generator import Settings
         from .loading.generator import LoadOptions
         from .serve.server import ServeOptions
         from .serve.server import serve as run_server
+        from .serve.speech import parse_voice_aliases
         from .threads import use_cpu_threads
 
         if max_streams < 1:
@@ -431,15 +454,16 @@ def serve(
             raise CsmError(f"--max-input-chars must be at least 1, got {max_input_chars}")
         if max_conversations < 1:
             raise CsmError(f"--max-conversations must be at least 1, got {max_conversations}")
-        if not 0 <= port <= 65535:
-            raise CsmError(f"--port must lie in 0..65535, got {port}")
+        for option, number in (("--port", port), ("--wyoming-port", wyoming_port)):
+            if number is not None and not 0 <= number <= 65535:
+                raise CsmError(f"{option} must lie in 0..65535, got {number}")
         pause_frames(pause)
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
-                               max_conversations, api_key or None)
+                               max_conversations, api_key or None, parse_voice_aliases(voice_alias or []))
         use_cpu_threads(threads)
         load_options = LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager, max_streams)
         run_server(lambda: (load(load_options, quiet), offered_voices(model, None, False, quiet)), host, port,
-                   options, quiet)
+                   options, quiet, wyoming_port)
 
 
 class CompareWith(StrEnum):

@@ -91,6 +91,7 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
         generator.close()
         raise
     finally:
+        conversation.close()
         if isinstance(sink, AudioFileWriter):
             sink.close()
     generator.close()

@@ -25,15 +25,17 @@ def physical_cores() -> int:
 
 
 def use_cpu_threads(threads: int | None = None) -> int:
-    """Sets torch's intra-op threads to `threads`, or, unless a count was set before, to one per physical core;
-    returns the number in use.
+    """Sets torch's intra-op threads to `threads` (at most the CPUs this process may run on), or, unless a count was
+    set before, to one per physical core; returns the number in use.
 
     The model thread is one of those threads (torch's parallel loops run on the calling thread and the pool). Torch's
     inter-op pool, which csm never uses, is cut to one thread, so that nothing else competes with the model thread and
     the sound card's thread (which mostly sleeps)."""
     global _chosen
-    if threads is not None and threads < 1:
-        raise CsmError(f"--threads must be at least 1, got {threads}")
+    cpus = len(os.sched_getaffinity(0))
+    if threads is not None and not 1 <= threads <= cpus:
+        raise CsmError(f"--threads must be a whole number from 1 to {cpus}, the CPUs this process may run on (more "
+                       f"threads only take turns on them, and torch fails with thousands), got {threads}")
     if threads is None and _chosen is not None:
         return _chosen
     _chosen = threads or physical_cores()

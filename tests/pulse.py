@@ -25,9 +25,14 @@ PACKAGES = "libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins"
 READY_TIMEOUT_S = 5.0
 POLL_S = 0.02
 
+# The tests' sink: 24 kHz float32 mono as csm plays, without rewinds (which lose the first 10-35 ms of a stream that
+# a recording checks). Tests of playback itself also use a null sink with PulseAudio's defaults (`indirect`
+# parametrization of `pulse_server` with DEFAULT_SINK), which takes audio in bursts of up to 2 s while nothing records.
+RECORDED_SINK = "rate=24000 channels=1 format=float32le norewinds=1"
+DEFAULT_SINK = ""
 _SERVER_SCRIPT = """\
 load-module module-native-protocol-unix auth-anonymous=1 socket={socket}
-load-module module-null-sink sink_name={sink} rate=24000 channels=1 format=float32le norewinds=1
+load-module module-null-sink sink_name={sink} {options}
 set-default-sink {sink}
 set-default-source {sink}.monitor
 """
@@ -115,9 +120,10 @@ def _pactl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def pulse_server(tmp_path: Path) -> Iterator[PulseServer]:
-    """A private PulseAudio whose default sink is the null sink ``testsink``; this process's environment points
-    at it while the test runs. Fails (does not skip) when PulseAudio is not installed."""
+def pulse_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PulseServer]:
+    """A private PulseAudio whose default sink is the null sink ``testsink`` (RECORDED_SINK's options, or those of
+    the test's indirect parameter); this process's environment points at it while the test runs. Fails (does not
+    skip) when PulseAudio is not installed."""
     missing = [tool for tool in ("pulseaudio", "pactl", "parec") if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} not found: install the packages {PACKAGES}")
@@ -126,7 +132,8 @@ def pulse_server(tmp_path: Path) -> Iterator[PulseServer]:
     for directory in (run, config, home):
         directory.mkdir(parents=True)
     script = root / "server.pa"
-    script.write_text(_SERVER_SCRIPT.format(socket=run / "native", sink=SINK))
+    options = getattr(request, "param", RECORDED_SINK)
+    script.write_text(_SERVER_SCRIPT.format(socket=run / "native", sink=SINK, options=options))
     env = {
         "PULSE_SERVER": f"unix:{run / 'native'}",
         "XDG_RUNTIME_DIR": str(run),

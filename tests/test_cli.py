@@ -4,12 +4,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 from fake_hub import failing_hub, refusing_hub, unreachable_hub
@@ -101,12 +103,22 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, transformers_dir, mi
     ("--model-device", "mps", "--model-device mps is not supported: csm runs on cpu or cuda"),
     ("--model-device", "tpu:9", "--model-device 'tpu:9' is not a torch device"),
     ("--model-device", "cuda:7", "--model-device cuda:7 was asked for but torch sees no CUDA GPU"),
+    ("--model-device", "cpu:7", "--model-device cpu:7: the CPU is one device, cpu (cpu:0)"),
     ("--dtype", "float8", "--dtype float8 is not supported: choose bfloat16, float16, float32"),
 ])
 def test_bad_numbers_devices_and_dtypes_name_the_option_before_loading(option, value, message):
     result = runner.invoke(app, ["say", "Hi", option, value, "--no-play", "--out", "x.wav", "--model", "/unused"])
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, message)
+
+
+def test_a_command_run_in_process_leaves_the_signal_handlers_as_they_were():
+    """Commands catch SIGINT, SIGTERM and SIGHUP while they run, in the main thread, then put back the handlers of
+    before: a test runner keeps its own, and ignores none (what it ignores, the processes it starts would)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    result = runner.invoke(app, ["say", "Hi", "--topk", "0", "--no-play", "--out", "x.wav", "--model", "/unused"])
+    assert result.exit_code == 1
+    assert {signum: signal.getsignal(signum) for signum in before} == before
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -164,7 +176,7 @@ def edited_json(**changes: object) -> Callable[[Path], None]:
     ("transformers_dir", "config.json", edited_json(depth_decoder_config=3),
      "config.json of the transformers layout is incomplete or invalid"),
     ("original_dir", "config.json", edited_json(text_vocab_size="many"),
-     "config.json of the original layout is incomplete or invalid"),
+     'config.json: text_vocab_size must be a whole number from 1 to 1048576, got "many"'),
     ("transformers_dir", "tokenizer.json", truncated, "cannot read the tokenizer"),
     ("transformers_dir", "tokenizer_config.json", not_json, "tokenizer_config.json is not valid JSON"),
     ("transformers_dir", "tokenizer_config.json", edited_json(bos_token=5),
@@ -193,6 +205,89 @@ def test_a_damaged_file_is_one_line_naming_it(request, tmp_path, tokenizer_dir, 
     assert_one_line_error(result.stderr, message)
     assert str(damaged) in result.stderr or damaged.name in result.stderr
     assert not out.exists()
+
+
+def random_bytes(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("mimi.json", b'{"model": {}}', "is not a .safetensors file"),
+    ("hostname", b"myhost\n", "is not a .safetensors file"),
+    ("mimi.pt", random_bytes, "is not a .safetensors file"),
+    ("mimi.safetensors", random_bytes, "is not a Mimi checkpoint"),
+    ("mimi.safetensors", b'{"model": {}}', "is not a Mimi checkpoint"),
+    ("mimi.safetensors", "dir", "is a directory"),
+    ("model.safetensors", "csm", "is not a Mimi checkpoint (Error(s) in loading state_dict"),
+])
+def test_a_codec_that_is_not_mimi_is_one_line_naming_it(tmp_path, transformers_dir, name, content, message):
+    codec = tmp_path / name
+    if content == "dir":
+        codec.mkdir()
+    elif content == "csm":
+        codec = transformers_dir / name
+    elif callable(content):
+        content(codec)
+    else:
+        codec.write_bytes(content)
+    result = runner.invoke(app, ["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                 *model_args(transformers_dir, codec)])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, f"{codec} {message}")
+    assert "give Mimi's safetensors file" in result.stderr
+
+
+def nested(section: str, **changes: object) -> dict:
+    return {section: changes}
+
+
+@pytest.mark.parametrize(("checkpoint", "changes", "message"), [
+    ("transformers_dir", {"num_attention_heads": 0}, "num_attention_heads must be a whole number from 1 to 128, got 0"),
+    ("transformers_dir", {"num_attention_heads": 3},
+     "hidden_size 128 must be num_attention_heads 3 times an even head dimension"),
+    ("transformers_dir", {"num_key_value_heads": 3},
+     "num_attention_heads 4 must be a multiple of num_key_value_heads 3"),
+    ("transformers_dir", {"hidden_size": 0}, "hidden_size must be a whole number from 1 to 1048576, got 0"),
+    ("transformers_dir", {"hidden_size": 10**6}, "head_dim 32 must be hidden_size / num_attention_heads = 250000"),
+    ("transformers_dir", {"hidden_size": True}, "hidden_size must be a whole number from 1 to 1048576, got true"),
+    ("transformers_dir", {"num_hidden_layers": 2.5}, "num_hidden_layers must be a whole number from 1 to 1048576"),
+    ("transformers_dir", {"intermediate_size": -1}, "intermediate_size must be a whole number from 1 to 1048576"),
+    ("transformers_dir", {"vocab_size": -5}, "vocab_size must be a whole number from 2048 to 1048576 (Mimi's codes"),
+    ("transformers_dir", {"text_vocab_size": 0}, "text_vocab_size must be a whole number from 1 to 1048576, got 0"),
+    ("transformers_dir", {"num_codebooks": 8}, "num_codebooks must be 32 (the codebooks Mimi decodes), got 8"),
+    ("transformers_dir", {"max_position_embeddings": 10**9},
+     "max_position_embeddings must be a whole number from 1 to 32768 (csm allocates the window's attention mask"),
+    ("transformers_dir", {"rms_norm_eps": -1}, "rms_norm_eps must be a number above 0, got -1"),
+    ("transformers_dir", nested("rope_parameters", rope_type="llama3", rope_theta=5e5, factor=32,
+                                low_freq_factor=4, high_freq_factor=1, original_max_position_embeddings=1024),
+     "high_freq_factor 1 must be above low_freq_factor 4"),
+    ("transformers_dir", nested("rope_parameters", rope_type="default", rope_theta=0), "rope_theta must be a number"),
+    ("transformers_dir", nested("depth_decoder_config", num_hidden_layers=0),
+     "depth_decoder_config.num_hidden_layers must be a whole number from 1 to 1048576, got 0"),
+    ("transformers_dir", nested("depth_decoder_config", max_position_embeddings=5),
+     "depth_decoder_config.max_position_embeddings must be a whole number from 33 to 32768"),
+    ("original_dir", {"text_vocab_size": 0}, "text_vocab_size must be a whole number from 1 to 1048576, got 0"),
+    ("original_dir", {"audio_vocab_size": 100}, "audio_vocab_size must be a whole number from 2048 to 1048576"),
+    ("original_dir", {"audio_num_codebooks": 0}, "audio_num_codebooks must be 32 (the codebooks Mimi decodes)"),
+], ids=lambda value: json.dumps(value)[:60] if isinstance(value, dict) else None)
+def test_every_dimension_of_a_config_is_checked_before_anything_is_allocated(request, tmp_path, tokenizer_dir,
+                                                                             mimi_file, checkpoint, changes, message):
+    """Both layouts: each size positive, consistent and within what csm runs, one line naming config.json and the
+    key. The weights are not read (a link to them is enough)."""
+    source = request.getfixturevalue(checkpoint)
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in source.iterdir():
+        (model / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    (model / "config.json").unlink()
+    (model / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["say", "Hi.", "--out", str(tmp_path / "x.wav"), "--no-play", "--voice", "none",
+                                 "--tokenizer", str(tokenizer_dir), *model_args(model, mimi_file)])
+    assert result.exit_code == 1
+    assert_one_line_error(result.stderr, f"config.json: {message}")
 
 
 @pytest.mark.parametrize("hub", [unreachable_hub, refusing_hub])

@@ -18,7 +18,8 @@ from statistics import median
 import numpy as np
 import pytest
 import soundfile as sf
-from pulse import aligned, similarity
+from audio_readers import assert_readable
+from pulse import DEFAULT_SINK, RECORDED_SINK, aligned, similarity
 from test_cli import assert_one_line_error
 from typer.testing import CliRunner
 
@@ -143,6 +144,14 @@ def test_a_closed_pipe_ends_quietly(model):
     assert stderr.decode().split() == ["141"]
 
 
+def test_raw_pcm_to_a_full_device_is_one_line(model):
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([sys.executable, "-m", "csm_cli", "say", "Hello there.", "--out", "-", "-q", *model],
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "writing raw PCM to standard output failed (No space left on device)")
+
+
 def test_out_dir_names_one_wav_per_line_and_part_and_never_mixes_runs(tmp_path, model):
     lines = tmp_path / "lines"
     long_line = " ".join(["Word."] * 4)  # more words than --max-seconds 1.5 holds: two parts
@@ -189,13 +198,16 @@ def test_stdin_run_records_one_wav(tmp_path, model):
     assert len(stats["utterances"]) == 2
 
 
-def test_an_unknown_speaker_tag_is_spoken_with_a_warning(tmp_path, model):
+@pytest.mark.parametrize("tag", ["S1:", "1000000000000000000000000000000:"])
+def test_an_unknown_speaker_tag_is_spoken_with_a_warning(tmp_path, model, tag):
+    """A mistyped tag, or a number out of the speakers' range, is text, not the end of the run."""
     result = runner.invoke(app, ["say", "--speaker", "2", "--out", str(tmp_path / "x.wav"), "--no-play", "--stats",
-                                 "-q", *model], input="S1: hello there\n")
+                                 "-q", *model, "--max-seconds", "0.5"], input=f"{tag} hello there\n")
     assert result.exit_code == 0, result.stderr
     warning, stats = result.stderr.strip().splitlines()
-    assert warning.startswith("csm: warning: 'S1:' is not a speaker tag")
-    assert [(u["speaker"], u["text"]) for u in json.loads(stats)["utterances"]] == [(2, "S1: hello there")]
+    assert warning.startswith(f"csm: warning: '{tag}' is not a speaker tag (write 'N: text' with N a whole number "
+                              "from 0 to 999999")
+    assert [(u["speaker"], u["text"]) for u in json.loads(stats)["utterances"]] == [(2, f"{tag} hello there")]
 
 
 def write_voice(path: Path, rate: int, channels: int, seconds: float = 0.5) -> Path:
@@ -257,6 +269,17 @@ def test_say_plays_exactly_what_it_records(pulse_server, tmp_path, model):
     heard = aligned(monitor.samples(), said)
     assert similarity(heard, said) >= 0.999
     assert similarity(heard[-TAIL_SAMPLES:], said[-TAIL_SAMPLES:]) >= 0.999
+
+
+@pytest.mark.parametrize("pulse_server", [RECORDED_SINK, DEFAULT_SINK], indirect=True,
+                         ids=["norewinds null sink", "null sink with default options"])
+def test_say_plays_to_the_end_on_a_sink_that_takes_audio_in_bursts(pulse_server, tmp_path, model):
+    """A null sink with PulseAudio's defaults and nothing recording it takes nothing for up to 2 s, then a burst: not
+    a frozen sound server. Every sample generated is handed to it."""
+    result = run_say(["Hello there.", "--stats", "-q", *model], pulse_server.env)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stderr.strip().splitlines()[-1])
+    assert stats["playback"]["seconds_played"] == stats["playback"]["seconds_generated"] == stats["seconds"] > 0
 
 
 def test_the_next_line_is_generated_while_the_current_one_plays(pulse_server, tmp_path, transformers_dir, mimi_file):
@@ -355,13 +378,6 @@ def interrupt(process: subprocess.Popen) -> tuple[float, float]:
     return said, exited
 
 
-def assert_valid_wav(path: Path) -> None:
-    if path.exists():
-        info = sf.info(str(path))
-        assert path.stat().st_size == 44 + 2 * info.frames
-        assert len(sf.read(str(path))[0]) == info.frames
-
-
 @pytest.mark.parametrize("state", ["starting", "generating", "waiting for stdin", "playing", "frozen sound server"])
 def test_ctrl_c_exits_130_at_once_in_every_state(request, tmp_path, transformers_dir, mimi_file, state):
     model_args = ["--model", str(transformers_dir), "--codec", str(mimi_file), "-q"]
@@ -400,12 +416,69 @@ def test_ctrl_c_exits_130_at_once_in_every_state(request, tmp_path, transformers
             finally:
                 if state == "frozen sound server":
                     os.kill(server.pid, signal.SIGCONT)
-        assert_valid_wav(out)
+        if out.exists():
+            assert_readable(out)
     # "csm: interrupted" comes once the outputs are closed, within 200 ms; then the process leaves without interpreter
     # teardown, and the kernel freeing its memory takes the rest: 0.15 s on two idle cores, 0.4-0.9 s under a load
     # average of 10-13, hence the looser bound on the exit
     assert median(said) < 0.2, said
     assert median(exited) < 1.0 and max(exited) < 2.0, exited
+
+
+def mapped(pid: int, path: Path) -> bool:
+    """Whether process `pid` has `path` mapped (safetensors maps the file it loads while it reads it)."""
+    try:
+        return str(path) in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def audio_files(out: Path) -> list[Path]:
+    return sorted(out.iterdir()) if out.is_dir() else [out] if out.exists() else []
+
+
+@pytest.mark.parametrize(("signum", "state", "output"), [
+    (signal.SIGINT, "loading the codec", "x.wav"),
+    (signal.SIGTERM, "loading the codec", "x.wav"),
+    (signal.SIGHUP, "loading the codec", "x.wav"),
+    (signal.SIGINT, "generating", "lines"),
+    (signal.SIGHUP, "generating", "x.flac"),
+    (signal.SIGTERM, "generating", "x.wav"),
+    (signal.SIGTERM, "playing", "x.wav"),
+    (signal.SIGHUP, "playing", "lines"),
+], ids=lambda value: value.name if isinstance(value, signal.Signals) else value)
+def test_each_stop_signal_in_each_state_leaves_every_file_readable(request, tmp_path, transformers_dir, mimi_file,
+                                                                    signum, state, output):
+    """SIGTERM (`timeout`, `systemctl stop`) and SIGHUP (a closed terminal) end a run as Ctrl-C does: one line, exit
+    128 + the signal, each file written (--out, every --out-dir file) readable by wave, soundfile and ffmpeg; a WAV
+    says its length while it grows, so that it is readable at every moment."""
+    playing = state == "playing"
+    server = request.getfixturevalue("pulse_server") if playing else None
+    out = tmp_path / output
+    where = ["--out-dir", str(out)] if output == "lines" else ["--out", str(out)]
+    args = ["say", TEN_WORDS, *where, "--max-seconds", "1.5" if playing else "20", *([] if playing else ["--no-play"]),
+            "--model", str(transformers_dir), "--codec", str(mimi_file), "-q"]
+    with server.record_monitor(tmp_path / "monitor.raw") if playing else nullcontext() as played:
+        process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   env={**os.environ, **(server.env if server else {})})
+        if state == "loading the codec":
+            wait_for(lambda: mapped(process.pid, mimi_file), "loaded the codec")
+        elif state == "generating":
+            wait_for(lambda: sum(f.stat().st_size for f in audio_files(out)) > 4 * SAMPLES_PER_FRAME, "generated")
+            if output.endswith(".wav") or output == "lines":  # a WAV is readable while it grows
+                assert all(assert_readable(file) for file in audio_files(out))
+        else:
+            wait_for(lambda: np.abs(played.samples()).max(initial=0) > 1e-4, "played a sound")
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum, stderr
+    message = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}[signum]
+    assert stderr.decode().strip() == f"csm: {message}"
+    files = audio_files(out)
+    assert bool(files) == (state != "loading the codec")
+    for file in files:
+        assert assert_readable(file) > 0
 
 
 def read_until(stream, marker: str, timeout: float) -> str:

@@ -16,6 +16,8 @@ from ..errors import CsmError, first_line
 # CPU and seconds on a GPU, for no gain in streaming decode. Must be set before moshi is imported.
 os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
+_MIMI_FILE = "Mimi's safetensors file (moshi's tokenizer-e351c8d8-checkpoint125.safetensors)"
+
 
 class Codec:
     def __init__(self, mimi: torch.nn.Module) -> None:
@@ -27,12 +29,16 @@ class Codec:
         from moshi.models import loaders
         from safetensors import SafetensorError
 
+        if path.is_dir():
+            raise CsmError(f"codec file {path} is a directory: give {_MIMI_FILE}")
         if not path.is_file():
-            raise CsmError(f"codec file {path} does not exist")
+            raise CsmError(f"codec file {path} does not exist: give {_MIMI_FILE}")
+        if path.suffix != ".safetensors":  # moshi would unpickle any other file with torch.load
+            raise CsmError(f"codec file {path} is not a .safetensors file: give {_MIMI_FILE}")
         try:
             mimi = loaders.get_mimi(path, device=device, num_codebooks=NUM_CODEBOOKS)
         except (RuntimeError, SafetensorError, KeyError, OSError, ValueError) as e:
-            raise CsmError(f"{path} is not a Mimi checkpoint ({first_line(e)})") from None
+            raise CsmError(f"{path} is not a Mimi checkpoint ({first_line(e)}): give {_MIMI_FILE}") from None
         return cls(mimi)
 
     @property

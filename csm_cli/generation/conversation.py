@@ -19,7 +19,7 @@ from ..errors import CsmError
 from ..output.audiofile import AudioFileWriter, SampleFormat, numbered_path
 from ..text.script import Passage, parse_line, split_utterances
 from .ending import window_words
-from .generator import MAX_SEED, Settings, StreamingGenerator
+from .generator import MAX_SEED, MAX_SPEAKER, Settings, StreamingGenerator
 from .prompt import Segment
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
@@ -45,7 +45,7 @@ def utterances(passages: Iterable[Passage], default_speaker: int, max_words: int
     for passage in passages:
         text = passage.text
         if passage.first:
-            line = parse_line(text, default_speaker)
+            line = parse_line(text, default_speaker, MAX_SPEAKER)
             if line.warning:
                 warn(line.warning)
             speaker, text, part = line.speaker, line.text, 0
@@ -111,6 +111,8 @@ class Conversation:
         self.lines: list[SpokenLine] = []
         self.samples = 0
         self.max_words = window_words(generator.model.max_seq_len)  # of one utterance
+        self._file: AudioFileWriter | None = None  # the current utterance's, in `out_dir`
+        self._closed = False
 
     def script(self, text: str, speaker: int) -> list[Utterance]:
         """A text as one line of `speaker` is spoken (`pieces`)."""
@@ -163,8 +165,9 @@ class Conversation:
             max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, owner=self.owner,
         )
         wav = None
-        if self.out_dir:
+        if self.out_dir and not self._closed:
             wav = AudioFileWriter(numbered_path(self.out_dir, utterance.line, utterance.part), self.sample_format)
+            self._file = wav
         try:
             for chunk in speech:
                 if wav:
@@ -183,3 +186,10 @@ class Conversation:
         line.generation_ended = time.monotonic()
         if self.memory:
             self.history.append(Segment(utterance.speaker, utterance.text, codes=speech.codes))
+
+    def close(self) -> None:
+        """Closes the current utterance's file from any thread (the run ends: its generation may go on a moment in
+        another thread, whose chunks are then dropped), and opens no other."""
+        self._closed = True
+        if self._file is not None:
+            self._file.close()

@@ -54,6 +54,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise CsmError(f"--model-device {device}: torch sees {torch.cuda.device_count()} CUDA GPUs "
                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if resolved.type == "cpu":
+        if resolved.index not in (None, 0):
+            raise CsmError(f"--model-device {device}: the CPU is one device, cpu (cpu:0); for a GPU use cuda:N")
         use_cpu_threads()
     return resolved
 

@@ -84,8 +84,12 @@ class Voice:
     text: str | None
 
     @property
-    def seconds(self) -> float:
-        return sf.info(str(self.path)).duration
+    def seconds(self) -> float | None:
+        """The recording's length; None when its file cannot be read as audio."""
+        try:
+            return sf.info(str(self.path)).duration
+        except (sf.SoundFileError, OSError):
+            return None
 
 
 def known_transcripts() -> dict[str, str]:

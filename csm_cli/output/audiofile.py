@@ -1,7 +1,8 @@
 """Audio files written chunk by chunk through libsndfile (soundfile), in the format their extension names.
 
-A WAV file's header is rewritten after every chunk, so the file is valid on disk while it grows; FLAC and OGG
-get their final header when closed (on Ctrl-C and errors too). When the disk fills up, libsndfile's close writes
+A WAV file's header is rewritten after every chunk (libsndfile's SFC_SET_UPDATE_HEADER_AUTO), so the file on disk
+is valid and says its length at every moment, however the process ends; FLAC and OGG get their final header when
+closed (on Ctrl-C, SIGTERM, SIGHUP and errors too). When the disk fills up, libsndfile's close writes
 a WAV header that counts the bytes that reached the disk, OGG, Opus and MP3 play up to where the disk filled, and a
 FLAC is cut to its last whole frame (libsndfile leaves it of unknown length, which it cannot read back). Outputs that
 cannot be seeked (pipes, FIFOs, terminals) are refused: raw PCM on stdout (`--out -`) is the streaming output.
@@ -21,6 +22,7 @@ from ..audio import SAMPLE_RATE
 from ..errors import CsmError
 
 SampleFormat = Literal["s16", "f32"]
+_SFC_SET_UPDATE_HEADER_AUTO = 0x1061  # sndfile.h: rewrite the header after every write; soundfile has no name for it
 
 # extension -> libsndfile's container and the subtype of each sample format it can hold
 _FORMATS: dict[str, tuple[str, dict[SampleFormat, str]]] = {
@@ -92,6 +94,8 @@ class AudioFileWriter:
                 except (sf.SoundFileError, OSError) as e:
                     self._closed = True
                     raise CsmError(f"cannot write {self.path}: {_reason(e)}") from None
+                if self.format == "WAV":
+                    sf._snd.sf_command(self._file._file, _SFC_SET_UPDATE_HEADER_AUTO, sf._ffi.NULL, 1)
             try:
                 self._file.write(samples)
                 self._file.flush()

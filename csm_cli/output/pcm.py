@@ -13,6 +13,8 @@ from typing import BinaryIO, Literal, NoReturn
 
 import numpy as np
 
+from ..errors import CsmError
+
 PcmFormat = Literal["s16", "f32"]
 SIGPIPE_EXIT_STATUS = 128 + signal.SIGPIPE  # 141: what a shell reports for a stage killed by SIGPIPE
 
@@ -49,6 +51,9 @@ class RawPcmWriter:
             self.stream.flush()
         except BrokenPipeError as e:
             raise OutputClosed("the reader of the audio stream closed it") from e
+        except OSError as e:  # a full disk or device, a terminal gone
+            raise CsmError(f"writing raw PCM to standard output failed ({e.strerror or e}): write it where there is "
+                           "room, or to a file with --out FILE") from None
 
 
 def exit_for_closed_output() -> NoReturn:

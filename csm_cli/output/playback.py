@@ -4,7 +4,8 @@ Two threads meet at a ring. A producer thread is the only one that iterates the 
 the model) and writes them into the ring, blocking while it is full. PortAudio's callback copies from the ring to
 the sound card, or silence when the ring runs dry (an underrun). The main thread decides when to start the stream,
 reports status, watches that the sound card keeps taking audio, and on Ctrl-C or an error stops everything and
-re-raises. A sound server that dies or freezes is an error within STALL_S, not a run that hangs or ends "done".
+re-raises. A sound server that dies is an error at once, one that freezes within STALL_S, not a run that hangs or
+ends "done".
 """
 
 import atexit
@@ -30,7 +31,10 @@ DEFAULT_RING_SECONDS = 5.0
 PREROLL_MARGIN_S = 0.25  # spare audio kept in hand when generation is slower than real time
 STATUS_INTERVAL_S = 0.1
 TAIL_PADDING_S = 0.05  # silence fed after the last sample on top of the stream's latency: PortAudio drops the rest
-STALL_S = 0.5  # the sound card not asking for audio this long, once started, is a fault of the sound server
+# The sound card not asking for audio this long, once started, is a fault of the sound server (it froze or died). A
+# sound server may take audio in bursts: PulseAudio renders a sink's whole latency at once, up to 2 s (a null sink
+# with its default options while nothing records it), and asks for nothing in between; a loaded machine adds to it.
+STALL_S = 3.0
 PRODUCER_JOIN_S = 0.05
 STREAM_CLOSE_S = 0.1  # longest the main thread waits for PortAudio to let go of a stream after an error
 NO_PLAY_HINT = "or write a file instead with --out FILE --no-play"

@@ -1,1 +1,2 @@
-"""`csm serve`: the HTTP and WebSocket speech server, its stream scheduler and response encoders."""
+"""`csm serve`: the HTTP and WebSocket speech server, Wyoming for Home Assistant, the stream scheduler they share
+and the response encoders."""

@@ -1,12 +1,19 @@
-"""Chunks as the bytes of a response format, for the server: 16-bit PCM, WAV and FLAC, each streamed chunk by chunk.
-A stream's header cannot be rewritten once sent, so WAV and FLAC headers say that the length is unknown."""
+"""Chunks as the bytes of a response format, for the server: OpenAI's six (mp3, opus, aac, flac, wav, pcm), each
+streamed chunk by chunk, so that the first bytes leave with the first frames.
 
-import os
+The compressed formats are FFmpeg's encoders and muxers (PyAV), writing into a stream that cannot seek: each packet
+is handed on as soon as the muxer writes it, and nothing written is rewritten later. The containers are OpenAI's:
+raw MPEG frames for mp3 (no ID3 tag), Ogg for opus, ADTS for aac, a FLAC stream whose header leaves the length
+unknown (zero), as FLAC allows for streams. A WAV header says its length is unknown, as streamed WAV does.
+"""
+
 import struct
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
+import av
 import numpy as np
-import soundfile as sf
 
 from ..audio import SAMPLE_RATE
 from ..output.pcm import to_pcm16
@@ -63,58 +70,72 @@ class WavEncoder:
         return self._header
 
 
-class _AppendedBytes:
-    """A file libsndfile writes a stream into: `take()` hands on the bytes appended since the last take. Rewrites
-    of bytes already handed on (a FLAC header's length and checksum, at close) are dropped: a stream cannot take
-    them back."""
+@dataclass(frozen=True)
+class Codec:
+    """A response format made by FFmpeg: its Content-Type, muxer, encoder, bit rate and muxer options."""
+
+    media_type: str
+    container: str
+    encoder: str
+    bit_rate: int | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+CODECS = {
+    "mp3": Codec("audio/mpeg", "mp3", "libmp3lame", 64_000, {"id3v2_version": "0"}),  # MPEG frames only
+    "opus": Codec("audio/opus", "ogg", "libopus", 32_000, {"page_duration": "80000"}),  # a page per 80 ms, not 1 s
+    "aac": Codec("audio/aac", "adts", "aac", 64_000),
+    "flac": Codec("audio/flac", "flac", "flac"),
+}
+
+
+class _Written:
+    """What a muxer writes, taken as it comes. Having no `seek`, it tells FFmpeg that it is a stream."""
 
     def __init__(self) -> None:
-        self._pending = bytearray()  # the bytes from offset `_taken` on
-        self._taken = 0
-        self._position = 0
+        self._parts: list[bytes] = []
 
     def write(self, data: bytes) -> int:
-        start = self._position
-        self._position += len(data)
-        skipped = max(self._taken - start, 0)
-        if skipped < len(data):
-            offset = start + skipped - self._taken
-            assert offset <= len(self._pending), "libsndfile left a gap"
-            self._pending[offset:offset + len(data) - skipped] = bytes(data)[skipped:]
+        self._parts.append(bytes(data))
         return len(data)
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        origin = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._taken + len(self._pending)}
-        self._position = origin[whence] + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
     def take(self) -> bytes:
-        data = bytes(self._pending)
-        self._taken += len(data)
-        self._pending.clear()
+        data = b"".join(self._parts)
+        self._parts.clear()
         return data
 
 
-class FlacEncoder:
-    """FLAC frames as libFLAC completes them (a frame holds 4096 samples: bytes come every other chunk or so). The
-    header's total length and checksum are left unknown (zero), as FLAC allows for streams."""
+class CodecEncoder:
+    """A stream of `codec`'s packets, muxed as they come out of the encoder (whose frames hold 576 to 4608 samples,
+    so a chunk of 1920 yields bytes or fills the next frame); the encoder is given the same 16-bit samples as pcm."""
 
-    media_type = "audio/flac"
-
-    def __init__(self) -> None:
-        self._file = _AppendedBytes()
-        self._flac = sf.SoundFile(self._file, "w", SAMPLE_RATE, 1, "PCM_16", format="FLAC")
+    def __init__(self, codec: Codec) -> None:
+        self.media_type = codec.media_type
+        self._written = _Written()
+        self._container = av.open(self._written, "w", format=codec.container, options=codec.options,
+                                  container_options={"flush_packets": "1"})
+        self._stream = self._container.add_stream(codec.encoder, rate=SAMPLE_RATE, layout="mono")
+        if codec.bit_rate is not None:
+            self._stream.bit_rate = codec.bit_rate
+        self._samples = 0
 
     def encode(self, samples: np.ndarray) -> bytes:
-        self._flac.write(np.frombuffer(to_pcm16(samples), dtype="<i2"))  # the same 16-bit samples as pcm
-        return self._file.take()
+        pcm = np.frombuffer(to_pcm16(samples), dtype="<i2")
+        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = SAMPLE_RATE, self._samples
+        self._samples += len(pcm)
+        self._container.mux(self._stream.encode(frame))
+        return self._written.take()
 
     def finish(self) -> bytes:
-        self._flac.close()
-        return self._file.take()
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._written.take()
 
 
-ENCODERS = {"pcm": PcmEncoder, "wav": WavEncoder, "flac": FlacEncoder}
+ENCODERS = {
+    **{name: partial(CodecEncoder, codec) for name, codec in CODECS.items()},
+    "wav": WavEncoder,
+    "pcm": PcmEncoder,
+}
+"""OpenAI's response formats, in its order, each a factory of a new stream's encoder."""

@@ -2,7 +2,8 @@
 
 - POST /v1/audio/speech: OpenAI's speech endpoint; the body streams as frames are decoded (or as server-sent events);
 - WS /v1/audio/speech/stream: text arriving in pieces, spoken sentence by sentence as each is complete;
-- GET /v1/models, /v1/audio/voices, /health.
+- GET /v1/models, /v1/audio/voices, /health;
+- with --wyoming-port, Home Assistant's Wyoming on its own TCP port (wyoming.py), on the same scheduler.
 
 The model is loaded once and owned by the scheduler's thread; each request or WebSocket connection is one stream
 there. Requests carry their own context, so replicas behind a load balancer serve more users, unless they name a
@@ -14,37 +15,49 @@ import asyncio
 import base64
 import ipaddress
 import json
+import logging
 import secrets
+import signal
 import socket
 import sys
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import HTTPConnection
+from starlette.requests import ClientDisconnect, HTTPConnection
 
 from ..audio import SAMPLES_PER_FRAME
 from ..errors import CsmError
-from ..generation.codec import Codec
 from ..generation.conversation import Conversation
 from ..generation.generator import Settings, StreamingGenerator
 from ..generation.prompt import Segment
-from ..loading.voice import DEFAULT_VOICES, Voice, choose_voices, voice_segment
+from ..loading.voice import Voice
 from ..output.pcm import to_pcm16
 from ..text.script import SentenceSplitter
 from .encoders import ENCODERS
 from .scheduler import Chunk, Done, Event, Failed, Scheduler, ServerBusy, Stream
+from .speech import (
+    DEFAULT_VOICE,
+    InvalidText,
+    SpeakingVoice,
+    StreamEvents,
+    UnknownVoice,
+    Voices,
+    checked_seed,
+    checked_text,
+)
+from .wyoming import WyomingServer, WyomingSpeech
 
 MODEL_ID = "csm-1b"
-SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
-NAMED_VOICE_SPEAKER = 0  # `csm say --voice NAME` speaks as --speaker, 0 unless given
 MAX_CONVERSATION_ID = 128
+SHUTDOWN_S = 1.0  # longest a shutdown waits for the streams it ends before uvicorn closes the connections
+log = logging.getLogger("uvicorn.error")
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class ServeOptions:
     max_input_chars: int = 4096
     max_conversations: int = 100
     api_key: str | None = None
+    voice_aliases: dict[str, str] = field(default_factory=dict)  # --voice-alias: NAME -> VOICE
 
 
 class ApiError(Exception):
@@ -69,7 +83,14 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return ErrorResponse(self.body(), status_code=self.status)
+
+
+class ErrorResponse(JSONResponse):
+    """JSON in ASCII: a message that quotes what the client sent (a lone surrogate included) always encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content).encode()
 
 
 class SpeechRequest(BaseModel):
@@ -80,31 +101,53 @@ class SpeechRequest(BaseModel):
 
     model: str = MODEL_ID
     input: str
-    voice: str | int
-    response_format: str = "wav"
+    voice: StrictStr | StrictInt
+    response_format: str = "mp3"  # OpenAI's default
     speed: float = 1.0
     stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = None
+    seed: StrictInt | None = None
     conversation: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONVERSATION_ID)] | None = None
 
 
-class _Events:
-    """A stream's events, handed from the model thread to the request's event loop."""
+@dataclass(frozen=True)
+class ShuttingDown:
+    """The server shuts down: the response or connection ends now, cleanly."""
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down: send the request again (to another replica, or once it is "
+                         "back)", code="server_shutting_down", kind="server_error")
+
+
+class Listeners:
+    """The requests and WebSocket connections being answered, so that a shutdown ends each of them cleanly (a
+    streamed body terminated, a WebSocket closed with 1001) before uvicorn closes the connections. Event loop only."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._open: set[StreamEvents] = set()
+        self._none_open = asyncio.Event()
+        self.closing = False
 
-    def put(self, event: Event) -> None:
-        with suppress(RuntimeError):  # the loop is closed: the server is shutting down
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+    def add(self, events: StreamEvents) -> None:
+        if self.closing:
+            raise shutting_down()
+        self._open.add(events)
+        self._none_open.clear()
 
-    def put_now(self, message: Any) -> None:
-        """From the event loop's own thread."""
-        self._queue.put_nowait(message)
+    def remove(self, events: StreamEvents) -> None:
+        self._open.discard(events)
+        if not self._open:
+            self._none_open.set()
 
-    async def get(self) -> Any:
-        return await self._queue.get()
+    async def end_all(self, timeout: float) -> None:
+        """Each response and connection gets ShuttingDown; returns once all have ended, or after `timeout`."""
+        self.closing = True
+        if not self._open:
+            return
+        for events in self._open:
+            events.put_now(ShuttingDown())
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._none_open.wait(), timeout)
 
 
 def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
@@ -114,18 +157,27 @@ def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
 
 
-def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options: ServeOptions) -> FastAPI:
-    """The app of a generator with a slot per stream (`options.max_streams`) and the model's `voices`."""
+def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options: ServeOptions,
+               wyoming: socket.socket | None = None) -> FastAPI:
+    """The HTTP and WebSocket app of a generator with a slot per stream (`options.max_streams`) and the model's
+    `voices`; with `wyoming`, a listening socket, it also serves Wyoming there while it runs."""
     scheduler = Scheduler(generator, options.max_streams)
+    offered = Voices(voices, generator.codec, options.voice_aliases)
+    wyoming_server = None if wyoming is None else WyomingServer(wyoming)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if wyoming_server is not None:
+            await wyoming_server.start(WyomingSpeech(scheduler, offered, options.settings, options.pause_seconds,
+                                                     options.max_input_chars).connection)
         yield
+        if wyoming_server is not None:
+            await wyoming_server.stop()
         scheduler.stop()
 
     app = FastAPI(title="csm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    offered = Voices(voices, generator.codec)
     conversations = Conversations(options.max_conversations)
+    listeners = app.state.listeners = Listeners()
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -161,9 +213,14 @@ def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options:
         return {"voices": offered.listing()}
 
     @app.post("/v1/audio/speech")
-    async def speech(request: Request) -> StreamingResponse:
-        body = parse_body(await request.body())
-        voice = offered.resolve(body.voice)
+    async def speech(request: Request) -> Response:
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            log.info("%s left before sending its whole request", client_of(request))
+            return Response(status_code=400)  # nobody reads it
+        body = parse_body(raw)
+        voice = resolve_voice(offered, body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
@@ -171,9 +228,9 @@ def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options:
         if body.speed != 1.0:
             raise ApiError(400, f"speed {body.speed:g} is not supported: CSM speaks at its own pace; send 1.0 or "
                                 "omit speed", param="speed", code="unsupported_speed")
-        settings = request_settings(options.settings, body.seed)
+        settings = request_settings(options.settings, api_seed(body.seed))
         history = None if body.conversation is None else conversations.take(body.conversation, voice.name)
-        events = _Events()
+        events = StreamEvents()
         stream: Stream | None = None
 
         def finish() -> None:
@@ -181,26 +238,34 @@ def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options:
                 stream.close()
             if body.conversation is not None:
                 conversations.give_back(body.conversation)
+            listeners.remove(events)
 
         try:
+            listeners.add(events)
             stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                         history=history, owner=stream)
             script = conversation.script(text, voice.speaker)
             stream.submit(0, lambda: conversation.speak(script))
-            first = await events.get()
+            first = await first_event(request, events)
         except BaseException:
             finish()
             raise
-        if isinstance(first, Failed):
+        if first is None:  # the client left before its first audio: its slot is free at once
             finish()
-            raise failure_error(first)
+            log.info("%s left before its first audio", client_of(request))
+            return Response(status_code=499)  # nobody reads it
+        if isinstance(first, Failed | ShuttingDown):
+            finish()
+            raise failure_error(first) if isinstance(first, Failed) else shutting_down()
         encoder = ENCODERS[body.response_format]()
+        request_id = {"x-request-id": f"req_{secrets.token_hex(16)}"}  # as OpenAI's: clients log it with the request
         if body.stream_format == "sse":
             tokens = len(generator.tokenizer.encode(voice.speaker, text))
             return StreamResponse(finish, sse_body(events, first, encoder, tokens), media_type="text/event-stream",
-                                  headers={"Cache-Control": "no-cache"})
-        return StreamResponse(finish, audio_body(events, first, encoder), media_type=encoder.media_type)
+                                  headers={"Cache-Control": "no-cache", **request_id})
+        return StreamResponse(finish, audio_body(events, first, encoder), media_type=encoder.media_type,
+                              headers=request_id)
 
     @app.websocket("/v1/audio/speech/stream")
     async def speech_stream(websocket: WebSocket) -> None:
@@ -208,17 +273,23 @@ def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options:
         try:
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
-            voice = offered.resolve(websocket.query_params.get("voice", "0"))
-            settings = request_settings(options.settings, query_seed(websocket.query_params.get("seed")))
-            events = _Events()
+            voice = resolve_voice(offered, websocket.query_params.get("voice", DEFAULT_VOICE))
+            settings = request_settings(options.settings, api_seed(websocket.query_params.get("seed")))
+            events = StreamEvents()
+            try:
+                listeners.add(events)
+            except ApiError as e:
+                raise ClosingError(e, status.WS_1001_GOING_AWAY) from None
             try:
                 stream = open_stream(scheduler, events)
             except ApiError as e:
+                listeners.remove(events)
                 raise ClosingError(e, status.WS_1013_TRY_AGAIN_LATER) from None
         except (ApiError, ClosingError) as e:
             closing = e if isinstance(e, ClosingError) else ClosingError(e, status.WS_1008_POLICY_VIOLATION)
-            await websocket.send_json(closing.error.body() | {"type": "error"})
-            await websocket.close(closing.code)
+            with suppress(WebSocketDisconnect, RuntimeError):  # the client may have left already
+                await websocket.send_json(closing.error.body() | {"type": "error"})
+                await websocket.close(closing.code)
             return
         conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
                                     owner=stream)
@@ -227,6 +298,7 @@ def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options:
             await session.run()
         finally:
             stream.close()
+            listeners.remove(events)
 
     return app
 
@@ -239,12 +311,36 @@ class ClosingError(Exception):
         self.error, self.code = error, code
 
 
-def query_seed(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.strip().lstrip("-").isdigit():
-        raise ApiError(400, f"seed must be a whole number, got {value!r}", param="seed", code="invalid_request")
-    return int(value)
+def resolve_voice(voices: Voices, voice: str | int) -> SpeakingVoice:
+    try:
+        return voices.resolve(voice)
+    except UnknownVoice as e:
+        raise ApiError(400, str(e), param="voice", code="unknown_voice") from None
+
+
+def api_seed(seed: int | str | None) -> int | None:
+    """A request's `seed` (a JSON number, or the WebSocket's `?seed=N`), as `csm say --seed` takes it, or a 400."""
+    try:
+        return checked_seed(seed)
+    except CsmError as e:
+        raise ApiError(400, str(e), param="seed", code="invalid_request") from None
+
+
+def api_text(text: str, param: str) -> str:
+    try:
+        return checked_text(text, param)
+    except InvalidText as e:
+        raise ApiError(400, str(e), param=param, code="invalid_text") from None
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON, or a 400 for anything that is not (too deeply nested included)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "the JSON is nested too deeply", code="invalid_json") from None
+    except ValueError as e:
+        raise ApiError(400, f"the JSON is not valid ({e})", code="invalid_json") from None
 
 
 @dataclass(frozen=True)
@@ -259,7 +355,7 @@ class SpeechSession:
     sentences before it as context; audio frames out, tagged with their sentence's index. Every message sent goes
     through one queue, so the socket has one writer."""
 
-    def __init__(self, websocket: WebSocket, stream: Stream, events: _Events, conversation: Conversation,
+    def __init__(self, websocket: WebSocket, stream: Stream, events: StreamEvents, conversation: Conversation,
                  speaker: int, max_chars: int) -> None:
         self.websocket, self.stream, self.events = websocket, stream, events
         self.conversation, self.speaker, self.max_chars = conversation, speaker, max_chars
@@ -292,12 +388,10 @@ class SpeechSession:
     def handle(self, text: str | None) -> None:
         if text is None:
             raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_message")
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise ApiError(400, "the message is not valid JSON", code="invalid_json") from None
+        message = parse_json(text)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "text" and isinstance(message.get("text"), str):
+            api_text(message["text"], "text")
             if len(self.splitter.pending) + len(message["text"]) > self.max_chars:
                 raise ApiError(400, f"the unfinished sentence would pass this server's limit of {self.max_chars} "
                                     "characters (--max-input-chars): end sentences sooner or flush",
@@ -334,62 +428,14 @@ class SpeechSession:
                                                                               "sentence": event.tag})
             elif isinstance(event, Flushed):
                 self.flushes.append(event.sentences)
+            elif isinstance(event, ShuttingDown):
+                await self.websocket.close(status.WS_1001_GOING_AWAY, "the server is shutting down")
+                return
             else:
                 await self.websocket.send_json(event)
             while self.flushes and all(i in self.finished for i in range(self.flushes[0])):
                 self.flushes.pop(0)
                 await self.websocket.send_json({"type": "done"})
-
-
-@dataclass(frozen=True)
-class SpeakingVoice:
-    """What a request's `voice` names: the speaker who says its text, and the voice prompts its context starts with."""
-
-    name: str  # a voice's name or a speaker id, as GET /v1/audio/voices lists it
-    speaker: int
-    prompts: tuple[Segment, ...]
-
-
-class Voices:
-    """The voices a request may name, given as `csm say` gives them:
-    - a voice of the model by name, as `--voice NAME`: speaker 0 says the text, that voice's prompt as context;
-    - a speaker id, as `--speaker N`: speaker N says the text, with the model's default voices as context
-      (conversational_a as speaker 0, conversational_b as speaker 1), so 0 and 1 speak with those voices.
-    The voices with a known transcript are offered; their prompts are encoded here, once (and cached on disk)."""
-
-    def __init__(self, voices: dict[str, Voice], codec: Codec) -> None:
-        self.offered = {name: voice for name, voice in voices.items() if voice.text}
-        self.untranscribed = [name for name in voices if name not in self.offered]
-        self._prompts = {name: voice_segment(voice, NAMED_VOICE_SPEAKER, codec)
-                         for name, voice in self.offered.items()}
-
-    def listing(self) -> list[dict[str, Any]]:
-        named = [{"id": name, "name": name, "speaker": NAMED_VOICE_SPEAKER, "seconds": round(voice.seconds, 2)}
-                 for name, voice in self.offered.items()]
-        speakers = [{"id": str(speaker), "name": f"speaker {speaker}", "speaker": speaker,
-                     "voice": DEFAULT_VOICES[speaker] if DEFAULT_VOICES.get(speaker) in self.offered else None}
-                    for speaker in SPEAKERS]
-        return named + speakers
-
-    def resolve(self, voice: str | int) -> SpeakingVoice:
-        name = str(voice).strip()
-        if name.isascii() and name.isdigit():  # as `csm say --speaker N`
-            speaker = int(name)
-            chosen = choose_voices(self.offered, None, None, speaker, has_context=False)
-        elif name in self.offered:  # as `csm say --voice NAME`
-            speaker = NAMED_VOICE_SPEAKER
-            chosen = choose_voices(self.offered, name, None, speaker, has_context=False)
-        else:
-            raise self.unknown(voice)
-        return SpeakingVoice(name, speaker, tuple(replace(self._prompts[v.name], speaker=n) for n, v in chosen))
-
-    def unknown(self, voice: str | int) -> ApiError:
-        names = ", ".join(self.offered) or "none (the model has no voice prompts with a known transcript)"
-        ids = ", ".join(str(speaker) for speaker in SPEAKERS)
-        unusable = (f"; {', '.join(self.untranscribed)} have no known transcript, so they cannot be prompts"
-                    if self.untranscribed else "")
-        return ApiError(400, f"unknown voice {voice!r}: this server's voices are {names}, or a speaker id ({ids}, "
-                             f"...){unusable}; see GET /v1/audio/voices", param="voice", code="unknown_voice")
 
 
 @dataclass
@@ -446,14 +492,13 @@ class Conversations:
 def parse_body(raw: bytes) -> SpeechRequest:
     """The request's JSON, whatever its Content-Type says (curl -d sends a form's)."""
     try:
-        return SpeechRequest.model_validate(json.loads(raw))
-    except ValueError as e:
-        if isinstance(e, ValidationError):
-            raise request_error(e.errors()) from None
-        raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        return SpeechRequest.model_validate(parse_json(raw))
+    except ValidationError as e:
+        raise request_error(e.errors()) from None
 
 
 def checked_input(text: str, limit: int) -> str:
+    api_text(text, "input")
     if len(text) > limit:
         raise ApiError(400, f"input is {len(text)} characters, more than this server's limit of {limit} "
                             "(--max-input-chars): split it into several requests", param="input",
@@ -469,7 +514,26 @@ def request_settings(defaults: Settings, seed: int | None) -> Settings:
     return Settings(defaults.temperature, defaults.topk, seed, defaults.max_seconds, defaults.chunk_frames)
 
 
-def open_stream(scheduler: Scheduler, events: _Events) -> Stream:
+def client_of(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+
+async def first_event(request: Request, events: StreamEvents) -> Event | ShuttingDown | None:
+    """The stream's first event, or None when the client leaves before it comes."""
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    coming, leaving = asyncio.ensure_future(events.get()), asyncio.ensure_future(left())
+    try:
+        await asyncio.wait([coming, leaving], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (coming, leaving):
+            task.cancel()
+    return coming.result() if coming.done() and not coming.cancelled() else None
+
+
+def open_stream(scheduler: Scheduler, events: StreamEvents) -> Stream:
     try:
         return scheduler.open(events.put)
     except ServerBusy as e:
@@ -511,18 +575,18 @@ class StreamResponse(StreamingResponse):
             self.finish()
 
 
-async def audio_body(events: _Events, first: Event, encoder: Any) -> AsyncIterator[bytes]:
+async def audio_body(events: StreamEvents, first: Event, encoder: Any) -> AsyncIterator[bytes]:
     """The response's bytes as chunks arrive."""
     event = first
     while isinstance(event, Chunk):
         if data := encoder.encode(event.samples):
             yield data
         event = await events.get()
-    if isinstance(event, Done):
+    if isinstance(event, Done | ShuttingDown):  # a body cut short by a shutdown still ends as a valid stream
         yield encoder.finish()
 
 
-async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: int) -> AsyncIterator[bytes]:
+async def sse_body(events: StreamEvents, first: Event, encoder: Any, input_tokens: int) -> AsyncIterator[bytes]:
     """OpenAI's speech events: speech.audio.delta with base64 audio, then speech.audio.done with the usage (input
     tokens: the text's; output tokens: the 80 ms frames sent, pauses between sentences included)."""
 
@@ -536,8 +600,8 @@ async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: in
         if data := encoder.encode(event.samples):
             yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
         event = await events.get()
-    if isinstance(event, Failed):
-        yield sse(failure_error(event).body())
+    if isinstance(event, Failed | ShuttingDown):
+        yield sse((failure_error(event) if isinstance(event, Failed) else shutting_down()).body())
         return
     if data := encoder.finish():
         yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
@@ -545,7 +609,7 @@ async def sse_body(events: _Events, first: Event, encoder: Any, input_tokens: in
                                                        "total_tokens": input_tokens + frames}})
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, option: str = "--port") -> socket.socket:
     """The listening socket, bound before the model loads so that a taken port fails at once."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -558,7 +622,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise CsmError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port or --host") from None
+        raise CsmError(f"cannot listen on {host}:{port} ({e.strerror}): choose another {option} or --host") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -568,20 +632,56 @@ def is_loopback(sock: socket.socket) -> bool:
     return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
+def address_of(sock: socket.socket) -> str:
+    address, port = sock.getsockname()[:2]
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def serve(load: Callable[[], tuple[StreamingGenerator, dict[str, Voice]]], host: str, port: int,
-          options: ServeOptions, quiet: bool = False) -> None:
-    """Binds, loads the model, then serves until interrupted."""
+          options: ServeOptions, quiet: bool = False, wyoming_port: int | None = None) -> None:
+    """Binds, loads the model, then serves until interrupted; Wyoming too, on `wyoming_port`."""
     import uvicorn
 
     sock = bind(host, port)
+    wyoming = None if wyoming_port is None else bind(host, wyoming_port, "--wyoming-port")
     if not is_loopback(sock) and options.api_key is None:
         print(f"csm: warning: serving on {host}, which is not loopback, without --api-key: anyone who can reach "
               "this port can use the server", file=sys.stderr)
+    if wyoming is not None and not is_loopback(wyoming):
+        print(f"csm: warning: serving Wyoming on {host}, which is not loopback: Wyoming has no authentication, so "
+              "anyone who can reach --wyoming-port can use the server", file=sys.stderr)
     generator, voices = load()
-    app = create_app(generator, voices, options)
-    address, bound_port = sock.getsockname()[:2]
-    shown = f"[{address}]" if ":" in address else address
-    print(f"csm: serving on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
+    app = create_app(generator, voices, options, wyoming)
+    if wyoming is not None:
+        print(f"csm: serving Wyoming on tcp://{address_of(wyoming)}", file=sys.stderr, flush=True)
+    print(f"csm: serving on http://{address_of(sock)}", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", timeout_graceful_shutdown=2,
                             ws="websockets-sansio")
-    uvicorn.Server(config).run(sockets=[sock])
+    graceful_server(config, app.state.listeners).run(sockets=[sock])
+
+
+def graceful_server(config: Any, listeners: Listeners) -> Any:
+    """uvicorn's server, whose shutdown (SIGTERM, Ctrl-C, or SIGHUP as uvicorn does not catch it) stops accepting
+    connections, then ends every response and WebSocket connection cleanly at its next frame (`Listeners`), before
+    uvicorn closes the connections (waiting 2 s at most), Wyoming's server stops and the model thread stops."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():  # it raises each signal caught again once the server is down
+                hangup = signal.getsignal(signal.SIGHUP)
+                if hangup is not signal.SIG_IGN:
+                    signal.signal(signal.SIGHUP, self.handle_exit)
+                try:
+                    yield
+                finally:
+                    signal.signal(signal.SIGHUP, hangup)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:
+                server.close()
+            await listeners.end_all(SHUTDOWN_S)
+            await super().shutdown(sockets)
+
+    return GracefulServer(config)

@@ -10,7 +10,7 @@ long for the model's window at clause punctuation, then between words.
 
 Speaker tags
 ------------
-A line may start with a speaker tag: a whole number (0 or more), a colon and at least one space::
+A line may start with a speaker tag: a whole number (0 to 999999, ASCII digits), a colon and at least one space::
 
     0: Hello there.
     1 : Hi!
@@ -19,7 +19,7 @@ Lines without a tag are spoken by the default speaker (``--speaker``). Only the 
 counts, so ``0: 2024: a good year`` says "2024: a good year" as speaker 0; tag a line explicitly to
 speak text that itself starts like a tag.
 
-A line that starts like a mistyped tag (``-1: hi``, ``1.5: hi``, ``S1: hi``, ``Speaker 1: hi``,
+A line that starts like a mistyped tag (``-1: hi``, ``1.5: hi``, ``10000000: hi``, ``S1: hi``, ``Speaker 1: hi``,
 ``[1]: hi``, ``2:hi`` with no space, or a bare ``3:``) is spoken whole, as typed, by the default
 speaker, with a warning. Text such as ``Note: this``, ``10:30 is fine`` or ``3:1 odds`` is ordinary
 text: no tag, no warning, nothing changed.
@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-_TAG = re.compile(r"(?P<speaker>\d+)\s*:\s+(?P<text>.+)", re.DOTALL)
+_TAG = re.compile(r"(?P<speaker>[0-9]+)\s*:\s+(?P<text>.+)", re.DOTALL)
 _BARE_TAG = re.compile(r"\d+\s*:")  # a tag still waiting for its text
 _TAG_LOOKALIKE = re.compile(r"[\[(]?(?:speaker|spk|s)?\s*[-+]?\d+(?:\.\d+)?[\])]?\s*:(?!\d)", re.IGNORECASE)
 
@@ -142,16 +142,17 @@ def passages(source: Iterable[str | None]) -> Iterator[Passage]:
     yield from passage(splitter.flush())
 
 
-def parse_line(line: str, default_speaker: int) -> Line:
-    """Reads the optional speaker tag of a line (see the module docstring); never drops any text."""
-    assert default_speaker >= 0, default_speaker
+def parse_line(line: str, default_speaker: int, max_speaker: int) -> Line:
+    """Reads the optional speaker tag of a line (see the module docstring); never drops any text. A tag names a
+    speaker from 0 to `max_speaker` in ASCII digits; another number is a mistyped tag."""
+    assert 0 <= default_speaker <= max_speaker, (default_speaker, max_speaker)
     line = line.strip()
-    if tag := _TAG.fullmatch(line):
+    if (tag := _TAG.fullmatch(line)) and int(tag["speaker"]) <= max_speaker:
         return Line(int(tag["speaker"]), tag["text"])
     if lookalike := _TAG_LOOKALIKE.match(line):
         warning = (
-            f"'{lookalike[0]}' is not a speaker tag (write 'N: text' with N a whole number, e.g. '1: hello'); "
-            f"the line is spoken as typed by speaker {default_speaker}"
+            f"'{lookalike[0]}' is not a speaker tag (write 'N: text' with N a whole number from 0 to {max_speaker}, "
+            f"e.g. '1: hello'); the line is spoken as typed by speaker {default_speaker}"
         )
         return Line(default_speaker, line, warning)
     return Line(default_speaker, line)

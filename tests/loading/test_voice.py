@@ -1,4 +1,5 @@
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,6 +177,29 @@ def test_csm_voices_lists_what_the_model_offers(hub_copy_dir):
     assert "speaker 1" in rows["conversational_b"]
     assert "--voice-text" in rows["read_speech_a"] and "speaker" not in rows["read_speech_a"]
     assert " 0.6 " in rows["conversational_a"]
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("read_speech_a", b"not audio at all"),
+    ("conversational_b", b"RIFF\x00\x00\x00\x00WAVEfmt "),
+    ("read_speech_d", None),  # a directory named .wav
+])
+def test_csm_voices_lists_the_others_and_marks_an_unreadable_one(tmp_path, hub_copy_dir, name, content):
+    model = tmp_path / "model"
+    shutil.copytree(hub_copy_dir, model, ignore=shutil.ignore_patterns("*.safetensors", "*.pt"))
+    broken = model / "prompts" / f"{name}.wav"
+    broken.unlink()
+    if content is None:
+        broken.mkdir()
+    else:
+        broken.write_bytes(content)
+    result = runner.invoke(app, ["voices", "--model", str(model)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip() == ""
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if "_" in line and "│" in line}
+    assert list(rows) == list(offered(hub_copy_dir))
+    assert f"unreadable: {name}.wav is not an audio file" in rows[name] and "speaker" not in rows[name]
+    assert all("unreadable" not in row for voice, row in rows.items() if voice != name)
 
 
 def test_an_unknown_voice_is_one_line_naming_the_voices(tmp_path, hub_copy_dir):

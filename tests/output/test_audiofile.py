@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_readers import assert_readable
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
 from csm_cli.errors import CsmError
@@ -22,21 +23,25 @@ from csm_cli.output.audiofile import (
 CHUNK = (0.2 * np.sin(np.arange(SAMPLES_PER_FRAME) / 7)).astype(np.float32)
 
 
-def test_a_wav_file_is_valid_after_every_chunk_and_created_with_the_first(tmp_path):
+@pytest.mark.parametrize(("sample_format", "width", "header"), [("s16", 2, 44), ("f32", 4, 80)])
+def test_a_wav_file_says_its_length_after_every_chunk_and_is_created_with_the_first(tmp_path, sample_format, width,
+                                                                                    header):
+    """Its header rewritten with each chunk, as a reader that trusts it (Python's wave, ffmpeg) needs: a process
+    that dies between two chunks leaves a file that says what it holds."""
     path = tmp_path / "out.wav"
-    writer = AudioFileWriter(path)
+    writer = AudioFileWriter(path, sample_format)
     assert not path.exists()
     chunks = [np.full(SAMPLES_PER_FRAME, 0.25, dtype=np.float32),
               np.linspace(-1, 1, SAMPLES_PER_FRAME, dtype=np.float32)]
     for count, chunk in enumerate(chunks, start=1):
         writer.write(chunk)
-        samples, rate = sf.read(str(path), dtype="float32")  # read while the writer still holds the file open
-        assert rate == SAMPLE_RATE and len(samples) == SAMPLES_PER_FRAME * count
+        assert assert_readable(path) == SAMPLES_PER_FRAME * count  # read while the writer still holds the file open
+        samples, _ = sf.read(str(path), dtype="float32")
         np.testing.assert_allclose(samples[-SAMPLES_PER_FRAME:], chunk, atol=2 / 32767)
     writer.close()
-    assert path.stat().st_size == 44 + 2 * 2 * SAMPLES_PER_FRAME
+    assert path.stat().st_size == header + width * 2 * SAMPLES_PER_FRAME
     writer.write(CHUNK)  # a producer finishing after the run ended: dropped
-    assert sf.info(str(path)).frames == 2 * SAMPLES_PER_FRAME
+    assert assert_readable(path) == 2 * SAMPLES_PER_FRAME
 
 
 @pytest.mark.parametrize(("name", "sample_format", "container", "subtype"), [

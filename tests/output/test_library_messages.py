@@ -7,6 +7,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+from test_cli import assert_one_line_error
+
 STOPPED_S = 0.5  # longer than the sound server's buffer: the stream underruns and ALSA says so
 
 
@@ -35,3 +38,21 @@ def test_an_underrun_message_from_alsa_is_counted_not_printed(pulse_server, tmp_
     summary = stderr.strip().splitlines()[-2]
     assert summary.startswith("first audio after ") and any(state in stderr for state in playing), stderr
     assert summary.endswith(f", {messages} sound-library messages kept off the terminal"), summary
+
+
+def test_portaudio_messages_when_the_sound_server_dies_are_kept_off_the_terminal(pulse_server, tmp_path,
+                                                                                 transformers_dir, mimi_file):
+    """PulseAudio killed mid-playback: the one error line, not PortAudio's "Expression ... failed" lines before it."""
+    args = ["say", "One two three four five six seven eight nine ten.", "--out", str(tmp_path / "speech.wav"),
+            "--seed", "3", "--model", str(transformers_dir), "--codec", str(mimi_file), "--max-seconds", "2"]
+    with pulse_server.record_monitor(tmp_path / "monitor.raw") as played:
+        process = subprocess.Popen([sys.executable, "-m", "csm_cli", *args, "-q"],
+                                   env={**os.environ, **pulse_server.env}, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not np.abs(played.samples()).max(initial=0) > 1e-4:
+            assert time.monotonic() < deadline and process.poll() is None, "never played a sound"
+            time.sleep(0.02)
+        os.kill(pulse_server.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert_one_line_error(stderr, "output device")

@@ -18,7 +18,14 @@ from pulse import aligned, similarity
 
 from csm_cli.audio import FRAME_SECONDS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from csm_cli.errors import CsmError
-from csm_cli.output.playback import PlaybackStatus, output_devices, play, preroll_satisfied, render_device_table
+from csm_cli.output.playback import (
+    STALL_S,
+    PlaybackStatus,
+    output_devices,
+    play,
+    preroll_satisfied,
+    render_device_table,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TAIL_SAMPLES = SAMPLE_RATE // 10  # the last 100 ms, which a player that stops too early loses
@@ -263,7 +270,7 @@ def test_missing_portaudio_is_a_user_error(monkeypatch):
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
-def test_a_sound_server_that_dies_or_freezes_mid_playback_is_an_error_within_a_second(pulse_server, fault):
+def test_a_sound_server_that_dies_or_freezes_mid_playback_is_an_error_soon(pulse_server, fault):
     """In a child process, which then exits as a program does, while the server is still frozen: PortAudio's stream
     to a frozen server cannot be closed, and that must not hold up the exit (nor this process, after the test)."""
     child = subprocess.Popen(
@@ -275,15 +282,16 @@ def test_a_sound_server_that_dies_or_freezes_mid_playback_is_an_error_within_a_s
         text=True,
     )
     try:
-        out, err = child.communicate(timeout=10)
+        out, err = child.communicate(timeout=STALL_S + 10)
     finally:
         child.kill()
         if fault == signal.SIGSTOP:
             os.kill(pulse_server.pid, signal.SIGCONT)
     exited_at = time.monotonic()
     assert child.returncode == 1, (out, err)
+    assert err == "", err  # PortAudio's "Expression ... failed" lines as the server dies: counted, not printed
     message, times = out.splitlines()
     assert re.search(r"output device .* (stopped taking audio|ended the stream)", message), out
     faulted_at, raised_at = map(float, times.split())
-    assert raised_at - faulted_at < 1.0
+    assert raised_at - faulted_at < (1.0 if fault == signal.SIGKILL else STALL_S + 1.0)
     assert exited_at - raised_at < 2.0  # the interpreter's teardown, on a loaded machine

@@ -1,12 +1,16 @@
 """`csm serve` through HTTP: a real uvicorn server in a subprocess on an ephemeral loopback port, called by the
-official `openai` client, curl, httpx and a WebSocket client."""
+official `openai` client, curl, httpx and a WebSocket client, and by voice agents' own clients (pipecat's and
+LiveKit's) with their defaults, against the shared `agent_server` of conftest.py."""
 
+import asyncio
 import base64
+import http.client
 import io
 import json
 import os
 import re
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -18,16 +22,23 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+from decoded import MEDIA_TYPES, assert_holds_pcm
+from livekit.agents import tts as livekit_tts
+from livekit.plugins import openai as livekit_openai
+from pipecat.frames.frames import ErrorFrame, TTSAudioRawFrame
+from pipecat.services.openai.tts import OpenAITTSService
 from test_cli import assert_one_line_error
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from csm_cli.serve.speech import OPENAI_VOICES
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TEXT = "Hello there, how are you today?"
 FRAME_BYTES = 2 * SAMPLES_PER_FRAME  # 16-bit PCM
+MAX_FRAMES = 5  # of an utterance of the agent_server (conftest.py): --max-seconds 0.4
 
 
 class Server:
@@ -76,8 +87,10 @@ def model(hub_copy_dir, mimi_file) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server"), model, "--max-streams", "2", "--api-key", KEY,
-                           "--max-input-chars", "200", "--max-conversations", "1")
+    """Its log at uvicorn's info level (not --quiet): what it says of clients that leave is checked."""
+    running = start_server(tmp_path_factory.mktemp("server"), [arg for arg in model if arg != "--quiet"],
+                           "--max-streams", "2", "--api-key", KEY, "--max-input-chars", "200",
+                           "--max-conversations", "1")
     yield running
     log = stop_server(running)
     assert "Traceback" not in log, log
@@ -174,36 +187,81 @@ def test_listings_and_health(server):
     models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["csm-1b"]
     voices = {voice["id"]: voice for voice in httpx.get(f"{server.url}/v1/audio/voices", headers=AUTH).json()["voices"]}
-    assert list(voices) == ["conversational_a", "conversational_b", "0", "1"]  # read_speech_*: no transcript
+    # read_speech_*: no transcript; then OpenAI's names, taking the voices in turn
+    assert list(voices) == ["conversational_a", "conversational_b", "0", "1", *OPENAI_VOICES]
     assert voices["conversational_b"]["speaker"] == 0 and voices["conversational_b"]["seconds"] == 0.5
     assert (voices["0"]["voice"], voices["1"]["voice"]) == ("conversational_a", "conversational_b")
+    assert [voices[name]["alias_of"] for name in ("alloy", "ash", "ballad", "verse")] == [
+        "conversational_a", "conversational_b", "conversational_a", "conversational_a"]
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "streams": 0, "max_streams": 2,
                                                         "conversations": 0, "max_conversations": 1}
 
 
+@pytest.fixture(scope="module")
+def keep_alive(server) -> Iterator[http.client.HTTPConnection]:
+    """One connection for many requests, as a client with keep-alive makes them."""
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=60)
+    yield connection
+    connection.close()
+
+
+def request_on(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None
+               ) -> tuple[int, bytes]:
+    """A request on `connection`, which must stay the same TCP connection (http.client would open another)."""
+    connection.request(method, path, body=body, headers=AUTH)
+    sock = connection.sock
+    response = connection.getresponse()
+    content = response.read()
+    assert connection.sock is sock and not response.will_close, "the server closed the keep-alive connection"
+    return response.status, content
+
+
 @pytest.mark.parametrize(("body", "param", "code"), [
     (b'{"input": "Hi.", "voice": ', None, "invalid_json"),
+    (b"[" * 100_000 + b"]" * 100_000, None, "invalid_json"),
     (b'["Hi."]', None, "invalid_request"),
     (b'{"voice": "0"}', "input", "invalid_request"),
-    (b'{"input": "Hi.", "voice": "alloy"}', "voice", "unknown_voice"),
+    (b'{"input": 5, "voice": "0"}', "input", "invalid_request"),
+    (b'{"input": "Hi \\ud800.", "voice": "0"}', "input", "invalid_text"),
+    (b'{"input": "Hi.", "voice": "nobody"}', "voice", "unknown_voice"),
     (b'{"input": "Hi.", "voice": "read_speech_a"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "\\ud800"}', "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": "1000000"}', "voice", "unknown_voice"),
+    (f'{{"input": "Hi.", "voice": {10**30}}}'.encode(), "voice", "unknown_voice"),
+    (b'{"input": "Hi.", "voice": true}', "voice", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": -1}', "seed", "invalid_request"),
+    (f'{{"input": "Hi.", "voice": "0", "seed": {2**70}}}'.encode(), "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": 1.5}', "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": true}', "seed", "invalid_request"),
+    (b'{"input": "Hi.", "voice": "0", "seed": 1e400}', "seed", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "conversation": ""}', "conversation", "invalid_request"),
-    (b'{"input": "Hi.", "voice": "0", "response_format": "mp3"}', "response_format", "unsupported_format"),
+    (b'{"input": "Hi.", "voice": "0", "response_format": "ogg"}', "response_format", "unsupported_format"),
+    (b'{"input": "Hi.", "voice": "0", "response_format": "\\udfff"}', "response_format", "unsupported_format"),
     (b'{"input": "Hi.", "voice": "0", "stream_format": "chunks"}', "stream_format", "invalid_request"),
     (b'{"input": "Hi.", "voice": "0", "speed": 1.5}', "speed", "unsupported_speed"),
+    (b'{"input": "Hi.", "voice": "0", "speed": NaN}', "speed", "unsupported_speed"),
     (b'{"input": " ", "voice": "0"}', "input", "empty_input"),
     (json.dumps({"input": "word " * 50, "voice": "0"}).encode(), "input", "input_too_long"),
-])
-def test_bad_requests_are_answered_400_with_an_openai_error(server, body, param, code):
-    response = httpx.post(f"{server.url}/v1/audio/speech", content=body, headers=AUTH, timeout=30)
-    assert response.status_code == 400
-    error = response.json()["error"]
+], ids=lambda value: value[:50].decode(errors="replace") if isinstance(value, bytes) else value)
+def test_bad_requests_are_answered_400_with_an_openai_error_and_the_connection_goes_on(keep_alive, body, param,
+                                                                                       code):
+    """Every field checked as `csm say` checks its options; a 4xx, never a 500, and the client's keep-alive
+    connection serves its next request."""
+    status, content = request_on(keep_alive, "POST", "/v1/audio/speech", body)
+    assert status == 400, content
+    error = json.loads(content)["error"]
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert error["message"] and "Traceback" not in error["message"]
     if code == "input_too_long":
         assert "200" in error["message"] and "--max-input-chars" in error["message"]
-    if code == "unknown_voice":
-        assert "voices are conversational_a, conversational_b, or a speaker id (0, 1, ...)" in error["message"]
+    if code == "unknown_voice" and "nobody" in error["message"]:
+        assert ("voices are conversational_a, conversational_b, the aliases alloy, ash, ballad, cedar, coral, echo, "
+                "fable, marin, nova, onyx, sage, shimmer, verse, or a speaker id (0, 1, ...)") in error["message"]
+    if code == "unsupported_format":
+        assert "choose one of mp3, opus, aac, flac, wav, pcm" in error["message"]
+    if param == "seed":
+        assert "seed must be" in error["message"] or "integer" in error["message"]
+    assert request_on(keep_alive, "GET", "/v1/models")[0] == 200
 
 
 def test_requests_without_the_key_are_answered_401(server):
@@ -242,14 +300,54 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(tmp_path, model):
         long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
         with httpx.stream("POST", f"{server.url}/v1/audio/speech", headers=AUTH, timeout=120,
                           json={"voice": "0", "input": long_text, "response_format": "pcm", "seed": 0}) as response:
-            chunks = response.iter_bytes()  # kept: an iterator dropped closes the response
-            next(chunks)
+            body = response.iter_bytes()  # held: an iterator dropped closes the response
+            next(body)
             assert server.health()["streams"] == 1
         server.wait_idle(timeout=30)
         assert speech(server, input="Hi.", response_format="pcm").status_code == 200
     finally:
         log = stop_server(server)
     assert "Traceback" not in log, log
+
+
+def raw_request(body: bytes, length: int | None = None) -> bytes:
+    """A speech request as bytes, its Content-Length `length` (the body's own by default)."""
+    return (f"POST /v1/audio/speech HTTP/1.1\r\nHost: csm\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body) if length is None else length}\r\n\r\n"
+            ).encode() + body
+
+
+def address(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def test_a_slot_freed_by_a_client_that_just_left_is_free_at_once(server):
+    """20 clients leave one after another (before their first audio, or after it) on a server of 2 slots: each
+    next one gets a slot, not a 429."""
+    server.wait_idle(timeout=30)
+    body = json.dumps({"voice": "0", "input": TEXT, "response_format": "pcm"}).encode()
+    with httpx.Client(headers=AUTH, timeout=120) as client:
+        for _ in range(10):
+            with socket.create_connection(address(server)) as sock:  # leaves before its first audio
+                sock.sendall(raw_request(body))
+            with client.stream("POST", f"{server.url}/v1/audio/speech", content=body) as response:
+                assert response.status_code == 200, response.read()  # then leaves after its first audio
+    server.wait_idle(timeout=30)
+
+
+def test_clients_that_leave_mid_body_are_one_quiet_log_line_each(server):
+    before = server.log.read_text().count("left before sending its whole request")
+    for _ in range(5):
+        with socket.create_connection(address(server)) as sock:
+            sock.sendall(raw_request(b'{"voice": "0", "in', length=1000))
+    deadline = time.monotonic() + 30
+    while server.log.read_text().count("left before sending its whole request") < before + 5:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log
+    assert speech(server, input="Hi.", response_format="pcm").status_code == 200
 
 
 def test_two_listeners_are_served_interleaved(server):
@@ -267,18 +365,62 @@ def test_two_listeners_are_served_interleaved(server):
     assert b"".join(data for _, data in second_chunks) == alone
 
 
-def test_binding_beyond_loopback_without_a_key_warns(tmp_path, model):
-    running = start_server(tmp_path, model, "--host", "0.0.0.0", until="csm: warning: serving on 0.0.0.0")
+def test_sigterm_ends_every_stream_cleanly_and_exits_soon(tmp_path, model):
+    """A streamed WAV body is terminated (its chunked encoding complete, the WAV readable), server-sent events end with
+    an error event, a WebSocket is closed with 1001 (going away), no new connection is accepted, and the process
+    exits with 143 within a few seconds."""
+    server = start_server(tmp_path, [arg for arg in model if arg != "--quiet"], "--max-seconds", "20",
+                          "--max-streams", "3")
+    long_text = " ".join(["one two three four five six seven eight nine ten"] * 3)
+    body = {"voice": "0", "input": long_text, "response_format": "wav", "seed": 0}
+    url = f"{server.url}/v1/audio/speech"
+    with httpx.Client(timeout=60) as client, client.stream("POST", url, json=body) as wav, \
+            client.stream("POST", url, json=body | {"response_format": "pcm", "stream_format": "sse"}) as sse, \
+            connect(ws_url(server)) as ws:
+        wav_bytes = wav.iter_bytes()
+        first = next(wav_bytes)
+        sse_lines = sse.iter_lines()
+        assert next(line for line in sse_lines if line.startswith("data: "))
+        ws.send(json.dumps({"type": "text", "text": long_text}))
+        ws.send(json.dumps({"type": "flush"}))
+        while json.loads(ws.recv(timeout=60))["type"] != "audio":
+            pass
+        server.process.terminate()
+        stopped_at = time.monotonic()
+        samples, rate = sf.read(io.BytesIO(first + b"".join(wav_bytes)), dtype="int16")  # complete, or httpx raises
+        assert rate == SAMPLE_RATE and len(samples) > 0 and len(samples) % SAMPLES_PER_FRAME == 0
+        events = [json.loads(line.removeprefix("data: ")) for line in sse_lines if line.startswith("data: ")]
+        assert events[-1]["error"]["code"] == "server_shutting_down", events[-1]
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1001
+        with pytest.raises(httpx.ConnectError):
+            client.get(f"{server.url}/health")
+    assert server.process.wait(timeout=30) == 143
+    assert time.monotonic() - stopped_at < 6
+    log = server.log.read_text()
+    assert log.strip().splitlines()[-1] == "csm: terminated", log
+    assert "Traceback" not in log and "Cancel" not in log, log
+
+
+def test_binding_beyond_loopback_without_a_key_warns_and_wyoming_always_does(tmp_path, model):
+    running = start_server(tmp_path, model, "--host", "0.0.0.0", "--wyoming-port", "0",
+                           until="csm: warning: serving Wyoming on 0.0.0.0")
     log = stop_server(running)
-    assert "--api-key" in log
+    assert "csm: warning: serving on 0.0.0.0" in log and "--api-key" in log
+    assert "Wyoming has no authentication" in log
 
 
-def test_a_taken_port_is_one_error_line(server, model):
+@pytest.mark.parametrize("option", ["--port", "--wyoming-port"])
+def test_a_taken_port_is_one_error_line(server, model, option):
     port = server.url.rsplit(":", 1)[1]
-    done = subprocess.run([sys.executable, "-m", "csm_cli", "serve", "--port", port, *model], capture_output=True,
-                          text=True, timeout=60)
+    ports = {"--port": "0", "--wyoming-port": "0", option: port}
+    done = subprocess.run([sys.executable, "-m", "csm_cli", "serve", *(part for item in ports.items() for part in item),
+                           *model], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert done.stderr.startswith("csm: error: cannot listen on 127.0.0.1:") and "Traceback" not in done.stderr
+    assert_one_line_error(done.stderr, f"cannot listen on 127.0.0.1:{port} (Address already in use): choose another "
+                                       f"{option} or --host")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -287,6 +429,7 @@ def test_a_taken_port_is_one_error_line(server, model):
     (["--max-input-chars", "0"], "--max-input-chars must be at least 1, got 0"),
     (["--max-conversations", "0"], "--max-conversations must be at least 1, got 0"),
     (["--port", "70000"], "--port must lie in 0..65535, got 70000"),
+    (["--voice-alias", "alloy"], "--voice-alias 'alloy' is not NAME=VOICE"),
     (["--pause", "-1"], "--pause must be a number from 0 to 60 seconds, got -1"),
     (["--pause", "nan"], "--pause must be a number from 0 to 60 seconds, got nan"),
     (["--temperature", "nan"], "--temperature must be a number"),
@@ -374,8 +517,11 @@ def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
 
 
 def test_a_websocket_answers_bad_messages_and_goes_on(server):
-    with connect(ws_url(server), additional_headers=AUTH) as ws:
-        for bad in ["{not json", json.dumps({"type": "speak"}), json.dumps({"type": "text", "text": "x" * 300})]:
+    bad_messages = ["{not json", "[" * 100_000 + "]" * 100_000, json.dumps({"type": "speak"}),
+                    json.dumps({"type": "text", "text": 5}), '{"type": "text", "text": "Hi \\ud800."}',
+                    json.dumps({"type": "text", "text": "x" * 300})]
+    with connect(ws_url(server), additional_headers=AUTH, max_size=None) as ws:
+        for bad in bad_messages:
             ws.send(bad)
             assert json.loads(ws.recv(timeout=60))["type"] == "error"
         ws.send(json.dumps({"type": "text", "text": "Fine."}))
@@ -390,6 +536,24 @@ def test_a_websocket_without_the_key_is_refused(server):
     with connect(ws_url(server)) as ws:
         error = json.loads(ws.recv(timeout=30))
         assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+
+
+@pytest.mark.parametrize(("query", "param"), [
+    ("?seed=-1", "seed"),
+    (f"?seed={2**70}", "seed"),
+    ("?seed=1.5", "seed"),
+    ("?seed=", "seed"),
+    ("?voice=1000000", "voice"),
+    ("?voice=nobody", "voice"),
+])
+def test_a_websocket_with_a_bad_parameter_is_answered_and_closed(server, query, param):
+    """As a request's body is: an error message naming the parameter, then close code 1008."""
+    with connect(ws_url(server, query), additional_headers=AUTH) as ws:
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["error"]["param"] == param, error
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1008
@@ -415,3 +579,108 @@ def test_the_load_benchmark_reports_each_round(server):
     for figures in rounds:
         assert 0 < figures["first_audio_p50_s"] <= figures["first_audio_p95_s"] < figures["wall_s"]
         assert figures["aggregate_rtf"] > 0 and figures["audio_s"] > 0
+
+
+# --- voice agents' own clients, with their defaults: the shared agent_server (utterances of 5 frames) -------------
+
+
+@pytest.fixture(scope="module")
+def alloy_pcm(agent_server) -> bytes:
+    return speech(agent_server, voice="alloy", response_format="pcm", seed=5).content
+
+
+@pytest.mark.parametrize("response_format", list(MEDIA_TYPES))
+def test_the_openai_client_gets_every_format_streamed_and_as_events(agent_server, alloy_pcm, response_format):
+    """OpenAI's Content-Type for each; the bytes, and the base64 deltas of stream_format "sse", decode to the pcm
+    format's samples (within a lossy codec's loss)."""
+    client = openai.OpenAI(base_url=f"{agent_server.url}/v1", api_key=KEY)
+    request = {"model": "csm-1b", "voice": "alloy", "input": TEXT, "response_format": response_format,
+               "extra_body": {"seed": 5}}
+    with client.audio.speech.with_streaming_response.create(**request) as response:
+        assert response.headers["content-type"] == MEDIA_TYPES[response_format]
+        assert response.headers["x-request-id"].startswith("req_")
+        audio = b"".join(response.iter_bytes())
+    assert_holds_pcm(audio, response_format, alloy_pcm)
+    with client.audio.speech.with_streaming_response.create(**request, stream_format="sse") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines]
+    assert [event["type"] for event in events] == ["speech.audio.delta"] * (len(events) - 1) + ["speech.audio.done"]
+    assert_holds_pcm(b"".join(base64.b64decode(event["audio"]) for event in events[:-1]), response_format, alloy_pcm)
+
+
+def test_openai_voice_names_speak_as_the_voices_they_name(agent_server, alloy_pcm):
+    """alloy takes conversational_a by default; --voice-alias ash=1 and narrator=conversational_b; a request that
+    names no format gets mp3, as from OpenAI."""
+    assert alloy_pcm == speech(agent_server, voice="conversational_a", response_format="pcm", seed=5).content
+    narrator = speech(agent_server, voice="narrator", response_format="pcm", seed=5).content
+    assert narrator == speech(agent_server, voice="conversational_b", response_format="pcm", seed=5).content
+    ash = speech(agent_server, voice="ash", seed=5)
+    assert ash.headers["content-type"] == "audio/mpeg"
+    assert_holds_pcm(ash.content, "mp3", speech(agent_server, voice="1", response_format="pcm", seed=5).content)
+    listed = {voice["id"]: voice for voice in
+              httpx.get(f"{agent_server.url}/v1/audio/voices", headers=AUTH).json()["voices"]}
+    assert (listed["ash"]["alias_of"], listed["ash"]["speaker"], listed["narrator"]["alias_of"]) == (
+        "1", 1, "conversational_b")
+
+
+def test_pipecats_openai_tts_speaks_with_its_default_voice(agent_server):
+    """pipecat refuses, before sending, any voice but OpenAI's; it asks for pcm, its default voice alloy."""
+
+    async def run() -> list:
+        service = OpenAITTSService(api_key=KEY, base_url=f"{agent_server.url}/v1", sample_rate=SAMPLE_RATE)
+        service._sample_rate = SAMPLE_RATE  # set by setup() in a pipeline
+        return [frame async for frame in service.run_tts(TEXT, context_id="turn-1")]
+
+    frames = asyncio.run(run())
+    assert not [frame for frame in frames if isinstance(frame, ErrorFrame)], frames
+    audio = [frame for frame in frames if isinstance(frame, TTSAudioRawFrame)]
+    assert {(frame.sample_rate, frame.num_channels, frame.context_id) for frame in audio} == {
+        (SAMPLE_RATE, 1, "turn-1")}
+    assert sum(len(frame.audio) for frame in audio) == MAX_FRAMES * FRAME_BYTES
+
+
+def livekit_samples(frames: list) -> np.ndarray:
+    assert {(frame.sample_rate, frame.num_channels) for frame in frames} == {(SAMPLE_RATE, 1)}
+    return np.concatenate([np.frombuffer(frame.data, dtype="<i2") for frame in frames])
+
+
+def test_livekits_openai_tts_speaks_mp3_over_server_sent_events(agent_server):
+    """Its defaults: voice ash, mp3 as base64 deltas of server-sent events, decoded by PyAV."""
+
+    async def run() -> list:
+        tts = livekit_openai.TTS(base_url=f"{agent_server.url}/v1", api_key=KEY)
+        try:
+            async with tts.synthesize(TEXT) as stream:
+                return [event.frame async for event in stream]
+        finally:
+            await tts.aclose()
+
+    samples = livekit_samples(asyncio.run(run()))
+    assert MAX_FRAMES * SAMPLES_PER_FRAME <= len(samples) < (MAX_FRAMES + 1) * SAMPLES_PER_FRAME  # an MP3's padding
+    assert np.abs(samples).max() > 1000
+
+
+def test_livekits_stream_adapter_sends_a_request_per_sentence(agent_server):
+    """Its requests counted by the ids LiveKit reports in its metrics: the x-request-id of each response."""
+    sentences = ["Hello there, how are you today?", "I am fine, thank you very much."]
+    request_ids = []
+
+    async def run() -> list:
+        tts = livekit_openai.TTS(base_url=f"{agent_server.url}/v1", api_key=KEY)
+        tts.on("metrics_collected", lambda metrics: request_ids.append(metrics.request_id))
+        try:
+            stream = livekit_tts.StreamAdapter(tts=tts).stream()
+            for word in " ".join(sentences).split(" "):
+                stream.push_text(word + " ")
+            stream.end_input()
+            frames = [event.frame async for event in stream]
+            await stream.aclose()
+            return frames
+        finally:
+            await tts.aclose()
+
+    samples = livekit_samples(asyncio.run(run()))
+    assert len(set(request_ids)) == len(request_ids) == len(sentences)
+    assert all(request_id.startswith("req_") for request_id in request_ids)
+    assert len(samples) >= len(sentences) * MAX_FRAMES * SAMPLES_PER_FRAME

@@ -19,10 +19,11 @@ from csm_cli.text.script import IDLE, Line, Passage, SentenceSplitter, parse_lin
         ("10:30 is fine", Line(7, "10:30 is fine")),
         ("3:1 odds", Line(7, "3:1 odds")),
         ("Room 101: meeting", Line(7, "Room 101: meeting")),
+        ("999999: the last speaker", Line(999_999, "the last speaker")),
     ],
 )
 def test_parse_line_reads_valid_tags_and_leaves_text_alone(line: str, expected: Line) -> None:
-    assert parse_line(line, default_speaker=7) == expected
+    assert parse_line(line, default_speaker=7, max_speaker=999_999) == expected
 
 
 @pytest.mark.parametrize(
@@ -35,10 +36,13 @@ def test_parse_line_reads_valid_tags_and_leaves_text_alone(line: str, expected: 
         ("[1]: hi", "[1]:"),
         ("2:hi", "2:"),
         ("3:", "3:"),
+        ("1000000: hi", "1000000:"),
+        ("1000000000000000000000000000000: hi", "1000000000000000000000000000000:"),
+        ("\N{ARABIC-INDIC DIGIT THREE}: hi", "\N{ARABIC-INDIC DIGIT THREE}:"),
     ],
 )
 def test_parse_line_speaks_a_mistyped_tag_as_typed_with_a_warning(line: str, lookalike: str) -> None:
-    parsed = parse_line(line, default_speaker=4)
+    parsed = parse_line(line, default_speaker=4, max_speaker=999_999)
     assert (parsed.speaker, parsed.text) == (4, line)
     assert parsed.warning is not None
     assert f"'{lookalike}' is not a speaker tag" in parsed.warning
