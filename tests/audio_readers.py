@@ -56,3 +56,17 @@ def assert_readable(path: Path) -> int:
     else:
         assert decoded > 0
     return info.frames
+
+
+def assert_readable_while_growing(path: Path, reads: int = 10) -> int:
+    """`assert_readable` on a file another process is appending to: the readers open it one after another, so a read
+    that failed while the file changed under it is made again; one that failed on a file that stayed the same fails."""
+    for _ in range(reads - 1):
+        before = path.stat()
+        try:
+            return assert_readable(path)
+        except AssertionError:
+            after = path.stat()
+            if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+                raise
+    return assert_readable(path)

@@ -18,7 +18,7 @@ from statistics import median
 import numpy as np
 import pytest
 import soundfile as sf
-from audio_readers import assert_readable
+from audio_readers import assert_readable, assert_readable_while_growing
 from pulse import DEFAULT_SINK, RECORDED_SINK, aligned, similarity
 from test_cli import assert_one_line_error
 from typer.testing import CliRunner
@@ -467,7 +467,7 @@ def test_each_stop_signal_in_each_state_leaves_every_file_readable(request, tmp_
         elif state == "generating":
             wait_for(lambda: sum(f.stat().st_size for f in audio_files(out)) > 4 * SAMPLES_PER_FRAME, "generated")
             if output.endswith(".wav") or output == "lines":  # a WAV is readable while it grows
-                assert all(assert_readable(file) for file in audio_files(out))
+                assert all(assert_readable_while_growing(file) for file in audio_files(out))
         else:
             wait_for(lambda: np.abs(played.samples()).max(initial=0) > 1e-4, "played a sound")
         process.send_signal(signum)
