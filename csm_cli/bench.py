@@ -8,11 +8,11 @@ real-time pace from the first chunk on.
 - with `--conversation N`: N lines spoken as a conversation after the context (as voice prompt), each keeping the
   lines before as context, twice: each prompt prefilled whole, then only its rows the cache does not hold yet; the
   first audio of each line, both ways;
-- with `--streams N`: the texts in turn as N streams started together in one batch (`batch.SpeechBatch`, eager, as
-  `csm serve` runs them), taken a chunk each in turn, then one stream the same way: the first audio of each stream
-  (they join one by one, each prefilled while the others wait), the time per frame of each stream once all have
-  joined (one batched step and Mimi's batched decode), and the frames per second of all streams together, and its
-  ratio to one stream's.
+- with `--streams N`: the texts in turn as N streams started together in an engine of N slots (as `csm serve` runs
+  them, CUDA graphs per bucket on a GPU), taken a chunk each in turn, then one stream in an engine of one slot (as
+  `csm say` runs it): the first audio of each stream (streams started together are prefilled before their first
+  step), the time per frame of each stream (one step of the engine and Mimi's batched decode), and the frames per
+  second of all streams together, and its ratio to one stream's.
 """
 
 import math
@@ -22,7 +22,6 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,14 +31,17 @@ from rich.table import Table
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
 from .checks import number, whole_number
 from .errors import CsmError
+from .generation.args import MAX_SECONDS, CsmArgs
 from .generation.codec import Codec
 from .generation.conversation import Conversation, Utterance
-from .generation.generator import MAX_SECONDS, Settings, StreamingGenerator, resolve_device, resolve_precision
+from .generation.generator import Settings, StreamingGenerator
 from .generation.model import CSM
-from .generation.prompt import Segment, TextTokenizer, Tokenizer
-from .loading.config import CSM_1B, CsmArgs
+from .generation.prompt import Segment, Tokenizer
+from .loading.config import CSM_1B
+from .loading.generator import LoadOptions, load_generator, resolve_device, resolve_precision
 from .loading.quantize import Quantization, quantization_of, quantize
 from .loading.repository import TOKENIZER_FILES, resolve_repo
+from .loading.tokenizer import TextTokenizer
 from .output.playback import Underruns
 from .output.ring import RingBuffer
 from .progress import LoadProgress
@@ -94,31 +96,34 @@ def random_model(args: CsmArgs, device: torch.device, dtype: torch.dtype, seed: 
     return model
 
 
-def load_random_weights(args: CsmArgs, tokenizer: str, device: str | None, dtype: str | None,
-                        progress: LoadProgress, quantize: str | None = None) -> StreamingGenerator:
-    """An eager generator with a random model of `args`' shapes and a random Mimi; the tokenizer if it can be had
-    (cached or downloadable), else synthetic token ids."""
+def load_random_weights(args: CsmArgs, options: LoadOptions, progress: LoadProgress) -> StreamingGenerator:
+    """An eager generator with a random model of `args`' shapes and a random Mimi, on the device and in the
+    precision `options` ask for; the tokenizer if it can be had (cached or downloadable), else synthetic token
+    ids."""
     from moshi.models import loaders
 
-    torch_device = resolve_device(device)
-    quantization, torch_dtype = resolve_precision(quantize, dtype, torch_device)
+    device = resolve_device(options.device)
+    quantization, dtype = resolve_precision(options.quantize, options.dtype, device)
     with progress as shown:
         try:
-            text_tokenizer: Tokenizer = TextTokenizer(resolve_repo(tokenizer, TOKENIZER_FILES, shown))
+            tokenizer: Tokenizer = TextTokenizer(resolve_repo(options.tokenizer, TOKENIZER_FILES, shown))
         except CsmError:
-            text_tokenizer = SyntheticTokenizer(args.text_vocab_size)
-    mimi = loaders.get_mimi(None, device=torch_device, num_codebooks=NUM_CODEBOOKS)
-    model = random_model(args, torch_device, torch_dtype, quantization=quantization)
-    return StreamingGenerator(model, text_tokenizer, Codec(mimi), fast=False)
+            tokenizer = SyntheticTokenizer(args.text_vocab_size)
+    mimi = loaders.get_mimi(None, device=device, num_codebooks=NUM_CODEBOOKS)
+    model = random_model(args, device, dtype, quantization=quantization)
+    return StreamingGenerator(model, tokenizer, Codec(mimi), fast=False)
 
 
-def load_for_bench(model: str, codec: Path | None, tokenizer: str, device: str | None, dtype: str | None,
-                   quantize: str | None, random_weights: bool, progress: LoadProgress) -> StreamingGenerator:
+def load_for_bench(options: LoadOptions, random_weights: bool, progress: LoadProgress) -> StreamingGenerator:
     """The eager generator the bench starts from: a checkpoint's, or full-size random weights."""
     if random_weights:
-        return load_random_weights(CSM_1B, tokenizer, device, dtype, progress, quantize)
-    return StreamingGenerator.load(model, codec=codec, device=device, dtype=dtype, tokenizer=tokenizer,
-                                   progress=progress, fast=False, quantize=quantize)
+        return load_random_weights(CSM_1B, options, progress)
+    return load_generator(options, progress)
+
+
+def beside(generator: StreamingGenerator, fast: bool, slots: int = 1) -> StreamingGenerator:
+    """Another generator of the same model, tokenizer and codec, with an engine of its own."""
+    return StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=fast, slots=slots)
 
 
 @dataclass(frozen=True)
@@ -279,15 +284,16 @@ def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequenc
     return _Run(arrivals[0] - started, np.diff(arrivals), speech.codes, consumer.underruns.count)
 
 
-def mimi_ms_per_frame(generator: StreamingGenerator, codes: np.ndarray) -> float:
-    """Median time to decode one frame of `codes` [C, T] in a stream, with the decoder the generator uses."""
-    decoder = generator.codec if generator.graphs is None else generator.graphs.mimi
-    frames = torch.as_tensor(codes)
+def mimi_ms_per_frame(codec: Codec, codes: np.ndarray) -> float:
+    """Median time to decode one frame of `codes` [C, T] in a stream of its own, eagerly."""
+    decoder = codec.decoder(1)
+    frames = torch.as_tensor(codes).to(codec.device)
+    advancing = torch.ones(1, dtype=torch.bool, device=codec.device)
     times = []
-    with decoder.streaming():
+    with torch.inference_mode(), decoder.bound():
         for i in range(frames.shape[1]):
             started = time.perf_counter()
-            decoder.decode_chunk(frames[:, i : i + 1])
+            decoder.decode(frames[None, :, i], advancing).cpu()
             times.append(time.perf_counter() - started)
     return 1000 * float(np.median(times))
 
@@ -302,11 +308,11 @@ def context_segments(seconds: float) -> list[Segment]:
 
 def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
                progress: LoadProgress) -> tuple[PathFigures, StreamingGenerator]:
-    """Makes the generator (a capture, for the fast path), warms it up, then speaks every text; shows the frames
+    """Makes the generator (its CUDA graphs captured, on CUDA), warms it up, then speaks every text; shows the frames
     done in `progress`."""
     started = time.perf_counter()
     generator = make()
-    path = "eager" if generator.graphs is None else "cuda-graphs"
+    path = "eager" if generator.engine.graphs is None else "cuda-graphs"
     context = context_segments(options.context_seconds)
     longest = max(len(generator.prompt_rows(text, 0, context)[0]) for text in TEXTS)
     if longest + options.frames > generator.model.max_seq_len:
@@ -324,7 +330,7 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
         warmup_s=warmup_s,
         time_to_first_audio_ms=Percentiles.of([1000 * run.first_audio_s for run in runs]),
         steady_ms_per_frame=per_frame,
-        mimi_ms_per_frame=mimi_ms_per_frame(generator, runs[-1].codes),
+        mimi_ms_per_frame=mimi_ms_per_frame(generator.codec, runs[-1].codes),
         realtime_factor=per_frame.p50 / (1000 * FRAME_SECONDS),
         underruns=sum(run.underruns for run in runs),
     )
@@ -332,38 +338,38 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
 
 
 def bench_conversation(generator: StreamingGenerator, options: BenchOptions) -> ConversationFigures:
-    """The texts in turn as a conversation after the context, without then with the prefix cache."""
+    """The texts in turn as a conversation after the context, without then with the prefix cache, each way on an
+    engine of its own."""
     settings = Settings(seed=SEED, max_seconds=(options.frames + 0.5) * FRAME_SECONDS)
     script = [Utterance(i % 2, TEXTS[i % len(TEXTS)]) for i in range(options.conversation_lines)]
     first_audio = {}
     for reuse in (False, True):
-        generator.reuse_prefix = reuse
-        generator.model.reset_caches()
-        conversation = Conversation(generator, settings, context_segments(options.context_seconds))
+        speaker = beside(generator, options.fast)
+        speaker.reuse_prefix = reuse
+        conversation = Conversation(speaker, settings, context_segments(options.context_seconds))
         for _ in conversation.speak(script):
             pass
+        speaker.close()
         first_audio[reuse] = [1000 * (line.first_chunk - line.generation_started) for line in conversation.lines]
     return ConversationFigures(options.conversation_lines, options.frames, first_audio[False], first_audio[True])
 
 
 def batched_run(generator: StreamingGenerator, streams: int, frames: int, context: Sequence[Segment],
                 advance: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-    """`streams` streams started together in one batch for `frames` frames, the texts in turn, taken one chunk each
-    in turn -> seconds from the start to each stream's first chunk, and seconds per round once all have joined."""
-    batch = generator.new_batch(streams)
+    """`streams` streams started together for `frames` frames, the texts in turn, taken one chunk each in turn ->
+    seconds from the start to each stream's first chunk, and seconds per round once all have their first."""
     sampling = Settings()
     started = time.perf_counter()
     speeches = [generator.stream(TEXTS[i % len(TEXTS)], context=context, temperature=sampling.temperature,
                                  topk=sampling.topk, seed=SEED + i, max_seconds=(frames + 0.5) * FRAME_SECONDS,
-                                 stop_at_end=False, batch=batch)
+                                 stop_at_end=False)
                 for i in range(streams)]
     first_audio = []
     rounds = []
     for _ in range(frames):
         round_started = time.perf_counter()
         for speech in speeches:
-            while not len(next(speech)):  # its prompt is being prefilled
-                pass
+            next(speech)
             if len(first_audio) < streams:
                 first_audio.append(time.perf_counter() - started)
         rounds.append(time.perf_counter() - round_started)
@@ -372,18 +378,24 @@ def batched_run(generator: StreamingGenerator, streams: int, frames: int, contex
 
 
 def bench_streams(generator: StreamingGenerator, options: BenchOptions, progress: LoadProgress) -> StreamsFigures:
-    """`options.streams` streams together, then one, after a short warm-up of the batch."""
+    """`options.streams` streams together in an engine of as many slots, then one in an engine of one, each after a
+    short warm-up."""
     context = context_segments(options.context_seconds)
-    steps = WARMUP_FRAMES + 2 * options.frames
+    steps = 2 * WARMUP_FRAMES + 2 * options.frames
     with progress as shown, shown.steps_task(f"benchmarking {options.streams} streams: rounds", steps) as advance:
-        batched_run(generator, options.streams, WARMUP_FRAMES, context, advance)
-        first_audio, together = batched_run(generator, options.streams, options.frames, context, advance)
-        alone = batched_run(generator, 1, options.frames, context, advance)[1]
-    frames_per_second = options.streams / float(np.median(together))
-    single_frames_per_second = 1 / float(np.median(alone))
+        together, alone = beside(generator, options.fast, options.streams), beside(generator, options.fast)
+        batched_run(together, options.streams, WARMUP_FRAMES, context, advance)
+        first_audio, together_rounds = batched_run(together, options.streams, options.frames, context, advance)
+        batched_run(alone, 1, WARMUP_FRAMES, context, advance)
+        alone_rounds = batched_run(alone, 1, options.frames, context, advance)[1]
+        together.close()
+        alone.close()
+    frames_per_second = options.streams / float(np.median(together_rounds))
+    single_frames_per_second = 1 / float(np.median(alone_rounds))
     return StreamsFigures(options.streams, options.frames, Percentiles.of(1000 * first_audio),
-                          Percentiles.of(1000 * together), frames_per_second, Percentiles.of(1000 * alone),
-                          single_frames_per_second, frames_per_second / single_frames_per_second)
+                          Percentiles.of(1000 * together_rounds), frames_per_second,
+                          Percentiles.of(1000 * alone_rounds), single_frames_per_second,
+                          frames_per_second / single_frames_per_second)
 
 
 def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions,
@@ -397,8 +409,7 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    figures, generator = bench_path(
-        lambda: StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, fast=options.fast), options, progress)
+    figures, generator = bench_path(lambda: beside(loaded, options.fast) if options.fast else loaded, options, progress)
     conversation = bench_conversation(generator, options) if options.conversation_lines else None
     streams = bench_streams(generator, options, progress) if options.streams else None
     eager = bench_path(lambda: loaded, options, progress)[0] if options.compare_eager else None
@@ -462,7 +473,7 @@ def render_table(report: BenchReport) -> Table:
     if report.streams is not None:
         batched = report.streams
         table.add_section()
-        table.add_row(f"{batched.streams} streams started together (eager): first audio p50 / p95",
+        table.add_row(f"{batched.streams} streams started together: first audio p50 / p95",
                       p50_p95(batched.first_audio_ms, 0))
         table.add_row(f"{batched.streams} streams together: per stream per frame p50 / p95",
                       p50_p95(batched.per_frame_ms, 1))

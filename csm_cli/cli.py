@@ -22,6 +22,7 @@ from .loading.config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 if TYPE_CHECKING:
     from .generation.generator import StreamingGenerator
     from .generation.prompt import Segment
+    from .loading.generator import LoadOptions
     from .loading.voice import Voice
     from .output.audiofile import SampleFormat
 
@@ -267,8 +268,9 @@ def say(
     With no TEXT, or TEXT '-', the text comes from standard input; with --file FILE, from FILE."""
     with user_errors():
         from .generation.conversation import pause_frames
-        from .generation.generator import Settings, resolve_device, resolve_dtype
-        from .loading.voice import choose_voices
+        from .generation.generator import Settings
+        from .loading.generator import LoadOptions, resolve_device, resolve_dtype
+        from .loading.voice import choose_voices, voice_segment
         from .output.audiofile import prepare_out_dir
         from .say import Output, expected_seconds, say, warn
         from .text.script import passages
@@ -316,32 +318,29 @@ def say(
             print("csm: type what to say and press Enter; Ctrl-D ends the input", file=sys.stderr)
         say(
             passages(read_text(sys.stdin, warn) if from_stdin else [text + "\n"]),  # the text as whole lines
-            load=lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet),
+            load=lambda: load(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager), quiet),
             speaker=speaker_id, settings=settings, prompts=prompts, memory=memory, pause_seconds=pause,
             output=output, expected_seconds=None if from_stdin else expected_seconds(text),
-            voices=lambda generator: [generator.voice_segment(v, n) for n, v in voices],
+            voices=lambda generator: [voice_segment(v, n, generator.codec) for n, v in voices],
         )
 
 
 def offered_voices(model: str, voice: str | None, has_context: bool, quiet: bool) -> dict[str, "Voice"]:
     """The model repository's voices, fetched without its weights; none looked up when none is asked for."""
-    from .loading.repository import resolve_voice_files
-    from .loading.voice import NO_VOICE, model_voices
+    from .loading.generator import load_voices
+    from .loading.voice import NO_VOICE
     from .progress import LoadProgress
 
     if voice == NO_VOICE or (voice is None and has_context):
         return {}
-    with LoadProgress(enabled=not quiet) as shown:
-        return model_voices(resolve_voice_files(model, shown))
+    return load_voices(model, LoadProgress(enabled=not quiet))
 
 
-def load_generator(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
-                   quantize: str | None, eager: bool, quiet: bool) -> "StreamingGenerator":
-    from .generation.generator import StreamingGenerator
+def load(options: "LoadOptions", quiet: bool) -> "StreamingGenerator":
+    from .loading.generator import load_generator
     from .progress import LoadProgress
 
-    return StreamingGenerator.load(model, codec=codec, device=model_device, dtype=dtype, tokenizer=tokenizer,
-                                   progress=LoadProgress(enabled=not quiet), fast=not eager, quantize=quantize)
+    return load_generator(options, LoadProgress(enabled=not quiet))
 
 
 @app.command()
@@ -443,6 +442,7 @@ def serve(
     with user_errors():
         from .generation.conversation import pause_frames
         from .generation.generator import Settings
+        from .loading.generator import LoadOptions
         from .serve.server import ServeOptions
         from .serve.server import serve as run_server
         from .serve.speech import parse_voice_aliases
@@ -461,8 +461,9 @@ def serve(
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
                                max_conversations, api_key or None, parse_voice_aliases(voice_alias or []))
         use_cpu_threads(threads)
-        run_server(lambda: load_generator(model, codec, tokenizer, model_device, dtype, quantize, eager, quiet), host,
-                   port, options, quiet, wyoming_port)
+        load_options = LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager, max_streams)
+        run_server(lambda: (load(load_options, quiet), offered_voices(model, None, False, quiet)), host, port,
+                   options, quiet, wyoming_port)
 
 
 class CompareWith(StrEnum):
@@ -489,9 +490,10 @@ def bench(
     )] = 0,
     streams: Annotated[int, typer.Option(
         metavar="N",
-        help="Also generate the texts as N streams started together in one batch (eager; Mimi decodes their "
-             "frames together, each stream on its own row), then one stream the same way; report each stream's "
-             "first audio and time per frame, the frames per second of all, and the ratio to one stream.",
+        help="Also generate the texts as N streams started together in an engine of N slots (as csm serve does; "
+             "Mimi decodes their frames together, each stream on its own row), then one stream in an engine of one "
+             "slot; report each stream's first audio and time per frame, the frames per second of all, and the ratio "
+             "to one stream.",
     )] = 0,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
@@ -511,7 +513,7 @@ def bench(
         from rich.console import Console
 
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
-        from .generation.generator import resolve_device
+        from .loading.generator import LoadOptions, resolve_device
         from .progress import LoadProgress
         from .threads import use_cpu_threads
 
@@ -520,8 +522,8 @@ def bench(
                                conversation_lines=conversation, streams=streams)
         use_cpu_threads(threads)
         report = run_bench(
-            lambda: load_for_bench(model, codec, tokenizer, model_device, dtype, quantize, random_weights,
-                                   LoadProgress(enabled=not quiet)),
+            lambda: load_for_bench(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, fast=False),
+                                   random_weights, LoadProgress(enabled=not quiet)),
             RANDOM_WEIGHTS if random_weights else model,
             options,
             LoadProgress(enabled=not quiet),

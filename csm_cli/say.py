@@ -19,7 +19,7 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .generation.conversation import Conversation, utterances
-from .generation.ending import BUDGET_FLOOR_SECONDS, BUDGET_SECONDS_PER_WORD, spoken_words, window_words
+from .generation.ending import budget_seconds
 from .generation.generator import Settings, StreamingGenerator
 from .generation.prompt import Segment
 from .output.audiofile import AudioFileWriter, SampleFormat
@@ -73,7 +73,7 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
     reading = threading.Event()
     if expected_seconds is None:
         passages = flag_waits(passages, waiting, reading)
-    chunks = conversation.speak(utterances(passages, speaker, window_words(generator.model.max_seq_len), warn))
+    chunks = conversation.speak(utterances(passages, speaker, conversation.max_words, warn))
     sink = (AudioFileWriter(output.file, output.sample_format) if output.file
             else RawPcmWriter(fmt=output.sample_format) if output.raw else None)
     if sink is not None:
@@ -85,10 +85,16 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
             playback = _play(chunks, output, expected_seconds, waiting, reading)
         else:
             _generate(chunks)
+    except KeyboardInterrupt:  # the process leaves at once (`cli.leave`): the model thread's step is not waited for
+        raise
+    except BaseException:
+        generator.close()
+        raise
     finally:
         conversation.close()
         if isinstance(sink, AudioFileWriter):
             sink.close()
+    generator.close()
     _report(conversation, started, playback, output)
 
 
@@ -169,4 +175,4 @@ def expected_seconds(text: str) -> float:
     """How long a text may take to say, for the player's start policy: its frame budget (`ending.frame_budget`), an
     upper bound, so that a generator slower than real time starts playing only once the rest can follow without a
     gap (speech that ends sooner closes the stream, which starts playback at once)."""
-    return BUDGET_FLOOR_SECONDS + BUDGET_SECONDS_PER_WORD * spoken_words(text)
+    return budget_seconds(text)

@@ -28,9 +28,9 @@ def use_cpu_threads(threads: int | None = None) -> int:
     """Sets torch's intra-op threads to `threads` (at most the CPUs this process may run on), or, unless a count was
     set before, to one per physical core; returns the number in use.
 
-    The producer thread that runs the model is one of those threads (torch's parallel loops run on the calling
-    thread and the pool). Torch's inter-op pool, which csm never uses, is cut to one thread, so that nothing else
-    competes with the producer and the sound card's thread (which mostly sleeps)."""
+    The model thread is one of those threads (torch's parallel loops run on the calling thread and the pool). Torch's
+    inter-op pool, which csm never uses, is cut to one thread, so that nothing else competes with the model thread and
+    the sound card's thread (which mostly sleeps)."""
     global _chosen
     cpus = len(os.sched_getaffinity(0))
     if threads is not None and not 1 <= threads <= cpus:

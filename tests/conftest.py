@@ -74,6 +74,6 @@ def mimi_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def generator(transformers_dir, mimi_file):
-    from csm_cli.generation.generator import StreamingGenerator
+    from csm_cli.loading.generator import LoadOptions, load_generator
 
-    return StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu", quantize="none")
+    return load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu", quantize="none"))

@@ -6,8 +6,7 @@ So, as with a real graph:
 - what a replay reads and writes is fixed at capture: a tensor that Python code rebinds after capture (a streaming
   state replaced instead of updated in place, say) is not seen by later replays, and the replay goes stale;
 - Python control flow and host values are frozen at capture;
-- a registered generator is drawn from again at each replay;
-- the capture itself leaves no trace: tensors it wrote, and the generator, are restored afterwards;
+- the capture itself leaves no trace: tensors it wrote are restored afterwards;
 - an op that makes the host wait for the device (reading a value, or a shape that depends on values) fails the
   capture, as it would with torch.cuda.graph.
 What it cannot show: that each CUDA kernel may be captured at all, and device-to-host copies.
@@ -73,16 +72,13 @@ class EmulatedGraph:
     """`step` captured: `replay()` runs what it recorded. Capture and replay run in inference mode, as the fast
     path's do."""
 
-    def __init__(self, step: Callable[[], None], generator: torch.Generator | None = None) -> None:
-        rng_state = generator.get_state() if generator is not None else None
+    def __init__(self, step: Callable[[], None]) -> None:
         recorder = _Recorder()
         with torch.inference_mode(), recorder:
             step()
         with torch.inference_mode():
             for tensor, value in reversed(recorder.before.values()):
                 tensor.copy_(value)
-        if generator is not None:
-            generator.set_state(rng_state)
         self._ops = recorder.ops
 
     @torch.inference_mode()

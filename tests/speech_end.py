@@ -9,17 +9,17 @@ from csm_cli.generation.model import CSM
 
 
 def end_speech_at(monkeypatch: pytest.MonkeyPatch, frame: int, device: torch.device) -> torch.Tensor:
-    """CSM.sample_frame returns the all-zero end-of-speech frame at its `frame`-th call (counting from 1) after the
+    """CSM.frame_codes returns all-zero end-of-speech frames at its `frame`-th call (counting from 1) after the
     returned counter was zeroed; zero it before each stream."""
     calls = torch.zeros((), dtype=torch.long, device=device)
-    real_sample_frame = CSM.sample_frame
+    real_frame_codes = CSM.frame_codes
 
-    def sample_frame(model: CSM, *args: object) -> torch.Tensor:
-        codes = real_sample_frame(model, *args)
+    def frame_codes(model: CSM, *args: object) -> torch.Tensor:
+        codes = real_frame_codes(model, *args)
         calls.add_(1)
         return codes * (calls != frame)
 
-    monkeypatch.setattr(CSM, "sample_frame", sample_frame)
+    monkeypatch.setattr(CSM, "frame_codes", frame_codes)
     return calls
 
 

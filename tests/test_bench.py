@@ -26,8 +26,10 @@ from csm_cli.bench import (
     run_bench,
 )
 from csm_cli.cli import app
-from csm_cli.generation.prompt import TextTokenizer
-from csm_cli.loading.config import CsmArgs
+from csm_cli.generation.args import CsmArgs
+from csm_cli.generation.engine import FrameEngine, Prompt
+from csm_cli.loading.generator import LoadOptions
+from csm_cli.loading.tokenizer import TextTokenizer
 from csm_cli.progress import LoadProgress
 
 runner = CliRunner()
@@ -151,7 +153,7 @@ def test_synthetic_token_ids_are_steady_and_as_many_as_a_real_tokenizer_gives():
     assert 20 <= len(ids) <= 40 and all(0 <= i < 128_256 for i in ids)
 
 
-def test_random_model_has_the_shapes_and_generates():
+def test_random_model_has_the_shapes_and_generates(generator):
     model = random_model(TINY, torch.device("cpu"), torch.float32)
     assert model.audio_head.shape == (31, DECODER.dim, 2051)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -159,17 +161,21 @@ def test_random_model_has_the_shapes_and_generates():
     tokens = torch.zeros(5, 33, dtype=torch.long)
     mask = torch.zeros(5, 33, dtype=torch.bool)
     mask[..., -1] = True
-    codes = model.sample_frame(model.prefill(tokens, mask), 50, 0.9, torch.Generator().manual_seed(0))
-    assert codes.shape == (1, 32)
+    engine = FrameEngine(model, generator.codec)
+    engine.join("bench", Prompt(tokens, mask, 1, 50, 0.9, 0, stop_at_end=False))
+    [delivery] = engine.step()
+    assert delivery.frames[0].codes.shape == (32,) and delivery.ended
 
 
 def test_random_weights_take_a_tokenizer_when_there_is_one(tokenizer_dir):
-    generator = load_random_weights(TINY, str(tokenizer_dir), "cpu", None, LoadProgress(enabled=False))
-    assert isinstance(generator.tokenizer, TextTokenizer) and generator.graphs is None
+    generator = load_random_weights(TINY, LoadOptions(tokenizer=str(tokenizer_dir), device="cpu"),
+                                    LoadProgress(enabled=False))
+    assert isinstance(generator.tokenizer, TextTokenizer) and generator.engine.graphs is None
 
 
 def test_random_weights_bench_with_synthetic_token_ids_and_batched_streams(tmp_path):
-    generator = load_random_weights(TINY, str(tmp_path / "no-tokenizer"), "cpu", None, LoadProgress(enabled=False))
+    generator = load_random_weights(TINY, LoadOptions(tokenizer=str(tmp_path / "no-tokenizer"), device="cpu"),
+                                    LoadProgress(enabled=False))
     assert isinstance(generator.tokenizer, SyntheticTokenizer)
     report = run_bench(lambda: generator, RANDOM_WEIGHTS, BenchOptions(frames=2, streams=2),
                        LoadProgress(enabled=False))

@@ -54,8 +54,8 @@ def test_without_a_gpu_it_installs_the_missing_wheels_and_reports_no_gpu(tmp_pat
     assert report.startswith("# csm gpu-check: no GPU")
     assert f"torch {torch.__version__}" in report
     assert "installed from wheels: csm_probe_package 0.1" in report and "already present: numpy " in report
-    for step in ("GPU tests", "bench, no context", "bench, 20 s of context", "bench, 32 streams in one batch",
-                 "One frame under torch.profiler"):
+    for step in ("GPU tests", "bench, no context", "bench, 20 s of context", "bench, 8 streams in one engine",
+                 "bench, 32 streams in one engine", "One frame under torch.profiler"):
         assert f"## {step}\n\nskipped: no GPU" in report
 
 

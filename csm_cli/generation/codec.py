@@ -3,7 +3,7 @@
 import hashlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,21 +58,9 @@ class Codec:
         """A whole sequence of codes [C, T] at once -> T * 1920 samples."""
         return self._to_samples(self.mimi.decode(self.mimi_input(codes)))
 
-    @torch.inference_mode()
-    def decode_chunk(self, codes: torch.Tensor) -> np.ndarray:
-        """Codes [C, n] of the next n frames -> n * 1920 samples, continuing the stream's state."""
-        assert self.mimi.is_streaming, "decode_chunk is only valid inside Codec.streaming()"
-        return self._to_samples(self.mimi.decode(self.mimi_input(codes)))
-
-    @contextmanager
-    def streaming(self) -> Iterator[None]:
-        """Scope of one utterance's streaming decode; Mimi's state is released on exit, however the block ends."""
-        with self.mimi.streaming(1):
-            yield
-
-    def decode_streams(self, streams: int = 1) -> "DecodeStreams":
-        """Fresh streaming decodes of their own, for utterances that may interleave with others."""
-        return DecodeStreams(self, streams)
+    def decoder(self, rows: int = 1) -> "MimiDecoder":
+        """A streaming decode of `rows` streams of frames, each on a row of its own."""
+        return MimiDecoder(self, rows)
 
     def mimi_input(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [C, n] (or a batch [B, C, n]) -> Mimi's input [B, C, n] on its device, clamped to Mimi's 2048 codes
@@ -85,51 +73,60 @@ class Codec:
         return pcm[0, 0].float().cpu().numpy()
 
 
-class DecodeStreams:
-    """Mimi's streaming decode of `streams` utterances together, a batch row each (moshi keeps a state per row): a row
-    is reset when an utterance starts on it, and a decode advances only the rows given. The state is bound to Mimi
-    only while these streams decode, so that utterances of other streams decode interleaved, each continuing its own
-    state; whatever Mimi had bound before (nothing, so that its encoder encodes context audio whole, or the fast
-    path's graphed decode state) is bound again after each call."""
+def _streaming_parts(module: torch.nn.Module | None) -> list[torch.nn.Module]:
+    """The outermost moshi streaming modules in `module`."""
+    from moshi.modules.streaming import StreamingModule
 
-    def __init__(self, codec: Codec, streams: int) -> None:
-        self._codec = codec
-        self.streams = streams
+    if module is None:
+        return []
+    if isinstance(module, StreamingModule):
+        return [module]
+    return [part for child in module.children() for part in _streaming_parts(child)]
+
+
+class MimiDecoder:
+    """Mimi's streaming decode of `rows` streams together, a batch row each (moshi keeps a state per row): a row is
+    reset when a stream starts on it, and a decode advances only the rows its mask holds.
+
+    Only the decoder side streams (upsampling, transformer, SEANet decoder): its state is allocated once and reset in
+    place, so that its tensors keep their addresses (a CUDA graph replays `decode`), and is bound to those modules
+    only inside these calls, so that decoders of other streams interleave with it. Mimi itself never streams: its
+    encoder encodes context audio whole, on any thread."""
+
+    def __init__(self, codec: Codec, rows: int) -> None:
         mimi = codec.mimi
-        bound = mimi.get_streaming_state()
-        mimi.set_streaming_state(dict.fromkeys(bound))
-        try:
-            with mimi.streaming(streams):
-                self._state = mimi.get_streaming_state()
-        finally:
-            mimi.set_streaming_state(bound)
+        self.codec = codec
+        self.rows = rows
+        self._parts = [part for name in ("upsample", "decoder_transformer", "decoder")
+                       for part in _streaming_parts(getattr(mimi, name, None))]
+        with ExitStack() as allocate:
+            for part in self._parts:
+                allocate.enter_context(part.streaming(rows))
+            self._states = [part.get_streaming_state() for part in self._parts]
+        self._masks = [state.exec_mask for states in self._states for state in states.values()]
 
     @contextmanager
-    def _bound(self) -> Iterator[torch.nn.Module]:
-        mimi = self._codec.mimi
-        bound = mimi.get_streaming_state()
-        mimi.set_streaming_state(self._state)
+    def bound(self) -> Iterator[None]:
+        """Mimi's decoder modules streaming on this decoder's state (inside a CUDA graph's capture, say)."""
+        for part, state in zip(self._parts, self._states, strict=True):
+            part.set_streaming_state(state)
         try:
-            yield mimi
+            yield
         finally:
-            mimi.set_streaming_state(bound)
+            for part, state in zip(self._parts, self._states, strict=True):
+                part.set_streaming_state(dict.fromkeys(state))
 
     @torch.inference_mode()
-    def reset(self, row: int) -> None:
-        """Row `row` starts a new utterance."""
-        with self._bound() as mimi:
-            mimi.reset_streaming(self._rows([row]))
+    def reset(self, rows: torch.Tensor | None = None) -> None:
+        """Rows [rows] bool (all when None) start new streams."""
+        with self.bound():
+            for part in self._parts:
+                part.reset_streaming(rows)
 
-    @torch.inference_mode()
-    def decode(self, codes: torch.Tensor, rows: list[int]) -> np.ndarray:
-        """Codes [streams, C, n] of the next n frames -> samples [streams, n * 1920], continuing the state of each
-        row in `rows`; the other rows' codes are not read, their state stays and their samples are not defined."""
-        with self._bound() as mimi:
-            mimi.set_exec_mask(self._rows(rows))
-            pcm = mimi.decode(self._codec.mimi_input(codes))
-        return pcm[:, 0].float().cpu().numpy()
-
-    def _rows(self, rows: list[int]) -> torch.Tensor:
-        mask = torch.zeros(self.streams, dtype=torch.bool)
-        mask[rows] = True
-        return mask
+    def decode(self, codes: torch.Tensor, advancing: torch.Tensor) -> torch.Tensor:
+        """Codes [rows, C] of each row's next frame -> samples [rows, 1920] on the device, continuing the state of
+        each row that `advancing` [rows] (bool, on the device) holds; the other rows' codes are not read, their state
+        stays and their samples are not defined. Call it inside `bound()`."""
+        for mask in self._masks:
+            mask.copy_(advancing)
+        return self.codec.mimi.decode(self.codec.mimi_input(codes.unsqueeze(2)))[:, 0]

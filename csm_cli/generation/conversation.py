@@ -6,7 +6,7 @@ dropped whole when the context and the next generation would not fit the model's
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from ..checks import number
 from ..errors import CsmError
 from ..output.audiofile import AudioFileWriter, SampleFormat, numbered_path
 from ..text.script import Passage, parse_line, split_utterances
-from .batch import SpeechBatch
+from .ending import window_words
 from .generator import MAX_SEED, MAX_SPEAKER, Settings, StreamingGenerator
 from .prompt import Segment
 
@@ -49,9 +49,15 @@ def utterances(passages: Iterable[Passage], default_speaker: int, max_words: int
             if line.warning:
                 warn(line.warning)
             speaker, text, part = line.speaker, line.text, 0
-        for piece in split_utterances(text, max_words, min(PACK_WORDS, max_words)):
+        for piece in pieces(text, max_words):
             part += 1
             yield Utterance(speaker, piece, passage.line, part)
+
+
+def pieces(text: str, max_words: int) -> list[str]:
+    """A line's text as the utterances it is spoken in: its sentences, short ones packed, one longer than
+    `max_words` cut at clauses."""
+    return split_utterances(text, max_words, min(PACK_WORDS, max_words))
 
 
 @dataclass
@@ -89,13 +95,12 @@ def pause_frames(seconds: float) -> int:
 class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
                  memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
-                 sample_format: SampleFormat = "s16", batch: SpeechBatch | None = None,
-                 history: deque[Segment] | None = None) -> None:
-        """`batch`: the batch the utterances are generated in (see `StreamingGenerator.stream`); None: alone, on the
-        generator's own caches.
-        `history`: the utterances of an earlier conversation, continued here (and changed in place); None: none."""
+                 sample_format: SampleFormat = "s16", history: deque[Segment] | None = None,
+                 owner: Hashable | None = None) -> None:
+        """`history`: the utterances of an earlier conversation, continued here (and changed in place); None: none.
+        `owner`: who may close the utterance being spoken at once (`StreamingGenerator.close_owned`)."""
         self.generator = generator
-        self.batch = batch
+        self.owner = owner
         self.settings = settings
         self.prompts = [generator.encode_segment(prompt) for prompt in prompts]
         self.memory = memory
@@ -105,8 +110,13 @@ class Conversation:
         self.sample_format: SampleFormat = sample_format
         self.lines: list[SpokenLine] = []
         self.samples = 0
+        self.max_words = window_words(generator.model.max_seq_len)  # of one utterance
         self._file: AudioFileWriter | None = None  # the current utterance's, in `out_dir`
         self._closed = False
+
+    def script(self, text: str, speaker: int) -> list[Utterance]:
+        """A text as one line of `speaker` is spoken (`pieces`)."""
+        return [Utterance(speaker, piece) for piece in pieces(text, self.max_words)]
 
     def context_for(self, utterance: Utterance) -> list[Segment]:
         """Voice prompts, then as many of the latest utterances as fit with `utterance` and its frame budget."""
@@ -152,7 +162,7 @@ class Conversation:
         speech = self.generator.stream(
             utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
-            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, batch=self.batch,
+            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, owner=self.owner,
         )
         wav = None
         if self.out_dir and not self._closed:
@@ -160,9 +170,6 @@ class Conversation:
             self._file = wav
         try:
             for chunk in speech:
-                if not len(chunk):  # a batch's speech whose prompt is being prefilled
-                    yield chunk
-                    continue
                 if wav:
                     wav.write(chunk)
                 if line.first_chunk is None:

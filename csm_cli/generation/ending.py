@@ -12,9 +12,7 @@ Frames of speech are never dropped: only near-silent frames after the last frame
 """
 
 import re
-from collections.abc import Generator, Iterator
-from contextlib import closing
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -33,7 +31,7 @@ _END_SILENCE_FRAMES = seconds_to_frames(END_SILENCE_SECONDS)
 _TAIL_FRAMES = seconds_to_frames(TAIL_SECONDS)
 _CJK_CHARACTER = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
-Codes = TypeVar("Codes")
+Frame = TypeVar("Frame")
 
 
 def spoken_words(text: str) -> int:
@@ -41,10 +39,14 @@ def spoken_words(text: str) -> int:
     return len(text.split()) + len(_CJK_CHARACTER.findall(text))
 
 
+def budget_seconds(text: str) -> float:
+    """How long an utterance of `text` may take: the floor plus the per-word allowance."""
+    return BUDGET_FLOOR_SECONDS + BUDGET_SECONDS_PER_WORD * spoken_words(text)
+
+
 def frame_budget(text: str, max_frames: int) -> int:
-    """The frames an utterance of `text` may take: the floor plus the per-word allowance, at most `max_frames`."""
-    seconds = BUDGET_FLOOR_SECONDS + BUDGET_SECONDS_PER_WORD * spoken_words(text)
-    return max(1, min(max_frames, seconds_to_frames(seconds)))
+    """The frames an utterance of `text` may take (`budget_seconds`), at most `max_frames`."""
+    return max(1, min(max_frames, seconds_to_frames(budget_seconds(text))))
 
 
 def window_words(max_seq_len: int) -> int:
@@ -58,22 +60,26 @@ def is_silent(samples: np.ndarray) -> bool:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) < _SILENCE_RMS
 
 
-def until_silence(frames: Generator[tuple[Codes, np.ndarray]]) -> Iterator[tuple[Codes, np.ndarray]]:
-    """The decoded frames (codes, samples) with the end-of-speech rule applied (see the module docstring); `frames`
-    is closed as soon as the rule ends the utterance."""
-    held: list[tuple[Codes, np.ndarray]] = []
-    spoken = False
-    with closing(frames):
-        for frame in frames:
-            if not is_silent(frame[1]):
-                spoken = True
-                yield from held
-                held.clear()
-                yield frame
-            elif not spoken:
-                yield frame
-            else:
-                held.append(frame)
-                if len(held) == _END_SILENCE_FRAMES:
-                    break
-    yield from held[:_TAIL_FRAMES]
+class SilenceRule(Generic[Frame]):
+    """The end-of-speech rule on one stream's decoded frames (see the module docstring), a frame at a time."""
+
+    def __init__(self) -> None:
+        self._held: list[Frame] = []
+        self._spoken = False
+        self.ended = False  # a stretch of silence has ended the utterance
+
+    def push(self, frame: Frame, samples: np.ndarray) -> list[Frame]:
+        """The next frame and its samples -> the frames to play now (none while silence is held back)."""
+        if not is_silent(samples):
+            self._spoken = True
+            released, self._held = [*self._held, frame], []
+            return released
+        if not self._spoken:
+            return [frame]
+        self._held.append(frame)
+        self.ended = len(self._held) == _END_SILENCE_FRAMES
+        return []
+
+    def tail(self) -> list[Frame]:
+        """When the utterance ends: the held silence played as its tail."""
+        return self._held[:_TAIL_FRAMES]

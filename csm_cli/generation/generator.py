@@ -1,12 +1,12 @@
-"""The streaming generator: text in, 24 kHz chunks out as soon as each is decoded. The CLI is built on it."""
+"""The streaming generator: text in, 24 kHz chunks out as soon as each is decoded. The CLI is built on it.
+
+A generator turns text and context into prompt rows and hands them to its model thread (`scheduler.Scheduler`), which
+generates the frames of every stream in one frame engine (`engine.FrameEngine`) of `slots` slots: a lone stream is a
+batch of one. A stream (`Speech`) is a queue of its decoded frames, read from any thread."""
 
 import secrets
-import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -14,71 +14,17 @@ import torch
 from ..audio import AUDIO_VOCAB_SIZE, FRAME_RATE, FRAME_SECONDS, SAMPLES_PER_FRAME, seconds_to_frames
 from ..checks import number, whole_number
 from ..errors import CsmError
-from ..loading.checkpoint import load_model
-from ..loading.config import CSM_1B, DEFAULT_MODEL, DEFAULT_TOKENIZER, MAX_SECONDS
-from ..loading.quantize import Quantization, activation_dtype, resolve_quantization
-from ..loading.quantize import quantize as quantize_model
-from ..loading.repository import fetch_model_files
-from ..loading.voice import Voice, cached_voice_codes, model_voices, unknown_voice
-from ..progress import LoadProgress
-from ..threads import use_cpu_threads
-from .batch import SpeechBatch, UtteranceFrames
+from .args import MAX_SECONDS, WINDOW
 from .codec import Codec
-from .ending import frame_budget, until_silence
-from .graphs import FrameGraphs
+from .ending import frame_budget
+from .engine import FrameEngine, Prompt
 from .model import CSM
-from .prompt import Segment, TextTokenizer, Tokenizer, audio_rows, frame_row, text_rows
-
-T = TypeVar("T")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The device asked for (default: CUDA if present); on a CPU, torch's threads set (`threads.use_cpu_threads`)."""
-    if device is None:
-        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            resolved = torch.device(device)
-        except RuntimeError:
-            raise CsmError(f"--model-device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise CsmError(f"--model-device {device} is not supported: csm runs on cpu or cuda (cuda:N)")
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CsmError(f"--model-device {device} was asked for but torch sees no CUDA GPU: use cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise CsmError(f"--model-device {device}: torch sees {torch.cuda.device_count()} CUDA GPUs "
-                           f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-    if resolved.type == "cpu":
-        if resolved.index not in (None, 0):
-            raise CsmError(f"--model-device {device}: the CPU is one device, cpu (cpu:0); for a GPU use cuda:N")
-        use_cpu_threads()
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolved = dtype if isinstance(dtype, torch.dtype) else DTYPES.get(dtype)
-    if resolved not in DTYPES.values():
-        raise CsmError(f"--dtype {dtype} is not supported: choose {', '.join(DTYPES)}")
-    return resolved
-
+from .prompt import Segment, Tokenizer, audio_rows, text_rows
+from .scheduler import Scheduler, Speech
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below, logits / temperature overflows; above, it is noise
-MAX_SEED = 2**64 - 1  # torch's generators take 64-bit seeds
+MAX_SEED = 2**64 - 1  # a seed is hashed as two 32-bit halves (`sampling`)
 MAX_SPEAKER = 999_999
-
-
-def resolve_precision(quantize: str | Quantization | None, dtype: str | torch.dtype | None,
-                      device: torch.device) -> tuple[Quantization, torch.dtype]:
-    """The quantization and the dtype of the rest. By default a CPU quantizes (`quantize.DEFAULT_CPU`) unless a
-    dtype is given; a quantized mode computes in its own dtype."""
-    mode = resolve_quantization(quantize, device, dtype_given=dtype is not None)
-    if mode is Quantization.NONE:
-        return mode, resolve_dtype(dtype, device)
-    return mode, activation_dtype(mode, None if dtype is None else resolve_dtype(dtype, device))
 
 
 @dataclass(frozen=True)
@@ -97,129 +43,46 @@ class Settings:
         if self.seed is not None:
             whole_number("--seed", self.seed, 0, MAX_SEED)
         number("--max-seconds", self.max_seconds, FRAME_SECONDS, MAX_SECONDS, " seconds")  # the model's window
-        whole_number("chunk_frames", self.chunk_frames, 1, CSM_1B.backbone.max_seq_len)
+        whole_number("chunk_frames", self.chunk_frames, 1, WINDOW)
 
     @property
     def max_frames(self) -> int:
         return seconds_to_frames(self.max_seconds)
 
 
-class Speech(Iterator[np.ndarray]):
-    """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
-    shorter); `codes` holds the codes [C, T] of the frames generated so far. Closing it early is safe.
-
-    A speech in a batch (`stream(batch=...)`) yields empty chunks while its prompt is being prefilled, so that whoever
-    takes the chunks of several speeches in turn never waits for a whole prefill: the first at once (it has joined
-    the batch, whose next step starts its prefill), then one for each step of the batch that leaves part of it."""
-
-    def __init__(self, chunks: Generator[np.ndarray], frames: list[torch.Tensor], seed: int,
-                 one_thread: Callable[[], AbstractContextManager[None]],
-                 utterance: UtteranceFrames | None = None) -> None:
-        self._chunks = chunks
-        self._frames = frames
-        self._one_thread = one_thread
-        self._utterance = utterance
-        self._taken = False
-        self.seed = seed
-
-    def __next__(self) -> np.ndarray:
-        with self._one_thread():
-            taken, self._taken = self._taken, True
-            if self._utterance is not None and self._utterance.prefilling:
-                if taken:
-                    self._utterance.batch.step()
-                if self._utterance.prefilling:
-                    return np.zeros(0, dtype=np.float32)
-            return next(self._chunks)
-
-    def close(self) -> None:
-        with self._one_thread():
-            self._chunks.close()
-            if self._utterance is not None:
-                self._utterance.close()
-
-    @property
-    def codes(self) -> np.ndarray:
-        if not self._frames:
-            return np.zeros((0, 0), dtype=np.int64)
-        return torch.stack(self._frames, dim=1).cpu().numpy()
-
-
 class StreamingGenerator:
-    def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True,
-                 progress: LoadProgress | None = None, voices: dict[str, Voice] | None = None) -> None:
-        """`fast` replays each frame as CUDA graphs on a CUDA device (captured here, in seconds, shown in
-        `progress`); on a CPU, or with fast=False, every frame runs eagerly. `voices`: the model's, by name.
-
-        `graph_shapes`: the eager path runs the shapes the graphs run (padded prompts, attention over the whole
-        window), so that both sample the same codes; on by default on CUDA only, where the graphs are. On a CPU the
-        eager path runs what it needs: the prompt's own rows, attention over the filled positions.
-        `reuse_prefix`: a prompt's rows that the backbone's cache already holds are not prefilled again."""
+    def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True, slots: int = 1,
+                 captured: Callable[[], None] | None = None) -> None:
+        """A generator of `slots` streams at once (more wait for a slot). `fast` replays each step as CUDA graphs on
+        a CUDA device (captured here, in seconds, calling `captured` after each graph: `graphs_to_capture`); on a
+        CPU, or with fast=False, every step runs eagerly."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
-        self.voices = voices or {}
         self.device = model.audio_head.device
-        self.graph_shapes = self.device.type == "cuda"
-        self.reuse_prefix = True
-        self._rng = torch.Generator(device=self.device)
-        self._active: Speech | None = None
-        self._running = threading.RLock()  # held by the thread inside stream() or a Speech's step
-        self.graphs: FrameGraphs | None = None
-        if fast and self.device.type == "cuda":
-            default = Settings()
-            with (progress or LoadProgress(enabled=False)).steps_task("capturing CUDA graphs",
-                                                                      FrameGraphs.count(model)) as captured:
-                self.graphs = FrameGraphs(model, codec, self._rng, default.topk, default.temperature, captured)
+        graphed = fast and self.device.type == "cuda"
+        self.engine = FrameEngine(model, codec, slots, graphed=graphed, captured=captured or (lambda: None))
+        self.scheduler = Scheduler(self.engine)
 
-    @classmethod
-    def load(
-        cls,
-        model: str = DEFAULT_MODEL,
-        codec: str | Path | None = None,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        tokenizer: str = DEFAULT_TOKENIZER,
-        progress: LoadProgress | None = None,
-        fast: bool = True,
-        quantize: str | Quantization | None = None,
-    ) -> "StreamingGenerator":
-        """Loads from a hub id or a local directory. Cheap checks (config, tokenizer, codec) come before the
-        weights, so a wrong option fails in seconds. `quantize`: see `csm_cli.loading.quantize` (default: int8 on a CPU
-        unless a dtype is given, none elsewhere)."""
-        torch_device = resolve_device(device)
-        quantization, torch_dtype = resolve_precision(quantize, dtype, torch_device)
-        with progress or LoadProgress(enabled=False) as shown:
-            files = fetch_model_files(model, tokenizer, Path(codec) if codec else None, shown)
-            text_tokenizer = TextTokenizer(files.tokenizer_dir)
-            mimi = Codec.load(files.codec, torch_device)
-            csm = load_model(files.repository, torch_device, torch_dtype, shown)
-            quantize_model(csm, quantization)
-            return cls(csm, text_tokenizer, mimi, fast=fast, progress=shown,
-                       voices=model_voices(files.repository.voice_files))
+    @staticmethod
+    def graphs_to_capture(device: torch.device, fast: bool, slots: int) -> int:
+        """How many CUDA graphs a generator of these options captures when it is made."""
+        from .graphs import FrameGraphs
 
-    def voice(self, name: str, speaker: int) -> Segment:
-        """The model's voice `name` (see `voices`: name -> Voice with its transcript, or None) as a context segment
-        for `speaker`, its codes encoded once and cached on disk. Put it first in `stream()`'s context (the
-        reference's demo gives speaker 0 "conversational_a" and speaker 1 "conversational_b"). An unknown name or
-        a voice without a known transcript raises CsmError (its message lists the voices)."""
-        if name not in self.voices:
-            raise unknown_voice(name, self.voices)
-        voice = self.voices[name]
-        if not voice.text:
-            raise CsmError(f"no transcript is known for voice {name}: use voice_segment() with its text")
-        return self.voice_segment(voice, speaker)
+        return FrameGraphs.count(slots) if fast and device.type == "cuda" else 0
 
-    def voice_segment(self, voice: Voice, speaker: int) -> Segment:
-        """A voice (the model's, or any recording with its text) as a context segment with cached codes."""
-        assert voice.text, "a voice prompt needs its transcript"
-        codes = cached_voice_codes(voice, self.codec.fingerprint,
-                                   lambda samples: self.codec.encode(samples).cpu().numpy())
-        return Segment(speaker, voice.text, codes=codes)
+    @property
+    def reuse_prefix(self) -> bool:
+        """Whether a prompt's rows that a slot's caches hold already are taken from there (the prefix cache)."""
+        return self.engine.reuse_prefix
 
-    def new_batch(self, slots: int) -> SpeechBatch:
-        """A batch of `slots` streams generated together, on caches of its own (see `stream(batch=...)`)."""
-        return SpeechBatch(self.model, self.codec, slots, self.graph_shapes)
+    @reuse_prefix.setter
+    def reuse_prefix(self, reuse: bool) -> None:
+        self.engine.reuse_prefix = reuse
+
+    def close(self) -> None:
+        """Stops the model thread; the streams in it get no more frames."""
+        self.scheduler.stop()
 
     def encode_segment(self, segment: Segment) -> Segment:
         """The segment with its audio encoded to codes once, so it can be reused as context."""
@@ -238,7 +101,8 @@ class StreamingGenerator:
         return text
 
     def prompt_rows(self, text: str, speaker: int, context: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context segments (text rows, then audio rows) and the new text's rows -> tokens, mask [S, C+1]."""
+        """Context segments (text rows, then audio rows) and the new text's rows -> tokens, mask [S, C+1], on the
+        host."""
         parts = []
         for segment in context:
             parts.append(text_rows(self.tokenizer.encode(segment.speaker, segment.text)))
@@ -246,9 +110,7 @@ class StreamingGenerator:
             if encoded.codes is not None:
                 parts.append(audio_rows(self._context_codes(encoded.codes)))
         parts.append(text_rows(self.tokenizer.encode(speaker, text)))
-        tokens = torch.cat([t for t, _ in parts]).to(self.device)
-        mask = torch.cat([m for _, m in parts]).to(self.device)
-        return tokens, mask
+        return torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])
 
     def _context_codes(self, codes: np.ndarray) -> torch.Tensor:
         codes = torch.as_tensor(codes, dtype=torch.long)
@@ -272,118 +134,35 @@ class StreamingGenerator:
         chunk_frames: int = 1,
         *,
         stop_at_end: bool = True,
-        batch: SpeechBatch | None = None,
+        owner: Hashable | None = None,
     ) -> Speech:
-        """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio.
-        Without `batch` the generator's own caches are used (and the CUDA graphs, where captured): starting such a
-        stream ends the one before it. With a batch from `new_batch()` the speech takes a slot of the batch while
-        it is generated, and may be iterated interleaved with the batch's other speeches, on the same thread: their
-        frames are generated together (it runs eagerly). The utterance ends at the
-        model's end frame, at its text's frame budget or after a stretch of silence (`ending`), within
-        `max_seconds`; stop_at_end=False generates all of `max_seconds` whatever the model says (for benchmarks).
-
-        A generator runs on one thread at a time: calling stream(), or stepping or closing one of its Speeches, on
-        a thread while another thread is inside one of these raises CsmError (nothing waits). Use a generator per
-        thread, or one thread that steps every stream (as `csm serve` does)."""
-        with self._one_thread():
-            return self._start(text, speaker, context, Settings(temperature, topk, seed, max_seconds, chunk_frames),
-                               stop_at_end, batch)
-
-    @contextmanager
-    def _one_thread(self) -> Iterator[None]:
-        if not self._running.acquire(blocking=False):
-            raise CsmError("this StreamingGenerator is generating on another thread: it runs on one thread at a time "
-                           "(use a generator per thread, or step every stream from one thread)")
-        try:
-            yield
-        finally:
-            self._running.release()
-
-    def _start(self, text: str, speaker: int, context: Sequence[Segment], settings: Settings, stop_at_end: bool,
-               batch: SpeechBatch | None) -> Speech:
+        """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio. From any
+        thread: the stream takes a slot of the generator's engine (or waits for one), and its frames are generated
+        with those of the other streams there. The utterance ends at the model's end frame, at its text's frame
+        budget or after a stretch of silence (`ending`), within `max_seconds`; stop_at_end=False generates all of
+        `max_seconds` whatever the model says (for benchmarks). `owner`: whoever may close the streams it started
+        at once (`close_owned`)."""
+        settings = Settings(temperature, topk, seed, max_seconds, chunk_frames)
         if not isinstance(text, str) or not text.strip():
             raise CsmError("the text is empty: give something to say")
         whole_number("--speaker", speaker, 0, MAX_SPEAKER)
-        max_frames = settings.max_frames
-        if batch is None and self._active is not None:
-            self._active.close()
         tokens, mask = self.prompt_rows(text.strip(), speaker, context)
         room = self.model.max_seq_len - len(tokens)
-        if max_frames > room:
+        if settings.max_frames > room:
             fits = f"at most {room / FRAME_RATE:.1f}" if room > 0 else "no"
             raise CsmError(
                 f"the prompt takes {len(tokens)} of the model's {self.model.max_seq_len} positions, leaving room for "
                 f"{fits} seconds of speech but {settings.max_seconds:g} were asked for: shorten the context or the "
                 "text, or lower --max-seconds"
             )
-        seed = secrets.randbits(63) if settings.seed is None else settings.seed
-        temperature, topk = settings.temperature, settings.topk
-        if stop_at_end:
-            max_frames = frame_budget(text, max_frames)
-        utterance = None
-        if batch is not None:
-            decoded = utterance = batch.utterance(tokens, mask, max_frames, topk, temperature, seed, stop_at_end,
-                                                  self.reuse_prefix)
-        else:
-            padded = self.graph_shapes or self.graphs is not None
-            start = self.model.reused_rows(tokens, mask, padded) if self.reuse_prefix else 0
-            if self.graphs is None:
-                decoded = self._decoded(self._frames(tokens, mask, start, max_frames, temperature, topk, seed,
-                                                     stop_at_end))
-            else:
-                decoded = self.graphs.frames(tokens, mask, start, max_frames, topk, temperature, seed, stop_at_end)
-        frames: list[torch.Tensor] = []
-        chunks = self._chunks(until_silence(decoded) if stop_at_end else decoded, frames, settings.chunk_frames)
-        speech = Speech(chunks, frames, seed, self._one_thread, utterance)
-        if batch is None:
-            self._active = speech
-        return speech
+        frames = frame_budget(text, settings.max_frames) if stop_at_end else settings.max_frames
+        prompt = Prompt(tokens, mask, frames, topk, temperature,
+                        secrets.randbits(64) if seed is None else seed, stop_at_end)
+        return self.scheduler.speak(prompt, chunk_frames, owner)
 
-    def _frames(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, max_frames: int, temperature: float,
-                topk: int, seed: int, stop_at_end: bool) -> Iterator[torch.Tensor]:
-        """Codes [C] of each frame until the all-zero end-of-speech frame (unless `stop_at_end` is False) or the
-        frame budget. The prompt's first `start` rows are in the cache already."""
-        self._rng.manual_seed(seed)
-        last_h = self.model.prefill(tokens[start:], mask[start:], start, padded=self.graph_shapes)
-        for n in range(max_frames):
-            codes = self.model.sample_frame(last_h, topk, temperature, self._rng)  # [1, C]
-            if stop_at_end and not codes.any():
-                return
-            yield codes[0]
-            if n + 1 < max_frames:
-                position = len(tokens) + n
-                row, row_mask = frame_row(codes)
-                self.model.cached_rows.clear_from(position)
-                attend = None if self.graph_shapes else position + 1
-                last_h = self.model.backbone_step(row, row_mask, self.model.backbone_positions[position : position + 1],
-                                                  attend)
-                self.model.cached_rows.wrote(position, row[0], row_mask[0])
-
-    def _decoded(self, frames: Iterator[torch.Tensor]) -> Generator[tuple[torch.Tensor, np.ndarray]]:
-        """Codes [C] and samples of each frame, decoded one by one as the fast path decodes them."""
-        decoder = self.codec.decode_streams()
-        for codes in frames:
-            yield codes, decoder.decode(codes[None, :, None], [0])[0]
-
-    @staticmethod
-    def _chunks(frames: Iterator[tuple[torch.Tensor, np.ndarray]], generated: list[torch.Tensor],
-                chunk_frames: int) -> Generator[np.ndarray]:
-        """Chunks of `chunk_frames` decoded frames; `generated` gets the codes of the frames in them."""
-        for group in _groups(frames, chunk_frames):
-            generated.extend(codes for codes, _ in group)
-            yield np.concatenate([samples for _, samples in group])
-
-
-def _groups(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    """Consecutive groups of `size` items, the last possibly shorter."""
-    group: list[T] = []
-    for item in items:
-        group.append(item)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
+    def close_owned(self, owner: Hashable) -> None:
+        """Closes the streams `owner` started, from any thread: their generation stops before their next frame."""
+        self.scheduler.close_owned(owner)
 
 
 def _context_audio(audio: np.ndarray) -> np.ndarray:

@@ -2,13 +2,10 @@
 that predicts codebooks 1..31 from it.
 
 Shapes: B batch, S new positions, P cache positions, L padded prompt rows, D model dim, H heads, K kv heads, E head
-dim, C codebooks, V audio vocabulary. KV caches are allocated once by `setup()` and reset in place; positions are
-passed explicitly. For CUDA graphs every step runs on fixed shapes with no host synchronisation: prompts padded to a
-few lengths, attention over the whole cache. Eagerly on a CPU a step runs only what it needs: the prompt's own rows,
-attention over the filled positions.
-
-The backbone's cache keeps what it holds between utterances (`CachedRows`): a prompt that starts with rows already
-there (voice prompts, the conversation so far and its generated frames) is prefilled from the first row that differs.
+dim, C codebooks, V audio vocabulary. The model holds weights and tables only: the KV caches are its caller's (the
+frame engine's), passed to each call, and positions are passed explicitly. For CUDA graphs every step runs on fixed
+shapes with no host synchronisation: prompts padded to a few lengths, attention over the whole cache. Eagerly on a
+CPU a step runs only what it needs: the prompt's own rows, attention over the filled positions.
 """
 
 import math
@@ -18,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..loading.config import CsmArgs, RopeScaling, TransformerArgs
+from .args import CsmArgs, RopeScaling, TransformerArgs
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
@@ -89,18 +86,9 @@ class KVCache(nn.Module):
             self.v[rows, :, input_pos] = v.transpose(1, 2)
         return self.k, self.v
 
-    def reset(self) -> None:
-        self.k.zero_()
-        self.v.zero_()
-
-    def empty_like(self, batch: int | None = None) -> "KVCache":
-        """A zeroed cache of the same positions, dtype and device, of `batch` rows (as many as this one's)."""
-        rows, kv_heads, positions, head_dim = self.k.shape
-        return KVCache.zeros(batch or rows, positions, kv_heads, head_dim, self.k.dtype, self.k.device)
-
-    def row(self, index: int) -> "KVCache":
-        """Row `index` of this cache as a cache of one row: a view, written in place."""
-        return KVCache(self.k[index : index + 1], self.v[index : index + 1])
+    def rows(self, start: int, stop: int) -> "KVCache":
+        """Rows start..stop-1 of this cache as a cache of their own: a view, written in place."""
+        return KVCache(self.k[start:stop], self.v[start:stop])
 
 
 class Attention(nn.Module):
@@ -110,19 +98,17 @@ class Attention(nn.Module):
         e = args.head_dim
         self.qkv_proj = nn.Linear(args.dim, (args.num_heads + 2 * args.num_kv_heads) * e, bias=False)
         self.o_proj = nn.Linear(args.num_heads * e, args.dim, bias=False)
-        self.cache: KVCache | None = None
         _merge_on_load(self, "qkv_proj", ("q_proj", "k_proj", "v_proj"))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, mask: torch.Tensor,
-                input_pos: torch.Tensor) -> torch.Tensor:
+                input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         b, s, _ = x.shape
         h, k = self.args.num_heads, self.args.num_kv_heads
         qkv = self.qkv_proj(x).view(b, s, h + 2 * k, self.args.head_dim).transpose(1, 2)  # [B, H+2K, S, E]
         qk = apply_rope(qkv[:, : h + k], cos, signed_sin)  # one rotation for queries and keys
         q, keys, values = qk[:, :h], qk[:, h:], qkv[:, h + k :]
-        assert self.cache is not None, "call setup() before running the model"
-        cached = self.cache.k.dtype  # float32 under 16-bit weights on the CPU (see `CSM.setup`), else x's
-        keys, values = self.cache.update(input_pos, keys.to(cached), values.to(cached))  # [B, K, P, E]
+        cached = cache.k.dtype  # float32 under 16-bit weights on the CPU (see `CSM.setup`), else x's
+        keys, values = cache.update(input_pos, keys.to(cached), values.to(cached))  # [B, K, P, E]
         attended = mask.shape[-1]  # the first positions of the cache, all of them on the graphed path
         keys, values = keys[:, :, :attended], values[:, :, :attended]
         out = F.scaled_dot_product_attention(q.to(cached), keys, values, attn_mask=mask, enable_gqa=True)  # [B,H,S,E]
@@ -150,8 +136,8 @@ class Block(nn.Module):
         self.mlp = FeedForward(args.dim, args.intermediate_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor, mask: torch.Tensor,
-                input_pos: torch.Tensor) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), cos, signed_sin, mask, input_pos)
+                input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        h = x + self.attn(self.attn_norm(x), cos, signed_sin, mask, input_pos, cache)
         return h + self.mlp(self.mlp_norm(h))
 
 
@@ -165,9 +151,10 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
 
     def setup(self, positions: int, dtype: torch.dtype, device: torch.device) -> None:
-        """Allocate the KV caches, RoPE tables and causal mask for `positions` positions, once, in `dtype`: the
-        dtype attention computes in."""
+        """Allocate the RoPE tables and causal mask for `positions` positions, once; the caches `new_caches` makes
+        hold keys and values in `dtype`, the dtype attention computes in."""
         a = self.args
+        self.cache_dtype = dtype
         inv_freq = rope_frequencies(a.head_dim, a.rope_theta, a.rope_scaling)
         angles = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)  # [P, E/2]
         self.register_buffer("rope_cos", torch.cat((angles.cos(), angles.cos()), dim=-1).to(device),
@@ -176,37 +163,24 @@ class Transformer(nn.Module):
                              persistent=False)
         causal = torch.full((positions, positions), -torch.inf, dtype=dtype, device=device).triu(1)  # added to scores
         self.register_buffer("causal_mask", causal, persistent=False)
-        for layer in self.layers:
-            layer.attn.cache = KVCache.zeros(1, positions, a.num_kv_heads, a.head_dim, dtype, device)
 
-    def reset_caches(self) -> None:
-        for layer in self.layers:
-            layer.attn.cache.reset()
+    def new_caches(self, batch: int) -> list[KVCache]:
+        """Zeroed caches, one per layer, for `batch` rows of every position `setup()` made tables for."""
+        a, positions = self.args, len(self.causal_mask)
+        return [KVCache.zeros(batch, positions, a.num_kv_heads, a.head_dim, self.cache_dtype, self.causal_mask.device)
+                for _ in self.layers]
 
-    def caches(self) -> list[KVCache]:
-        """The KV caches the layers use now, one per layer."""
-        return [layer.attn.cache for layer in self.layers]
-
-    def use_caches(self, caches: list[KVCache]) -> None:
-        """Points the layers at another stream's caches (from `caches()` or `new_caches()`); nothing is copied."""
-        for layer, cache in zip(self.layers, caches, strict=True):
-            layer.attn.cache = cache
-
-    def new_caches(self, batch: int = 1) -> list[KVCache]:
-        """A zeroed set of caches shaped like those `setup()` allocated, for another stream, or for `batch`
-        streams generated together."""
-        return [cache.empty_like(batch) for cache in self.caches()]
-
-    def forward(self, h: torch.Tensor, input_pos: torch.Tensor, attend: int | None = None) -> torch.Tensor:
-        """h [B, S, D] at positions input_pos [S], or [B, S] for rows each at its own positions -> [B, S, D],
-        attending to the first `attend` cache positions (all of them when None: the fixed shapes of a graph).
-        Positions past a row's last are masked anyway."""
+    def forward(self, h: torch.Tensor, input_pos: torch.Tensor, caches: list[KVCache],
+                attend: int | None = None) -> torch.Tensor:
+        """h [B, S, D] at positions input_pos [S], or [B, S] for rows each at its own positions, with the caches of
+        those rows -> [B, S, D], attending to the first `attend` cache positions (all of them when None: the fixed
+        shapes of a graph). Positions past a row's last are masked anyway."""
         cos, signed_sin = self.rope_cos[input_pos], self.rope_signed_sin[input_pos]  # [S, E] or [B, S, E]
         mask = self.causal_mask[input_pos, :attend]  # [S, P] or [B, S, P]
         if input_pos.ndim == 2:  # the same for every head
             cos, signed_sin, mask = cos.unsqueeze(1), signed_sin.unsqueeze(1), mask.unsqueeze(1)
-        for layer in self.layers:
-            h = layer(h, cos, signed_sin, mask, input_pos)
+        for layer, cache in zip(self.layers, caches, strict=True):
+            h = layer(h, cos, signed_sin, mask, input_pos, cache)
         return self.norm(h)
 
 
@@ -214,15 +188,9 @@ SHORTEST_PREFILL = 64
 
 
 def prefill_length(rows: int, max_seq_len: int) -> int:
-    """The length a prompt of `rows` rows is prefilled at: the next power of two from 64, at most the model's window.
-    The fast path captures one graph per length; the eager path pads the same way, so both run matrix products of the
-    same shapes, which round alike, and sample the same codes."""
+    """The length a prompt of `rows` rows is prefilled at on CUDA: the next power of two from 64, at most the model's
+    window, so that the shapes of a prefill stay few."""
     return min(max(SHORTEST_PREFILL, 1 << (rows - 1).bit_length()), max_seq_len)
-
-
-def prefill_lengths(max_seq_len: int) -> list[int]:
-    """Every length `prefill_length` gives for a model's window."""
-    return sorted({prefill_length(1 << n, max_seq_len) for n in range(max_seq_len.bit_length() + 1)})
 
 
 def reused_rows(cached: int, rows: int, max_seq_len: int, padded: bool) -> int:
@@ -234,57 +202,10 @@ def reused_rows(cached: int, rows: int, max_seq_len: int, padded: bool) -> int:
     return start
 
 
-class CachedRows:
-    """Which rows (tokens and mask [C+1] each) the backbone's KV caches hold, in order from position 0: prompt rows,
-    then the generated frames fed back. A record of what the caches hold, kept beside them on the host, so that
-    comparing the next prompt with it never waits for the device. Whoever gives a stream KV caches of its own gives
-    it its own record too."""
-
-    def __init__(self, positions: int, width: int) -> None:
-        self.tokens = torch.zeros(positions, width, dtype=torch.long)
-        self.mask = torch.zeros(positions, width, dtype=torch.bool)
-        self.length = 0
-
-    def empty_like(self) -> "CachedRows":
-        """An empty record for caches of the same shape."""
-        return CachedRows(*self.tokens.shape)
-
-    def clear(self) -> None:
-        self.length = 0
-
-    def common_prefix(self, tokens: torch.Tensor, mask: torch.Tensor) -> int:
-        """How many of the first rows of tokens, mask [S, C+1] the caches already hold."""
-        n = min(self.length, len(tokens))
-        same = ((self.tokens[:n] == tokens[:n].cpu()) & (self.mask[:n] == mask[:n].cpu())).all(dim=1)
-        return n if bool(same.all()) else int(same.logical_not().int().argmax())
-
-    def clear_from(self, position: int) -> None:
-        """Rows from `position` on are being overwritten."""
-        self.length = min(self.length, position)
-
-    def wrote(self, start: int, tokens: torch.Tensor, mask: torch.Tensor) -> None:
-        """Rows tokens, mask [S, C+1] were written at positions start..start+S-1; what lay after them is stale."""
-        assert start <= self.length, "rows written past a gap"
-        end = start + len(tokens)
-        self.tokens[start:end] = tokens.cpu()
-        self.mask[start:end] = mask.cpu()
-        self.length = end
-
-
 def pad_prompt(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt rows [S, C+1] followed by empty rows (nothing in the mask) -> [1, length, C+1] each."""
     padding = (0, 0, 0, length - len(tokens))
     return F.pad(tokens, padding).unsqueeze(0), F.pad(mask, padding).unsqueeze(0)
-
-
-def sample_topk(logits: torch.Tensor, topk: int, temperature: float, generator: torch.Generator) -> torch.Tensor:
-    """Top-k sampling as the reference does it, without a host sync: argmax(probs / Exp(1)). [B, V] -> [B, 1]."""
-    logits = logits.float() / temperature
-    threshold = torch.topk(logits, topk, dim=-1).values[..., -1:]
-    logits = logits.masked_fill(logits < threshold, -float("inf"))
-    probs = torch.softmax(logits, dim=-1)
-    noise = torch.empty_like(probs).exponential_(1, generator=generator)
-    return torch.argmax(probs / noise, dim=-1, keepdim=True)
 
 
 class CSM(nn.Module):
@@ -311,7 +232,8 @@ class CSM(nn.Module):
         return self.args.backbone.max_seq_len
 
     def setup(self) -> None:
-        """Allocate caches and position tables on the model's device, in its dtype, once per loaded model."""
+        """Allocate position tables on the model's device, once per loaded model. The backbone's tables cover one
+        position past the window: a scratch position, where the rows of a batch that sample nothing write."""
         dtype, device = self.audio_head.dtype, self.audio_head.device
         if device.type == "cpu" and dtype != torch.float32:
             # a row [1, D] times one codebook's head [D, V] laid out row by row takes a slow path in 16-bit on the
@@ -321,18 +243,18 @@ class CSM(nn.Module):
         # in float32 for one row over 300 positions, 0.1 against 0.035 in the depth decoder. The keys and values are
         # kept in float32 there (their 16-bit values, exactly), and the queries converted
         attention = torch.float32 if device.type == "cpu" else dtype
-        self.backbone.setup(self.max_seq_len, attention, device)
+        self.backbone.setup(self.max_seq_len + 1, attention, device)
         self.decoder.setup(self.args.num_codebooks, attention, device)
         offsets = torch.arange(self.args.num_codebooks, device=device) * self.args.audio_vocab_size
         self.register_buffer("codebook_offsets", offsets, persistent=False)
         self.register_buffer("backbone_positions", torch.arange(self.max_seq_len, device=device), persistent=False)
         self.register_buffer("decoder_positions", torch.arange(self.args.num_codebooks, device=device),
                              persistent=False)
-        self.cached_rows = CachedRows(self.max_seq_len, self.args.num_codebooks + 1)
 
-    def reset_caches(self) -> None:
-        self.backbone.reset_caches()
-        self.cached_rows.clear()
+    @property
+    def scratch_position(self) -> int:
+        """Where a row that samples nothing writes its keys and values: past the window, read by no other row."""
+        return self.max_seq_len
 
     def embed_rows(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prompt rows [B, S, C+1] (C audio columns, then the text column) -> masked sum of embeddings [B, S, D]."""
@@ -345,65 +267,44 @@ class CSM(nn.Module):
         """Codes [B, 1] of one codebook -> [B, 1, D]."""
         return self.audio_embeddings(codes + codebook * self.args.audio_vocab_size)
 
-    def reused_rows(self, tokens: torch.Tensor, mask: torch.Tensor, padded: bool) -> int:
-        """How many of the first rows of a prompt [S, C+1] its prefill can take from the cache."""
-        return reused_rows(self.cached_rows.common_prefix(tokens, mask), len(tokens), self.max_seq_len, padded)
-
     @torch.inference_mode()
-    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, start: int = 0, padded: bool = True) -> torch.Tensor:
-        """Prompt rows [S, C+1] at positions start..start+S-1, the cache holding the rows before -> the backbone's
-        hidden state after the last row [1, D]. `padded`: run at `prefill_length` rows, the shapes of the graphs."""
-        if start == 0:
-            self.reset_caches()
-        self.cached_rows.clear_from(start)  # an interrupted prefill leaves rows from here unknown
+    def prefill(self, tokens: torch.Tensor, mask: torch.Tensor, start: int, caches: list[KVCache],
+                padded: bool) -> torch.Tensor:
+        """Prompt rows [S, C+1] at positions start..start+S-1 into the caches of one row, which hold the rows before
+        -> the backbone's hidden state after the last row [1, D]. `padded`: run at `prefill_length` rows."""
         if padded:
             rows, rows_mask = pad_prompt(tokens, mask, prefill_length(len(tokens), self.max_seq_len))
-            last_h = self.prefill_padded(rows, rows_mask, torch.tensor([start], device=tokens.device),
-                                         torch.tensor([len(tokens) - 1], device=tokens.device))
-        else:
-            positions = self.backbone_positions[start : start + len(tokens)]
-            h = self.backbone(self.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), positions, start + len(tokens))
-            last_h = h[:, -1]
-        self.cached_rows.wrote(start, tokens, mask)
-        return last_h
+            positions = start + self.backbone_positions[: rows.shape[1]]
+            h = self.backbone(self.embed_rows(rows, rows_mask), positions, caches)
+            return h[:, len(tokens) - 1]
+        positions = self.backbone_positions[start : start + len(tokens)]
+        h = self.backbone(self.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), positions, caches,
+                          start + len(tokens))
+        return h[:, -1]
 
-    def prefill_padded(self, rows: torch.Tensor, rows_mask: torch.Tensor, start: torch.Tensor,
-                       last: torch.Tensor) -> torch.Tensor:
-        """Prompt rows [1, L, C+1] at positions from `start` [1], padded after row `last` [1] -> the hidden state at
-        that row [1, D]. The padding's cache entries lie past the prompt: each frame's step overwrites the next one
-        before attending to it."""
-        positions = start + self.backbone_positions[: rows.shape[1]]
-        h = self.backbone(self.embed_rows(rows, rows_mask), positions)
-        return h.index_select(1, last)[:, 0]
-
-    @torch.inference_mode()
-    def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor,
+    def backbone_step(self, tokens: torch.Tensor, mask: torch.Tensor, input_pos: torch.Tensor, caches: list[KVCache],
                       attend: int | None = None) -> torch.Tensor:
-        """A generated frame's row [B, 1, C+1] at position [1], or [B, 1] for each row's own -> the backbone's hidden
-        state [B, D], attending to the first `attend` positions (all when None)."""
-        return self.backbone(self.embed_rows(tokens, mask), input_pos, attend)[:, -1]
+        """Generated frames' rows [B, 1, C+1], each at its own position [B, 1] -> the backbone's hidden states [B, D],
+        attending to the first `attend` positions (all when None)."""
+        return self.backbone(self.embed_rows(tokens, mask), input_pos, caches, attend)[:, -1]
 
-    def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, codebook: int) -> torch.Tensor:
+    def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, caches: list[KVCache],
+                       codebook: int) -> torch.Tensor:
         """Backbone-space inputs [B, S, D] at decoder positions [S] -> logits [B, V] of `codebook` (1..C-1)."""
-        out = self.decoder(self.projection(h), positions)[:, -1]
+        out = self.decoder(self.projection(h), positions, caches)[:, -1]
         return out @ self.audio_head[codebook - 1]
 
-    @torch.inference_mode()
-    def sample_frame(self, last_h: torch.Tensor, topk: int, temperature: float,
-                     generator: torch.Generator) -> torch.Tensor:
-        """The backbone's last hidden state [B, D] -> codes [B, C], every row sampled with the same settings and
-        generator. Fixed shapes and no host synchronisation: the fast path replays it as a CUDA graph."""
-        return self.frame_codes(last_h, lambda logits: sample_topk(logits, topk, temperature, generator))
-
-    def frame_codes(self, last_h: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def frame_codes(self, last_h: torch.Tensor, decoder_caches: list[KVCache],
+                    sample: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The backbone's last hidden state [B, D] -> codebook 0 from its head, then codebooks 1..C-1 from the depth
-        decoder -> codes [B, C]; `sample` draws each codebook's codes [B, 1] from its logits [B, V]."""
-        code = sample(self.codebook0_head(last_h))
+        decoder (on caches of B rows) -> codes [B, C]; `sample(codebook, logits [B, V])` draws each codebook's
+        codes [B, 1]. Fixed shapes, no host synchronisation: a CUDA graph replays it."""
+        code = sample(0, self.codebook0_head(last_h))
         codes = [code]
         h = torch.stack((last_h, self.embed_codes(0, code)[:, 0]), dim=1)  # [B, 2, D]
         positions = self.decoder_positions[:2]
         for codebook in range(1, self.args.num_codebooks):
-            code = sample(self.decoder_logits(h, positions, codebook))
+            code = sample(codebook, self.decoder_logits(h, positions, decoder_caches, codebook))
             codes.append(code)
             h = self.embed_codes(codebook, code)
             positions = self.decoder_positions[codebook + 1: codebook + 2]

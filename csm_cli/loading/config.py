@@ -10,12 +10,12 @@ weights are loaded.
 
 import json
 import math
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..audio import AUDIO_VOCAB_SIZE, CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS
+from ..audio import CODEC_CARDINALITY, NUM_CODEBOOKS
 from ..errors import CsmError
+from ..generation.args import CsmArgs, RopeScaling, TransformerArgs
 
 DEFAULT_MODEL = "sesame/csm-1b"
 # For a model without a tokenizer: an ungated copy of meta-llama/Llama-3.2-1B's (the reference's, which is gated).
@@ -25,42 +25,6 @@ DEFAULT_TOKENIZER = "unsloth/Llama-3.2-1B"
 class Layout(Enum):
     ORIGINAL = "original"
     TRANSFORMERS = "transformers"
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """Llama-3 frequency scaling of RoPE."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
-
-
-@dataclass(frozen=True)
-class TransformerArgs:
-    num_layers: int
-    dim: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_dim: int
-    max_seq_len: int
-    norm_eps: float = 1e-5
-    rope_theta: float = 500_000.0
-    rope_scaling: RopeScaling | None = None
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-
-@dataclass(frozen=True)
-class CsmArgs:
-    backbone: TransformerArgs
-    decoder: TransformerArgs
-    text_vocab_size: int
-    audio_vocab_size: int = AUDIO_VOCAB_SIZE
-    num_codebooks: int = NUM_CODEBOOKS
 
 
 # torchtune's `llama3_2(..., scale_factor=32)` as the original checkpoints name them.
@@ -79,7 +43,6 @@ FLAVORS: dict[str, TransformerArgs] = {
 }
 
 CSM_1B = CsmArgs(backbone=FLAVORS["llama-1B"], decoder=FLAVORS["llama-100M"], text_vocab_size=128_256)
-MAX_SECONDS = CSM_1B.backbone.max_seq_len * FRAME_SECONDS  # the model's window, as seconds of frames
 
 
 def layouts(config: dict[str, Any]) -> list[Layout]:

@@ -16,7 +16,9 @@ import soxr
 
 from ..audio import SAMPLE_RATE
 from ..errors import CsmError
-from .config import MAX_SECONDS
+from ..generation.args import MAX_SECONDS
+from ..generation.codec import Codec
+from ..generation.prompt import Segment
 
 _SILENT_PEAK = 1e-4  # -80 dBFS
 _COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF")
@@ -164,3 +166,23 @@ def cached_voice_codes(voice: Voice, codec_fingerprint: str, encode: Callable[[n
     except OSError:
         pass  # an unwritable cache costs an encode per run, nothing else
     return codes
+
+
+def voice_segment(voice: Voice, speaker: int, codec: Codec) -> Segment:
+    """A voice (the model's, or any recording with its text) as a context segment for `speaker`, its codes encoded
+    by `codec` once and cached on disk."""
+    assert voice.text, "a voice prompt needs its transcript"
+    codes = cached_voice_codes(voice, codec.fingerprint, lambda samples: codec.encode(samples).cpu().numpy())
+    return Segment(speaker, voice.text, codes=codes)
+
+
+def named_voice(voices: dict[str, Voice], name: str, speaker: int, codec: Codec) -> Segment:
+    """The voice `name` of `voices` (a model's: name -> Voice with its transcript, or None) as a context segment for
+    `speaker` (put it first in a stream's context: the reference's demo gives speaker 0 "conversational_a" and
+    speaker 1 "conversational_b"). An unknown name or a voice without a known transcript raises CsmError."""
+    if name not in voices:
+        raise unknown_voice(name, voices)
+    voice = voices[name]
+    if not voice.text:
+        raise CsmError(f"no transcript is known for voice {name}: use voice_segment() with its text")
+    return voice_segment(voice, speaker, codec)

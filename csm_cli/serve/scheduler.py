@@ -1,14 +1,14 @@
-"""The one thread that owns the model: every open stream's utterances generated together, in one batch.
+"""The server's streams over the generator's model thread: each client's utterances, spoken one after another.
 
-A stream is one client's slot: utterances queued on it are spoken one after another, each chunk handed to the
-stream's `emit` callback from the model thread. The utterances being spoken take slots of one `SpeechBatch` of
-`max_streams` slots, so each step of the model samples a frame for every stream (continuous batching: a stream
-joins between two steps, its prompt prefilled in its slot, and leaves as soon as its utterance ends or it is
-closed). Each round, the streams with an utterance to start join the batch first, so that those arriving together
-take part in the same step. Then the thread takes the streams in turn; each takes the chunks its frames already
-queued make, and at most one step of the batch more, so that no stream falls behind the others, and a stream whose
-prompt is being prefilled takes a step that prefills the next part of it. Closing a stream, from any thread, stops its
-generation before its next chunk and frees its slot.
+A stream is one client's place on the server (at most `max_streams` are open). Utterances submitted to it are
+spoken in order by a thread of the stream's own, which reads their chunks as the model thread generates them (every
+open stream's utterance in one step of the frame engine: `generation.scheduler`) and hands each to the stream's
+`emit` callback. Closing a stream, from any thread, frees its place at once and closes what it is speaking, whose
+generation stops before its next frame; `cancel(tag)` drops one utterance, queued or being spoken, and the stream
+goes on with the next.
+
+The utterance being spoken is whatever `start()` returns; to be stopped at once by `close` or `cancel` its speeches
+must be started with the stream as their owner (`Conversation(..., owner=stream)`).
 """
 
 import sys
@@ -24,12 +24,12 @@ import numpy as np
 from ..errors import CsmError
 from ..generation.generator import StreamingGenerator
 
-# starts one utterance on the model thread (in the scheduler's batch) and yields its chunks
+# starts one utterance (on the stream's thread) and yields its chunks
 Start = Callable[[], Iterator[np.ndarray]]
 
 
 class ServerBusy(CsmError):
-    """Every slot is taken."""
+    """Every stream is taken."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Done:
-    tag: Any
+    tag: Any  # spoken whole, or cancelled
 
 
 @dataclass(frozen=True)
@@ -54,62 +54,79 @@ Event = Chunk | Done | Failed
 
 
 class Stream:
-    """One client's slot. `submit` and `close` may be called from any thread; `emit` is called on the model thread."""
+    """One client's place. `submit`, `cancel` and `close` may be called from any thread; `emit` is called on the
+    stream's thread."""
 
     def __init__(self, scheduler: "Scheduler", emit: Callable[[Event], None]) -> None:
         self._scheduler = scheduler
         self._emit = emit
+        self._lock = threading.Condition()
         self._jobs: deque[tuple[Any, Start]] = deque()
-        self._current: tuple[Any, Iterator[np.ndarray]] | None = None
+        self._speaking: Any = None  # the tag being spoken
+        self._cancelled = False  # the one being spoken
         self.closed = False
+        self._thread = threading.Thread(target=self._run, name="csm-stream", daemon=True)
+        self._thread.start()
 
     def submit(self, tag: Any, start: Start) -> None:
         """Queues an utterance; its chunks are emitted as Chunk(tag, ...), then Done(tag) or Failed(tag, ...)."""
-        with self._scheduler.lock:
+        with self._lock:
             self._jobs.append((tag, start))
-            self._scheduler.lock.notify()
+            self._lock.notify()
+
+    def cancel(self, tag: Any) -> None:
+        """Drops the utterance `tag`: queued, it is never spoken; being spoken, its generation stops before its next
+        frame. Either way Done(tag) follows."""
+        with self._lock:
+            queued = [job for job in self._jobs if job[0] == tag]
+            for job in queued:
+                self._jobs.remove(job)
+            speaking = self._speaking == tag and not self._cancelled
+            self._cancelled |= speaking
+        for _ in queued:
+            self._emit(Done(tag))
+        if speaking:
+            self._scheduler.generator.close_owned(self)
 
     def close(self) -> None:
-        with self._scheduler.lock:
+        with self._lock:
+            if self.closed:
+                return
             self.closed = True
-            self._scheduler.lock.notify()
+            self._jobs.clear()
+            self._lock.notify()
+        self._scheduler._remove(self)
+        self._scheduler.generator.close_owned(self)
 
-    def _has_work(self) -> bool:
-        return self.closed or self._current is not None or bool(self._jobs)
-
-    def _take_turn(self) -> None:
-        """The chunks of frames already generated, and one step of the batch more if this stream needs one."""
-        batch = self._scheduler.batch
-        steps = batch.steps
-        while batch.steps == steps and self._step():
-            pass
-
-    def _step(self) -> bool:
-        """One chunk of the current utterance, starting the next queued one if none is current; False when there
-        was nothing to do. Model thread only."""
-        if self._current is None:
-            with self._scheduler.lock:
-                if not self._jobs:
-                    return False
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self.closed or self._jobs):
+                    self._lock.wait()
+                if self.closed:
+                    return
                 tag, start = self._jobs.popleft()
-            try:
-                self._current = (tag, start())
-            except Exception as e:  # reported to the client; the server goes on
-                self._fail(tag, e)
-                return True
-        tag, chunks = self._current
+                self._speaking, self._cancelled = tag, False
+            self._speak(tag, start)
+            with self._lock:
+                self._speaking = None
+
+    def _speak(self, tag: Any, start: Start) -> None:
         try:
-            samples = next(chunks, None)
-        except Exception as e:  # reported to the client; the server goes on
-            self._current = None
-            self._fail(tag, e)
-            return True
-        if samples is None:
-            self._current = None
+            chunks = start()
+            try:
+                for samples in chunks:
+                    if self.closed or self._cancelled:
+                        break
+                    self._emit(Chunk(tag, samples))
+            finally:
+                chunks.close()  # type: ignore[attr-defined]
+        except Exception as error:  # reported to the client; the server goes on
+            if not self.closed:
+                self._fail(tag, error)
+            return
+        if not self.closed:
             self._emit(Done(tag))
-        elif len(samples):  # empty while its prompt is being prefilled
-            self._emit(Chunk(tag, samples))
-        return True
 
     def _fail(self, tag: Any, error: Exception) -> None:
         if isinstance(error, CsmError):
@@ -118,66 +135,40 @@ class Stream:
             traceback.print_exception(error, file=sys.stderr)
             self._emit(Failed(tag, f"generation failed ({type(error).__name__}); the server goes on", internal=True))
 
-    def _release(self) -> None:
-        if self._current is not None:
-            self._current[1].close()  # type: ignore[attr-defined]
-            self._current = None
-
 
 class Scheduler:
     def __init__(self, generator: StreamingGenerator, max_streams: int) -> None:
+        """At most `max_streams` streams open at once, generated together in `generator`'s engine (which has as many
+        slots)."""
         assert max_streams >= 1, max_streams
+        assert generator.engine.slots >= max_streams, "the generator's engine must have a slot per stream"
         self.generator = generator
         self.max_streams = max_streams
-        self.batch = generator.new_batch(max_streams)
-        self.lock = threading.Condition()
+        self._lock = threading.Lock()
         self._streams: list[Stream] = []
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="csm-model", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self) -> None:
-        with self.lock:
-            self._stopping = True
-            self.lock.notify()
-        self._thread.join()
+        """Closes every stream and ends the model thread."""
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.close()
+        self.generator.close()
 
     @property
     def open_streams(self) -> int:
-        """Streams not closed. A closed one is free at once: the model thread removes it, and frees its slot of the
-        batch, before any stream opened after it starts an utterance."""
-        with self.lock:
-            return sum(not stream.closed for stream in self._streams)
+        with self._lock:
+            return len(self._streams)
 
     def open(self, emit: Callable[[Event], None]) -> Stream:
-        """A new slot, or ServerBusy at once when all `max_streams` are taken."""
-        with self.lock:
-            if sum(not stream.closed for stream in self._streams) >= self.max_streams:
+        """A new stream, or ServerBusy at once when all `max_streams` are taken."""
+        with self._lock:
+            if len(self._streams) >= self.max_streams:
                 raise ServerBusy(f"all {self.max_streams} streams are busy (--max-streams): try again shortly")
             stream = Stream(self, emit)
             self._streams.append(stream)
             return stream
 
-    def _run(self) -> None:
-        while True:
-            with self.lock:
-                while not self._stopping and not any(stream._has_work() for stream in self._streams):
-                    self.lock.wait()
-                if self._stopping:
-                    return
-                turn = [stream for stream in self._streams if stream._has_work()]
-            for stream in turn:
-                if stream.closed:
-                    self._remove(stream)
-                elif stream._current is None:
-                    stream._step()  # starts its next utterance: it joins the batch before the next step
-            for stream in turn:
-                if not stream.closed:
-                    stream._take_turn()
-
     def _remove(self, stream: Stream) -> None:
-        stream._release()
-        with self.lock:
+        with self._lock:
             self._streams.remove(stream)

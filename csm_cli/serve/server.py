@@ -37,6 +37,7 @@ from ..errors import CsmError
 from ..generation.conversation import Conversation
 from ..generation.generator import Settings, StreamingGenerator
 from ..generation.prompt import Segment
+from ..loading.voice import Voice
 from ..output.pcm import to_pcm16
 from ..text.script import SentenceSplitter
 from .encoders import ENCODERS
@@ -50,7 +51,6 @@ from .speech import (
     Voices,
     checked_seed,
     checked_text,
-    utterances_of,
 )
 from .wyoming import WyomingServer, WyomingSpeech
 
@@ -157,17 +157,18 @@ def authorized(connection: HTTPConnection, api_key: str | None) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
 
 
-def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: socket.socket | None = None) -> FastAPI:
-    """The HTTP and WebSocket app; with `wyoming`, a listening socket, it also serves Wyoming there while it runs."""
+def create_app(generator: StreamingGenerator, voices: dict[str, Voice], options: ServeOptions,
+               wyoming: socket.socket | None = None) -> FastAPI:
+    """The HTTP and WebSocket app of a generator with a slot per stream (`options.max_streams`) and the model's
+    `voices`; with `wyoming`, a listening socket, it also serves Wyoming there while it runs."""
     scheduler = Scheduler(generator, options.max_streams)
-    voices = Voices(generator, options.voice_aliases)
+    offered = Voices(voices, generator.codec, options.voice_aliases)
     wyoming_server = None if wyoming is None else WyomingServer(wyoming)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
         if wyoming_server is not None:
-            await wyoming_server.start(WyomingSpeech(scheduler, voices, options.settings, options.pause_seconds,
+            await wyoming_server.start(WyomingSpeech(scheduler, offered, options.settings, options.pause_seconds,
                                                      options.max_input_chars).connection)
         yield
         if wyoming_server is not None:
@@ -209,7 +210,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
 
     @app.get("/v1/audio/voices")
     async def voice_list() -> dict[str, Any]:
-        return {"voices": voices.listing()}
+        return {"voices": offered.listing()}
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request) -> Response:
@@ -219,7 +220,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
             log.info("%s left before sending its whole request", client_of(request))
             return Response(status_code=400)  # nobody reads it
         body = parse_body(raw)
-        voice = resolve_voice(voices, body.voice)
+        voice = resolve_voice(offered, body.voice)
         text = checked_input(body.input, options.max_input_chars)
         if body.response_format not in ENCODERS:
             raise ApiError(400, f"response_format {body.response_format!r} is not supported: choose one of "
@@ -243,8 +244,8 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
             listeners.add(events)
             stream = open_stream(scheduler, events)
             conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                        batch=scheduler.batch, history=history)
-            script = utterances_of(text, voice.speaker, generator)
+                                        history=history, owner=stream)
+            script = conversation.script(text, voice.speaker)
             stream.submit(0, lambda: conversation.speak(script))
             first = await first_event(request, events)
         except BaseException:
@@ -272,7 +273,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
         try:
             if not authorized(websocket, options.api_key):
                 raise ClosingError(unauthorized(), status.WS_1008_POLICY_VIOLATION)
-            voice = resolve_voice(voices, websocket.query_params.get("voice", DEFAULT_VOICE))
+            voice = resolve_voice(offered, websocket.query_params.get("voice", DEFAULT_VOICE))
             settings = request_settings(options.settings, api_seed(websocket.query_params.get("seed")))
             events = StreamEvents()
             try:
@@ -291,7 +292,7 @@ def create_app(generator: StreamingGenerator, options: ServeOptions, wyoming: so
                 await websocket.close(closing.code)
             return
         conversation = Conversation(generator, settings, voice.prompts, pause_seconds=options.pause_seconds,
-                                    batch=scheduler.batch)
+                                    owner=stream)
         session = SpeechSession(websocket, stream, events, conversation, voice.speaker, options.max_input_chars)
         try:
             await session.run()
@@ -408,7 +409,7 @@ class SpeechSession:
             index = self.sentences
             self.sentences += 1
             self.events.put_now({"type": "sentence", "sentence": index, "text": sentence})
-            script = utterances_of(sentence, self.speaker, self.conversation.generator)
+            script = self.conversation.script(sentence, self.speaker)
             self.stream.submit(index, lambda script=script: self.conversation.speak(script))
 
     async def send(self) -> None:
@@ -636,8 +637,8 @@ def address_of(sock: socket.socket) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options: ServeOptions,
-          quiet: bool = False, wyoming_port: int | None = None) -> None:
+def serve(load: Callable[[], tuple[StreamingGenerator, dict[str, Voice]]], host: str, port: int,
+          options: ServeOptions, quiet: bool = False, wyoming_port: int | None = None) -> None:
     """Binds, loads the model, then serves until interrupted; Wyoming too, on `wyoming_port`."""
     import uvicorn
 
@@ -649,8 +650,8 @@ def serve(load: Callable[[], StreamingGenerator], host: str, port: int, options:
     if wyoming is not None and not is_loopback(wyoming):
         print(f"csm: warning: serving Wyoming on {host}, which is not loopback: Wyoming has no authentication, so "
               "anyone who can reach --wyoming-port can use the server", file=sys.stderr)
-    generator = load()
-    app = create_app(generator, options, wyoming)
+    generator, voices = load()
+    app = create_app(generator, voices, options, wyoming)
     if wyoming is not None:
         print(f"csm: serving Wyoming on tcp://{address_of(wyoming)}", file=sys.stderr, flush=True)
     print(f"csm: serving on http://{address_of(sock)}", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """What every protocol of `csm serve` (HTTP, WebSocket, Wyoming) speaks with: the voices a client may name, OpenAI's
-voice names among them, a text as the utterances the model speaks, the checks of what a client sends (as `csm say`
-checks its options), and a stream's events handed from the model thread to the event loop."""
+voice names among them, the checks of what a client sends (as `csm say` checks its options), and a stream's events
+handed from the model thread to the event loop."""
 
 import asyncio
 import re
@@ -11,12 +11,10 @@ from typing import Any
 
 from ..checks import whole_number
 from ..errors import CsmError
-from ..generation.conversation import PACK_WORDS, Utterance
-from ..generation.ending import window_words
-from ..generation.generator import MAX_SEED, MAX_SPEAKER, StreamingGenerator
+from ..generation.codec import Codec
+from ..generation.generator import MAX_SEED, MAX_SPEAKER
 from ..generation.prompt import Segment
-from ..loading.voice import DEFAULT_VOICES, choose_voices
-from ..text.script import split_utterances
+from ..loading.voice import DEFAULT_VOICES, Voice, choose_voices, voice_segment
 from .scheduler import Event
 
 SPEAKERS = (0, 1)  # listed as voices; any non-negative speaker id is accepted
@@ -92,16 +90,15 @@ class Voices:
       in turn when the model has none; `aliases` (--voice-alias) adds names or changes what they name.
     The voices with a known transcript are offered; their prompts are encoded here, once (and cached on disk)."""
 
-    def __init__(self, generator: StreamingGenerator, aliases: Mapping[str, str] | None = None) -> None:
-        self.offered = {name: voice for name, voice in generator.voices.items() if voice.text}
-        self.untranscribed = [name for name in generator.voices if name not in self.offered]
-        self._prompts = {name: generator.voice_segment(voice, NAMED_VOICE_SPEAKER)
-                         for name, voice in self.offered.items()}
+    def __init__(self, voices: Mapping[str, Voice], codec: Codec, aliases: Mapping[str, str] | None = None) -> None:
+        self.offered = {name: voice for name, voice in voices.items() if voice.text}
+        self.untranscribed = [name for name in voices if name not in self.offered]
+        self._prompts = {name: voice_segment(voice, NAMED_VOICE_SPEAKER, codec) for name, voice in self.offered.items()}
         targets = list(self.offered) or [str(speaker) for speaker in SPEAKERS]
         self.aliases = {name: targets[i % len(targets)] for i, name in enumerate(OPENAI_VOICES)
-                        if name not in generator.voices}  # a voice of the model keeps its name
+                        if name not in voices}  # a voice of the model keeps its name
         for name, voice in (aliases or {}).items():
-            if name in generator.voices:
+            if name in voices:
                 raise CsmError(f"--voice-alias {name}={voice}: {name} is a voice of the model already")
             target = self.aliases.get(voice, voice)  # an alias of an alias names what that one names
             if target not in self.offered and not is_speaker_id(target):
@@ -141,13 +138,6 @@ class Voices:
                     if self.untranscribed else "")
         return (f"unknown voice {voice!r}: this server's voices are {names}{aliases}, or a speaker id ({ids}, ...)"
                 f"{unusable}; see GET /v1/audio/voices")
-
-
-def utterances_of(text: str, speaker: int, generator: StreamingGenerator) -> list[Utterance]:
-    """A request's text as `csm say` speaks a line: sentences, short ones packed, one too long for the model's
-    window cut at clauses."""
-    most = window_words(generator.model.max_seq_len)
-    return [Utterance(speaker, piece) for piece in split_utterances(text, most, min(PACK_WORDS, most))]
 
 
 class StreamEvents:

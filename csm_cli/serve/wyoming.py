@@ -43,7 +43,6 @@ from .speech import (
     UnknownVoice,
     Voices,
     checked_text,
-    utterances_of,
 )
 
 _WIDTH, _CHANNELS = 2, 1  # 16-bit mono, as the other formats' pcm
@@ -202,13 +201,13 @@ class Synthesis:
         self.connection, self.stream, self.events, self.streaming = connection, stream, events, streaming
         self.speaker = voice.speaker
         self.conversation = Conversation(speech.scheduler.generator, speech.settings, voice.prompts,
-                                         pause_seconds=speech.pause_seconds, batch=speech.scheduler.batch)
+                                         pause_seconds=speech.pause_seconds, owner=stream)
         self.said = self.spoken = 0
         self.ended = False
         self.sending = asyncio.create_task(self.send())
 
     def say(self, text: str) -> None:
-        script = utterances_of(text, self.speaker, self.conversation.generator)
+        script = self.conversation.script(text, self.speaker)
         self.stream.submit(self.said, lambda: self.conversation.speak(script))
         self.said += 1
 

@@ -12,37 +12,46 @@ def codec(generator) -> Codec:
     return generator.codec
 
 
+def decode_alone(codec: Codec, codes: torch.Tensor) -> np.ndarray:
+    """Codes [C, T] decoded frame by frame on a decoder of one row."""
+    decoder = codec.decoder(1)
+    with torch.inference_mode(), decoder.bound():
+        return np.concatenate([decoder.decode(codes[None, :, i], torch.ones(1, dtype=torch.bool))[0].numpy()
+                               for i in range(codes.shape[1])])
+
+
 def test_streamed_decode_equals_whole_sequence_decode(codec):
     codes = torch.randint(0, 2048, (32, 10), generator=torch.Generator().manual_seed(0))
     whole = codec.decode(codes)
-    with codec.streaming():
-        streamed = np.concatenate([codec.decode_chunk(codes[:, i : i + 1]) for i in range(10)])
+    streamed = decode_alone(codec, codes)
     assert whole.shape == streamed.shape == (10 * SAMPLES_PER_FRAME,)
     np.testing.assert_allclose(streamed, whole, atol=1e-5)
 
 
 def test_streams_decoded_together_each_continue_their_own_state(codec):
-    """Three utterances on the rows of one batch, starting at different steps (a row reset when its utterance
-    starts, and only the rows given advanced) decode as each does alone, up to float rounding."""
+    """Three streams on the rows of one decoder, starting at different steps (a row reset when its stream starts,
+    and only the rows advancing advanced) decode as each does alone, up to float rounding; a whole decode beside
+    them is not disturbed."""
     generator = torch.Generator().manual_seed(1)
     codes = [torch.randint(0, 2048, (32, 4), generator=generator) for _ in range(3)]
     starts = [0, 2, 1]
-    alone = []
-    for utterance in codes:
-        with codec.streaming():
-            alone.append(np.concatenate([codec.decode_chunk(utterance[:, i : i + 1]) for i in range(4)]))
-    streams = codec.decode_streams(3)
+    alone = [decode_alone(codec, stream) for stream in codes]
+    decoder = codec.decoder(3)
     decoded: list[list[np.ndarray]] = [[], [], []]
     for step in range(6):
         rows = [row for row, start in enumerate(starts) if start <= step < start + 4]
-        batch = torch.zeros(3, 32, 1, dtype=torch.long)
+        frame = torch.zeros(3, 32, dtype=torch.long)
+        advancing = torch.zeros(3, dtype=torch.bool)
         for row in rows:
             if step == starts[row]:
-                streams.reset(row)
-            batch[row, :, 0] = codes[row][:, step - starts[row]]
-        samples = streams.decode(batch, rows)
+                decoder.reset(torch.arange(3) == row)
+            frame[row] = codes[row][:, step - starts[row]]
+            advancing[row] = True
+        with torch.inference_mode(), decoder.bound():
+            samples = decoder.decode(frame, advancing)
+        assert codec.decode(codes[0]).shape == (4 * SAMPLES_PER_FRAME,)  # Mimi is not left streaming
         for row in rows:
-            decoded[row].append(samples[row])
+            decoded[row].append(samples[row].numpy())
     for row in range(3):
         np.testing.assert_allclose(np.concatenate(decoded[row]), alone[row], atol=1e-5)
 

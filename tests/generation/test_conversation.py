@@ -127,7 +127,6 @@ def converse(generator, reuse_prefix: bool, prompt: Segment, lines: int) -> tupl
     row not cached; the codes of each line and the prefills seen."""
     speaker = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
     speaker.reuse_prefix = reuse_prefix
-    generator.model.reset_caches()
     conversation = Conversation(speaker, Settings(topk=1, seed=3, max_seconds=0.4), prompts=[prompt])
     prefills = PrefilledRows(generator)
     try:
@@ -135,6 +134,7 @@ def converse(generator, reuse_prefix: bool, prompt: Segment, lines: int) -> tupl
             list(conversation.speak([utterance]))
     finally:
         prefills.remove()
+        speaker.close()
     codes = [line.codes for line in conversation.history]
     if len(codes) < lines:  # the oldest were trimmed: what is left is the last ones
         codes = [None] * (lines - len(codes)) + codes

@@ -1,8 +1,6 @@
 """When an utterance ends: its frame budget, and the end-of-speech rule on synthetic frames and through the
 generator."""
 
-from collections.abc import Generator
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -16,8 +14,8 @@ from csm_cli.generation.ending import (
     END_SILENCE_SECONDS,
     SILENCE_DBFS,
     TAIL_SECONDS,
+    SilenceRule,
     frame_budget,
-    until_silence,
     window_words,
 )
 
@@ -33,39 +31,31 @@ def frame(n: int, loud: bool) -> tuple[int, np.ndarray]:
     return n, (level * np.sqrt(2) * np.sin(2 * np.pi * 10 * t)).astype(np.float32)
 
 
-class Source:
-    """Frames from a pattern of speech (1) and silence (0), counting how many were pulled and whether it was closed."""
-
-    def __init__(self, pattern: str) -> None:
-        self.pattern = pattern
-        self.pulled = 0
-        self.closed = False
-
-    def frames(self) -> Generator[tuple[int, np.ndarray]]:
-        try:
-            for n, flag in enumerate(self.pattern):
-                self.pulled += 1
-                yield frame(n, flag == "1")
-        finally:
-            self.closed = True
-
-
-def kept(pattern: str) -> tuple[list[int], Source]:
-    source = Source(pattern)
-    return [n for n, _ in until_silence(source.frames())], source
+def kept(pattern: str, frames: list[tuple[int, np.ndarray]] | None = None) -> tuple[list[int], int]:
+    """The frames of a pattern of speech (1) and silence (0) that the rule plays, and how many it took before it
+    ended the utterance."""
+    rule: SilenceRule[tuple[int, np.ndarray]] = SilenceRule()
+    played, taken = [], 0
+    for numbered in frames or [frame(n, flag == "1") for n, flag in enumerate(pattern)]:
+        taken += 1
+        played += [n for n, _ in rule.push(numbered, numbered[1])]
+        if rule.ended:
+            break
+    return played + [n for n, _ in rule.tail()], taken
 
 
 def test_a_tail_of_silence_ends_the_utterance_keeping_a_short_tail():
-    got, source = kept("1" * 5 + "0" * 40)
+    got, taken = kept("1" * 5 + "0" * 40)
     assert got == list(range(5 + TAIL))
-    assert source.pulled == 5 + END_SILENCE and source.closed
+    assert taken == 5 + END_SILENCE
 
 
 def test_silence_before_speech_passes_at_once_and_ends_nothing():
-    source = Source("0" * (END_SILENCE + 5) + "111")
-    stream = until_silence(source.frames())
-    assert next(stream)[0] == 0 and source.pulled == 1  # first audio is not held back
-    assert [n for n, _ in stream] == list(range(1, END_SILENCE + 8))
+    rule: SilenceRule[tuple[int, np.ndarray]] = SilenceRule()
+    first = frame(0, False)
+    assert rule.push(first, first[1]) == [first]  # first audio is not held back
+    got, _ = kept("0" * (END_SILENCE + 5) + "111")
+    assert got == list(range(END_SILENCE + 8))
 
 
 def test_a_pause_inside_speech_is_played_whole_once_speech_resumes():
@@ -75,11 +65,9 @@ def test_a_pause_inside_speech_is_played_whole_once_speech_resumes():
 
 
 def test_the_last_frames_of_speech_are_never_dropped():
-    source = Source("")
     quiet = [(0, frame(0, True)[1]), (1, frame(1, False)[1]),
              (2, (frame(2, True)[1] / 0.3 * QUIET_SPEECH_RMS).astype(np.float32)), (3, frame(3, False)[1])]
-    source.frames = lambda: (f for f in quiet)
-    assert [n for n, _ in until_silence(source.frames())] == [0, 1, 2, 3]
+    assert kept("", quiet)[0] == [0, 1, 2, 3]
 
 
 @given(st.text(st.sampled_from("01"), max_size=80))

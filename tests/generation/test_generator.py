@@ -1,6 +1,7 @@
 """The Python API: chunks as they are decoded, chunk sizes, interruption and errors."""
 
 import threading
+import time
 from contextlib import nullcontext
 
 import numpy as np
@@ -17,10 +18,12 @@ SETTINGS = {"speaker": 0, "seed": 7, "max_seconds": 1.0}
 
 
 @pytest.fixture(scope="module")
-def fresh_output(transformers_dir, mimi_file) -> np.ndarray:
-    """What a freshly loaded generator says for TEXT with SETTINGS."""
-    fresh = StreamingGenerator.load(str(transformers_dir), codec=mimi_file, device="cpu", quantize="none")
-    return np.concatenate(list(fresh.stream(TEXT, **SETTINGS)))
+def fresh_output(generator) -> np.ndarray:
+    """What a fresh generator (an engine of its own) says for TEXT with SETTINGS."""
+    fresh = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
+    audio = np.concatenate(list(fresh.stream(TEXT, **SETTINGS)))
+    fresh.close()
+    return audio
 
 
 def test_chunks_arrive_one_frame_at_a_time(generator):
@@ -43,10 +46,11 @@ def test_larger_chunks_give_the_same_audio(generator, fresh_output):
     np.testing.assert_allclose(np.concatenate(chunks), fresh_output, atol=1e-5)
 
 
-def test_starting_a_stream_ends_the_previous_one(generator, fresh_output):
+def test_a_stream_started_while_the_only_slot_is_taken_waits_for_it(generator, fresh_output):
     first = generator.stream(TEXT, **SETTINGS)
     next(first)
     second = generator.stream(TEXT, **SETTINGS)
+    first.close()
     assert next(first, None) is None
     np.testing.assert_array_equal(np.concatenate(list(second)), fresh_output)
 
@@ -156,64 +160,52 @@ def test_context_that_fills_the_window_says_what_to_shorten(generator, frames, r
         generator.stream(TEXT, context=long_context)
 
 
-def test_speeches_in_a_batch_interleave_frame_by_frame(generator, fresh_output):
-    """Two utterances of one batch stepped in turn say what each says alone: the same codes, and samples that differ
-    only by the rounding of Mimi's batched decode; the generator's own stream beside them is not ended by them."""
+def test_streams_of_a_generator_with_slots_interleave_frame_by_frame(generator, fresh_output):
+    """Two streams in one engine of two slots, read in turn: each says what it says alone (the same codes; samples that
+    differ only by the rounding of Mimi's batched decode), and both leave their slots when they end."""
     other_text = "A second listener, at the same time."
     alone = generator.stream(other_text, **SETTINGS)
     alone_audio = np.concatenate(list(alone))
-    own = generator.stream(TEXT, **SETTINGS)
-    batch = generator.new_batch(2)
-    first = generator.stream(TEXT, **SETTINGS, batch=batch)
-    second = generator.stream(other_text, **SETTINGS, batch=batch)
-    audio = round_robin({"own": own, "first": first, "second": second})
-    np.testing.assert_array_equal(audio["own"], fresh_output)
+    two = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, slots=2)
+    first, second = two.stream(TEXT, **SETTINGS), two.stream(other_text, **SETTINGS)
+    audio = round_robin({"first": first, "second": second})
     np.testing.assert_allclose(audio["first"], fresh_output, atol=1e-5)
     np.testing.assert_allclose(audio["second"], alone_audio, atol=1e-5)
     np.testing.assert_array_equal(second.codes, alone.codes)
-    assert batch.frames.active == [], "an utterance that ended still holds its slot"
+    two.close()
+    assert two.engine.free == [0, 1] and not two.engine.busy
 
 
-def test_a_second_thread_gets_an_error_while_the_first_generates(generator, monkeypatch):
-    """One thread inside a frame: stream() and another stream's step on a second thread raise at once; the first
-    thread's speech goes on."""
-    inside, release = threading.Event(), threading.Event()
-    sample_frame = generator.model.sample_frame
+def test_threads_stream_at_once_from_one_generator(generator, fresh_output):
+    """Streams started and read on several threads at once each get their own speech: a stream is a queue its reader
+    takes from, the model thread fills them all."""
+    two = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, slots=2)
+    heard: dict[int, np.ndarray] = {}
 
-    def held(*args, **kwargs):
-        inside.set()
-        release.wait(10)
-        return sample_frame(*args, **kwargs)
+    def listen(index: int) -> None:
+        heard[index] = np.concatenate(list(two.stream(TEXT, **SETTINGS)))
 
-    monkeypatch.setattr(generator.model, "sample_frame", held)
-    speech = generator.stream(TEXT, **SETTINGS)
-    other = generator.stream(TEXT, **SETTINGS, batch=generator.new_batch(1))
-    first = threading.Thread(target=next, args=(speech,))
-    first.start()
-    try:
-        assert inside.wait(10)
-        for call in (lambda: generator.stream(TEXT, **SETTINGS), lambda: next(other), speech.close):
-            with pytest.raises(CsmError, match="generating on another thread: it runs on one thread at a time"):
-                call()
-    finally:
-        release.set()
-        first.join(10)
-    assert speech.codes.shape[1] == 1
-    other.close()
-    speech.close()
+    threads = [threading.Thread(target=listen, args=(i,)) for i in range(3)]  # one more than the slots: it waits
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    two.close()
+    assert sorted(heard) == [0, 1, 2]
+    for audio in heard.values():
+        np.testing.assert_allclose(audio, fresh_output, atol=1e-5)
 
 
-def test_a_speech_in_a_batch_yields_empty_chunks_while_its_prompt_is_prefilled(generator):
-    """The first chunk of a batch's speech is empty (it has joined); while others speak, a prompt of 3 chunks of 64
-    rows takes 3 steps, one empty chunk each but the last, in which the speech samples its first frame."""
-    batch = generator.new_batch(2)
-    speaking = generator.stream(TEXT, seed=1, max_seconds=1.0, stop_at_end=False, batch=batch)
-    assert len(next(speaking)) == 0 and len(next(speaking)) == SAMPLES_PER_FRAME
-    context = [Segment(1, "Hi.", codes=np.random.default_rng(4).integers(0, 2048, (32, 150)))]
-    joining = generator.stream(TEXT, context=context, seed=2, max_seconds=0.5, stop_at_end=False, batch=batch)
-    assert [len(next(joining)) for _ in range(4)] == [0, 0, 0, SAMPLES_PER_FRAME]
-    steps = batch.steps
-    assert [len(next(speaking)) for _ in range(3)] == [SAMPLES_PER_FRAME] * 3  # the frames of those steps, queued
-    assert batch.steps == steps
-    joining.close()
-    assert batch.frames.active == [0]
+def test_closing_a_stream_from_another_thread_ends_it_for_its_reader(generator):
+    speech = generator.stream(TEXT, seed=1, max_seconds=8.0, stop_at_end=False)
+    next(speech)
+    closer = threading.Timer(0.2, speech.close)
+    closer.start()
+    rest = list(speech)
+    closer.join()
+    assert len(rest) < 99 and speech.codes.shape[1] == 1 + len(rest)
+    deadline = time.monotonic() + 10
+    while generator.engine.busy:  # the model thread leaves the slot before its next step
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert generator.engine.free == [0]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from reference import reference_embeds, reference_greedy
 
-from csm_cli.generation.generator import StreamingGenerator
-from csm_cli.generation.model import CachedRows, prefill_length, prefill_lengths, reused_rows
+from csm_cli.generation.engine import CachedRows
+from csm_cli.generation.model import prefill_length, reused_rows
 from csm_cli.generation.prompt import Segment
 
 CONTEXT_FRAMES = 6
@@ -24,8 +24,8 @@ def prompt(generator):
 def test_backbone_logits_match_transformers(generator, hf_model, prompt):
     tokens, mask = prompt
     model = generator.model
-    model.reset_caches()
-    h = model.backbone(model.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), torch.arange(len(tokens)))
+    h = model.backbone(model.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), torch.arange(len(tokens)),
+                       model.backbone.new_caches(1))
     ours = model.codebook0_head(h)
     theirs = hf_model(inputs_embeds=reference_embeds(hf_model, tokens, mask)).logits
     assert ours.shape == theirs.shape
@@ -43,7 +43,7 @@ def test_depth_decoder_logits_match_transformers(generator, hf_model, prompt):
     model = generator.model
     embedded = [model.embed_codes(i, codes[:, i : i + 1]) for i in range(31)]
     decoder_inputs = torch.cat([h.unsqueeze(1), *embedded], dim=1)  # [1, 32, D]
-    out = model.decoder(model.projection(decoder_inputs), torch.arange(32))
+    out = model.decoder(model.projection(decoder_inputs), torch.arange(32), model.decoder.new_caches(1))
     ours = torch.stack([out[:, p] @ model.audio_head[p - 1] for p in range(1, 32)], dim=1)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
@@ -66,22 +66,18 @@ def test_greedy_codes_match_transformers(generator, hf_model, prompt):
 def test_prompts_are_prefilled_at_powers_of_two_from_64_within_the_window():
     assert [prefill_length(rows, 2048) for rows in (1, 64, 65, 300, 1025, 2047)] == [64, 64, 128, 512, 2048, 2048]
     assert prefill_length(700, 1000) == 1000
-    assert prefill_lengths(2048) == [64, 128, 256, 512, 1024, 2048]
-    assert prefill_lengths(1000) == [64, 128, 256, 512, 1000]
 
 
 @torch.inference_mode()
 def test_the_padding_after_a_prompt_changes_nothing_before_it(generator, prompt):
     tokens, mask = prompt
     model = generator.model
-    model.reset_caches()
-    h = model.backbone(model.embed_rows(tokens.unsqueeze(0), mask.unsqueeze(0)), torch.arange(len(tokens)))[:, -1]
-    unpadded_cache = model.backbone.layers[0].attn.cache.k[:, :, : len(tokens)].clone()
-    model.reset_caches()
-    padded = model.prefill(tokens, mask)
+    unpadded_caches, padded_caches = model.backbone.new_caches(1), model.backbone.new_caches(1)
+    h = model.prefill(tokens, mask, 0, unpadded_caches, padded=False)
+    padded = model.prefill(tokens, mask, 0, padded_caches, padded=True)
     assert padded.shape == h.shape
     torch.testing.assert_close(padded, h, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.backbone.layers[0].attn.cache.k[:, :, : len(tokens)], unpadded_cache)
+    torch.testing.assert_close(padded_caches[0].k[:, :, : len(tokens)], unpadded_caches[0].k[:, :, : len(tokens)])
 
 
 def rows(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,24 +114,10 @@ def test_reused_rows_leave_the_last_row_and_room_for_the_padding():
 def test_a_prefill_after_cached_rows_equals_a_whole_prefill(generator, prompt, padded):
     tokens, mask = prompt
     model = generator.model
-    whole = model.prefill(tokens, mask, padded=padded)
-    whole_keys = model.backbone.layers[-1].attn.cache.k[:, :, : len(tokens)].clone()
-    model.prefill(tokens[:9], mask[:9], padded=padded)
-    assert model.cached_rows.common_prefix(tokens, mask) == 9
-    rest = model.prefill(tokens[9:], mask[9:], start=9, padded=padded)
+    whole_caches, caches = model.backbone.new_caches(1), model.backbone.new_caches(1)
+    whole = model.prefill(tokens, mask, 0, whole_caches, padded=padded)
+    model.prefill(tokens[:9], mask[:9], 0, caches, padded=padded)
+    rest = model.prefill(tokens[9:], mask[9:], 9, caches, padded=padded)
     torch.testing.assert_close(rest, whole, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.backbone.layers[-1].attn.cache.k[:, :, : len(tokens)], whole_keys,
+    torch.testing.assert_close(caches[-1].k[:, :, : len(tokens)], whole_caches[-1].k[:, :, : len(tokens)],
                                rtol=1e-5, atol=1e-5)
-    assert model.cached_rows.common_prefix(tokens, mask) == len(tokens)
-
-
-def test_unpadded_prefill_and_steps_over_the_filled_positions_sample_what_the_graph_shapes_do(generator):
-    context = [Segment(1, "How are you today?", codes=np.random.default_rng(2).integers(0, 2048, (32, 70)))]
-    codes = []
-    for graph_shapes in (True, False):
-        eager = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=False)
-        eager.graph_shapes, eager.reuse_prefix = graph_shapes, False
-        speech = eager.stream("I am fine, thank you.", context=context, topk=1, seed=1, max_seconds=0.64)
-        list(speech)
-        codes.append(speech.codes)
-    np.testing.assert_array_equal(codes[0], codes[1])

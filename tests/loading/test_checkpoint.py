@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from csm_cli.errors import CsmError
-from csm_cli.generation.generator import StreamingGenerator
+from csm_cli.loading.generator import LoadOptions, load_generator
 
 TEXT = "The quick brown fox."
 
 
 def speak(model_dir, mimi_file, **load) -> tuple[np.ndarray, np.ndarray]:
-    generator = StreamingGenerator.load(str(model_dir), codec=mimi_file, device="cpu", **load)
+    generator = load_generator(LoadOptions(str(model_dir), codec=mimi_file, device="cpu", **load))
     speech = generator.stream(TEXT, speaker=1, seed=11, max_seconds=1.0)
     audio = np.concatenate(list(speech))
+    generator.close()
     return speech.codes, audio
 
 
@@ -48,7 +49,7 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path, transformers
     config["num_hidden_layers"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CsmError, match=r"do not match its config\.json"):
-        StreamingGenerator.load(str(tmp_path), codec=mimi_file, device="cpu")
+        load_generator(LoadOptions(str(tmp_path), codec=mimi_file, device="cpu"))
 
 
 @pytest.mark.parametrize(("source", "message"), [
@@ -57,9 +58,9 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path, transformers
 ])
 def test_missing_local_directories_are_named(source, message, mimi_file):
     with pytest.raises(CsmError, match=message):
-        StreamingGenerator.load(source, codec=mimi_file, device="cpu")
+        load_generator(LoadOptions(source, codec=mimi_file, device="cpu"))
 
 
 def test_a_directory_without_config_is_not_a_checkpoint(tmp_path, mimi_file):
     with pytest.raises(CsmError, match=r"has no config\.json"):
-        StreamingGenerator.load(str(tmp_path), codec=mimi_file, device="cpu")
+        load_generator(LoadOptions(str(tmp_path), codec=mimi_file, device="cpu"))

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from csm_cli.bench import random_model
 from csm_cli.cli import app
 from csm_cli.errors import CsmError
-from csm_cli.generation.generator import resolve_precision
+from csm_cli.loading.generator import resolve_precision
 from csm_cli.loading.quantize import DynamicInt8Linear, Int8Linear, Quantization, quantization_of, quantize
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

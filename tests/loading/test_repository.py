@@ -14,9 +14,9 @@ from reference import reference_speech
 from test_cli import assert_one_line_error, put_in_hub_cache, run_csm
 
 from csm_cli.errors import CsmError
-from csm_cli.generation.generator import StreamingGenerator
 from csm_cli.generation.prompt import Segment
 from csm_cli.loading.config import Layout
+from csm_cli.loading.generator import LoadOptions, load_generator
 from csm_cli.loading.repository import load_local
 from csm_cli.loading.voice import DEFAULT_VOICES, known_transcripts, load_voice_prompt
 
@@ -113,7 +113,7 @@ def test_a_local_copy_speaks_like_the_reference(tmp_path, hub_copy_dir, mimi_fil
 
 def test_the_transformers_shards_speak_like_the_reference(tmp_path, hub_copy_dir, mimi_file, reference):
     model_dir = copy_without(hub_copy_dir, tmp_path, ORIGINAL_FILES | {"ckpt.pt"})
-    generator = StreamingGenerator.load(str(model_dir), codec=mimi_file, device="cpu", quantize="none")
+    generator = load_generator(LoadOptions(str(model_dir), codec=mimi_file, device="cpu", quantize="none"))
     voices = [voice_prompt(generator, model_dir, name, speaker) for speaker, name in DEFAULT_VOICES.items()]
     speech = np.concatenate(list(generator.stream(TEXT, speaker=0, context=voices, topk=1,
                                                   max_seconds=FRAMES / 12.5)))

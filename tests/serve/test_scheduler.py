@@ -1,65 +1,104 @@
-"""The model thread of `csm serve`: the utterances of its streams generated in one batch."""
+"""The server's streams: utterances spoken in order over the generator's model thread; closing and cancelling."""
 
 import threading
+import time
 
 import numpy as np
+import pytest
 
 from csm_cli.audio import FRAME_SECONDS
+from csm_cli.generation.generator import StreamingGenerator
 from csm_cli.generation.prompt import Segment
-from csm_cli.serve.scheduler import Chunk, Done, Event, Scheduler
+from csm_cli.serve.scheduler import Chunk, Done, Event, Scheduler, ServerBusy
 
-TEXTS = ["Hi there.", "Good morning to everyone here.", "I am fine, thank you."]
+TEXTS = ["Hi there.", "Good morning to everyone here."]
 LONG_CONTEXT = [Segment(1, "Hi.", codes=np.random.default_rng(4).integers(0, 2048, (32, 150)))]  # 3 chunks of 64
 
 
-def test_streams_that_arrive_together_all_take_part_in_the_first_step(generator):
-    scheduler = Scheduler(generator, max_streams=4)
-    frames = scheduler.batch.frames
-    sampled = []
-    step = frames.step
-    frames.step = lambda: (step(), sampled.append(frames.sampled))[0]
-    done = threading.Semaphore(0)
+@pytest.fixture(scope="module")
+def two_slots(generator) -> StreamingGenerator:
+    two = StreamingGenerator(generator.model, generator.tokenizer, generator.codec, slots=2)
+    yield two
+    two.close()
 
-    def emit(event: Event) -> None:
+
+class Events:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Semaphore(0)
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
         if isinstance(event, Done):
-            done.release()
+            self.done.release()
 
-    for tag, text in enumerate(TEXTS):
-        scheduler.open(emit).submit(tag, lambda text=text: generator.stream(
-            text, seed=1, max_seconds=3 * FRAME_SECONDS, stop_at_end=False, batch=scheduler.batch))
-    scheduler.start()
-    try:
-        for _ in TEXTS:
-            assert done.acquire(timeout=120)
-    finally:
-        scheduler.stop()
-    assert sampled[0] == [0, 1, 2]
+    def chunks(self, tag: object) -> int:
+        return sum(isinstance(event, Chunk) and event.tag == tag for event in self.events)
 
 
-def test_a_long_prompt_joining_is_prefilled_while_the_other_streams_take_their_chunks(generator):
+def test_a_long_prompt_joining_is_prefilled_while_the_other_stream_gets_its_chunks(two_slots):
     """A stream that joins with a prompt of 3 chunks while another speaks: the speaking stream gets a chunk for each
     step that prefills part of it, before the joining stream's first."""
-    scheduler = Scheduler(generator, max_streams=2)
-    events: list[Event] = []
-    done = threading.Semaphore(0)
-    def emit(event: Event) -> None:
-        if isinstance(event, Chunk) and event.tag == "speaking" and not events:
-            joining.submit("joining", lambda: generator.stream(
-                TEXTS[0], context=LONG_CONTEXT, seed=2, max_seconds=2 * FRAME_SECONDS, stop_at_end=False,
-                batch=scheduler.batch))
-        events.append(event)
-        if isinstance(event, Done):
-            done.release()
+    scheduler = Scheduler(two_slots, max_streams=2)
+    events = Events()
+    speaking, joining = scheduler.open(events), scheduler.open(events)
 
-    speaking, joining = scheduler.open(emit), scheduler.open(emit)
-    speaking.submit("speaking", lambda: generator.stream(
-        TEXTS[1], seed=1, max_seconds=10 * FRAME_SECONDS, stop_at_end=False, batch=scheduler.batch))
-    scheduler.start()
-    try:
-        for _ in range(2):
-            assert done.acquire(timeout=120)
-    finally:
-        scheduler.stop()
-    tags = [event.tag for event in events if isinstance(event, Chunk)]
-    assert tags.index("joining") >= 4, tags  # the first chunk, then one for each of the 3 steps that prefill
-    assert all(len(event.samples) for event in events if isinstance(event, Chunk))
+    def emit(event: Event) -> None:
+        if isinstance(event, Chunk) and not events.events:
+            joining.submit("joining", lambda: iter(two_slots.stream(
+                TEXTS[0], context=LONG_CONTEXT, seed=2, max_seconds=2 * FRAME_SECONDS, stop_at_end=False)))
+        events(event)
+
+    speaking._emit = emit
+    speaking.submit("speaking", lambda: iter(two_slots.stream(
+        TEXTS[1], seed=1, max_seconds=10 * FRAME_SECONDS, stop_at_end=False, owner=speaking)))
+    for _ in range(2):
+        assert events.done.acquire(timeout=120)
+    tags = [event.tag for event in events.events if isinstance(event, Chunk)]
+    assert tags.index("joining") >= 3, tags  # the first chunk, then one for each step that prefills
+    speaking.close()
+    joining.close()
+
+
+def test_a_closed_stream_frees_its_place_at_once_and_stops_its_generation(two_slots):
+    scheduler = Scheduler(two_slots, max_streams=2)
+    events = Events()
+    streams = [scheduler.open(events) for _ in range(2)]
+    with pytest.raises(ServerBusy):
+        scheduler.open(events)
+    first = streams[0]
+    first.submit("long", lambda: iter(two_slots.stream(TEXTS[1], seed=1, max_seconds=8.0, stop_at_end=False,
+                                                       owner=first)))
+    deadline = time.monotonic() + 60
+    while not events.chunks("long"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first.close()
+    again = scheduler.open(events)  # at once: no 429 for a reconnect
+    deadline = time.monotonic() + 30
+    while two_slots.engine.busy:  # its generation stopped: the engine has nothing left to do
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert events.chunks("long") < 20
+    again.close()
+    streams[1].close()
+
+
+def test_cancelling_the_utterance_being_spoken_goes_on_with_the_next(two_slots):
+    scheduler = Scheduler(two_slots, max_streams=2)
+    events = Events()
+    stream = scheduler.open(events)
+    for tag, seconds in (("cut", 8.0), ("dropped", 1.0), ("next", 2 * FRAME_SECONDS)):
+        stream.submit(tag, lambda seconds=seconds: iter(two_slots.stream(
+            TEXTS[0], seed=3, max_seconds=seconds, stop_at_end=False, owner=stream)))
+    stream.cancel("dropped")
+    deadline = time.monotonic() + 60
+    while not events.chunks("cut"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stream.cancel("cut")
+    for _ in range(3):
+        assert events.done.acquire(timeout=120)
+    assert [event.tag for event in events.events if isinstance(event, Done)] == ["dropped", "cut", "next"]
+    assert events.chunks("cut") < 20 and events.chunks("dropped") == 0 and events.chunks("next") == 2
+    stream.close()
