@@ -14,7 +14,7 @@ APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins cur
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # What the GPU machines' image lacks, as wheels for its Python 3.12, carried in .whl/ (ignored by git).
-GPU_WHEELS := moshi==0.2.13 soundfile==0.14.0 soxr==1.1.0 sounddevice==0.5.6
+GPU_WHEELS := moshi==0.2.13 soundfile==0.14.0 soxr==1.1.0 sounddevice==0.5.6 cffi==2.1.1 pycparser==3.12
 WHEEL_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
 	manylinux1_x86_64,--platform $(p))
 

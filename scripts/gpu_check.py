@@ -27,7 +27,7 @@ BENCHES = {
     "bench, 8 streams in one engine": ["--frames", "25", "--streams", "8"],
     "bench, 32 streams in one engine": ["--frames", "25", "--streams", "32"],
 }
-STEP_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 240
 
 
 @dataclass
@@ -75,8 +75,14 @@ def install_missing(wheels: Path, target: Path, report: Report) -> None:
                         "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, missing)], check=True)
 
 
-def run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT_S)
+def run(command: list[str], env: dict[str, str], timeout_s: float = STEP_TIMEOUT_S) -> tuple[int, str]:
+    """The command's exit status and output; a command past `timeout_s` is killed and reported as exit 124."""
+    try:
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout or b""
+        output = output.decode(errors="replace") if isinstance(output, bytes) else output
+        return 124, f"{output}\n(killed after {timeout_s:.0f} s)"
     return done.returncode, done.stdout + done.stderr
 
 
@@ -94,8 +100,10 @@ def probe(env: dict[str, str], report: Report) -> None:
     report.torch, report.gpu = lines[0], (lines[1] if len(lines) > 1 and lines[1] else None)
 
 
-def bench_section(args: list[str], env: dict[str, str]) -> str:
-    status, out = run([sys.executable, "-m", "csm_cli", "bench", "--random-weights", "--json", "-q", *args], env)
+def bench_section(args: list[str], env: dict[str, str], timeout_s: float) -> str:
+    # the tokenizer is synthetic: random weights make no words, and no hub is asked
+    status, out = run([sys.executable, "-m", "csm_cli", "bench", "--random-weights", "--tokenizer", "/no-tokenizer",
+                       "--json", "-q", *args], env, timeout_s)
     if status != 0:
         return f"failed (exit {status}):\n\n{fenced(out)}"
     return bench_markdown(json.loads(out[out.index("{"):]), args)
@@ -132,30 +140,38 @@ def main() -> None:
     parser.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="folder of wheels to install from")
     parser.add_argument("--target", type=Path, default=Path("/tmp/csm-gpu-check-site"),
                         help="where missing wheels are installed (put on PYTHONPATH for the steps)")
+    parser.add_argument("--step-timeout", type=float, default=STEP_TIMEOUT_S,
+                        help="seconds after which a step is killed and reported as such")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT),
                         help="folder the report gpu-check.md is written to [default: $OUT, else the repo root]")
     args = parser.parse_args()
 
     report = Report()
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = args.out / "gpu-check.md"
+
+    def add(title: str, body: str) -> None:
+        """A section, written to the report at once: a run cut short still leaves what it found."""
+        report.add(title, body)
+        written.write_text(report.markdown())
+        print(f"gpu-check: {title}: {body.splitlines()[0] if body else ''}", flush=True)
+
     install_missing(args.wheels, args.target, report)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(args.target), os.environ.get("PYTHONPATH")]))}
     probe(env, report)
     if report.gpu is None:
         for title in ("GPU tests", *BENCHES, "One frame under torch.profiler"):
-            report.add(title, "skipped: no GPU")
+            add(title, "skipped: no GPU")
     else:
         status, out = run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "tests/generation/test_graphs.py"], env)
-        report.add("GPU tests", f"{'passed' if status == 0 else f'FAILED (exit {status})'}\n\n{fenced(out)}")
+                           "tests/generation/test_graphs.py"], env, args.step_timeout)
+        add("GPU tests", f"{'passed' if status == 0 else f'FAILED (exit {status})'}\n\n{fenced(out, 12000)}")
         for title, bench_args in BENCHES.items():
-            report.add(title, bench_section(bench_args, env))
-        status, out = run([sys.executable, str(ROOT / "scripts" / "profile_frame.py")], env)
-        report.add("One frame under torch.profiler", out.strip() if status == 0 else f"failed:\n\n{fenced(out)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu-check.md").write_text(report.markdown())
-    print(f"gpu-check: wrote {args.out / 'gpu-check.md'} ({report.gpu or 'no GPU'})")
-
+            add(title, bench_section(bench_args, env, args.step_timeout))
+        status, out = run([sys.executable, str(ROOT / "scripts" / "profile_frame.py")], env, args.step_timeout)
+        add("One frame under torch.profiler", out.strip() if status == 0 else f"failed:\n\n{fenced(out)}")
+    print(f"gpu-check: wrote {written} ({report.gpu or 'no GPU'})")
 
 if __name__ == "__main__":
     main()
