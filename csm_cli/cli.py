@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
@@ -16,7 +17,7 @@ import typer.core
 
 from . import stopping
 from .checks import whole_number
-from .errors import CsmError
+from .errors import CsmError, CsmWarning, warn
 from .loading.config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ def user_errors() -> Iterator[None]:
     main_thread = threading.current_thread() is threading.main_thread()
     with stopping.raised_while() if main_thread else nullcontext():
         try:
-            yield
+            with one_line_warnings():
+                yield
         except KeyboardInterrupt as e:
             stop(e if isinstance(e, stopping.Stopped) else stopping.Stopped())
         except BaseException as e:
@@ -128,6 +130,23 @@ def user_errors() -> Iterator[None]:
             if isinstance(e, OutputClosed):
                 exit_for_closed_output()
             raise
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """CsmWarnings printed as one line, as `warn` prints them; other warnings as Python prints them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CsmWarning)
+        show = warnings.showwarning
+
+        def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, CsmWarning):
+                warn(str(message))
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = show_warning
+        yield
 
 
 def stop(stopped: stopping.Stopped) -> NoReturn:
@@ -272,7 +291,7 @@ def say(
         from .loading.generator import LoadOptions, resolve_device, resolve_dtype
         from .loading.voice import choose_voices, voice_segment
         from .output.audiofile import prepare_out_dir
-        from .say import Output, expected_seconds, say, warn
+        from .say import Output, expected_seconds, say
         from .text.script import passages
         from .text.text_input import Replacer, read_text
         from .threads import use_cpu_threads

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
+from .errors import warn
 from .generation.conversation import Conversation, utterances
 from .generation.ending import budget_seconds
 from .generation.generator import Settings, StreamingGenerator
@@ -40,10 +41,6 @@ class Output:
     quiet: bool = False
     stats: bool = False
     live_status: bool = True  # an updating status line where stderr is a terminal; off while the user types lines
-
-
-def warn(message: str) -> None:
-    print(f"csm: warning: {message}", file=sys.stderr)
 
 
 def flag_waits(passages: Iterable[Passage], waiting: threading.Event, reading: threading.Event) -> Iterator[Passage]:

@@ -1,11 +1,18 @@
-"""Both checkpoint layouts of the same weights, sharded checkpoints, and what is refused."""
+"""Both checkpoint layouts of the same weights, sharded checkpoints, and what is refused; int8 weights cached."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import torch
+from test_cli import model_args
+from typer.testing import CliRunner
 
+from csm_cli.cli import app
 from csm_cli.errors import CsmError
+from csm_cli.loading.cache import INT8_WEIGHTS
 from csm_cli.loading.generator import LoadOptions, load_generator
 
 TEXT = "The quick brown fox."
@@ -64,3 +71,63 @@ def test_missing_local_directories_are_named(source, message, mimi_file):
 def test_a_directory_without_config_is_not_a_checkpoint(tmp_path, mimi_file):
     with pytest.raises(CsmError, match=r"has no config\.json"):
         load_generator(LoadOptions(str(tmp_path), codec=mimi_file, device="cpu"))
+
+
+# --- int8 weights, made once and cached; through the CLI -----------------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def int8_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return INT8_WEIGHTS.directory
+
+
+def say_int8(out: Path, model_dir: Path, mimi_file: Path, *sampling: str) -> tuple[np.ndarray, str]:
+    result = runner.invoke(app, ["say", TEXT, "--out", str(out), "--no-play", "--max-seconds", "0.5", "--quiet",
+                                 "--quantize", "int8", *sampling, *model_args(model_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    return sf.read(out, dtype="int16")[0], result.stderr
+
+
+def in_memory(entry: Path) -> dict[str, torch.Tensor]:
+    """An entry's tensors, copied out of the file (which is mapped into memory, and about to be overwritten)."""
+    return {name: tensor.clone() for name, tensor in torch.load(entry, mmap=True, weights_only=True).items()}
+
+
+# Greedy takes a seed too: bfloat16 logits tie, and ties are drawn.
+@pytest.mark.parametrize("sampling", [["--topk", "1", "--seed", "3"], ["--seed", "7"]], ids=["greedy", "seeded"])
+def test_int8_weights_are_made_once_then_read_from_the_cache(tmp_path, transformers_dir, mimi_file, int8_cache,
+                                                              sampling):
+    fresh, _ = say_int8(tmp_path / "fresh.wav", transformers_dir, mimi_file, *sampling)
+    [entry] = int8_cache.iterdir()
+    inode = entry.stat().st_ino
+    cached, _ = say_int8(tmp_path / "cached.wav", transformers_dir, mimi_file, *sampling)
+    np.testing.assert_array_equal(cached, fresh)
+    assert list(int8_cache.iterdir()) == [entry] and entry.stat().st_ino == inode  # read, not written again
+    # What the next run speaks if it reads the cache rather than quantizing: other int8 weights.
+    state = in_memory(entry)
+    torch.save({name: -tensor if tensor.dtype == torch.int8 else tensor for name, tensor in state.items()}, entry)
+    other, _ = say_int8(tmp_path / "other.wav", transformers_dir, mimi_file, *sampling)
+    assert not np.array_equal(other, fresh)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other tensors", "other shapes"])
+def test_damaged_int8_weights_are_made_again_with_one_warning(tmp_path, transformers_dir, mimi_file, int8_cache,
+                                                             damage):
+    fresh, _ = say_int8(tmp_path / "fresh.wav", transformers_dir, mimi_file, "--seed", "5")
+    [entry] = int8_cache.iterdir()
+    state = in_memory(entry)
+    if damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    elif damage == "other tensors":
+        torch.save({f"old.{name}": tensor for name, tensor in state.items()}, entry)
+    else:
+        torch.save({name: t[1:] if t.dtype == torch.int8 else t for name, t in state.items()}, entry)
+    again, stderr = say_int8(tmp_path / "again.wav", transformers_dir, mimi_file, "--seed", "5")
+    np.testing.assert_array_equal(again, fresh)
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(f"csm: warning: the cached int8 weights {entry} are damaged (") and \
+        line.endswith("): they are made again"), stderr
+    assert in_memory(entry).keys() == state.keys()  # written again, whole

@@ -1,0 +1,82 @@
+"""csm's cache folders: entries written whole, the least recently used removed beyond a bound, writers that die, a
+cache that cannot be written; what identifies a model file without reading it."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from csm_cli.errors import CsmWarning
+from csm_cli.loading.cache import CacheFolder, cache_dir, file_identity
+
+THINGS = CacheFolder("things", "things", ".bin", max_bytes=250)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return cache_dir()
+
+
+def put(key: str, size: int = 100) -> Path | None:
+    return THINGS.write(key, lambda path: path.write_bytes(b"x" * size))
+
+
+def test_an_entry_is_read_back_and_the_least_recently_used_go_beyond_the_bound():
+    assert THINGS.read("a", Path.read_bytes, damaged=(OSError,)) is None
+    put("a")
+    put("b")
+    old = time.time() - 60
+    for key in ("a", "b"):
+        os.utime(THINGS.path(key), (old, old))
+    assert THINGS.read("a", Path.read_bytes, damaged=(OSError,)) == b"x" * 100  # a is used, b is not
+    put("c")  # 300 bytes: b, the least recently used, goes
+    assert [entry.path.name for entry in THINGS.entries()] == ["a.bin", "c.bin"]
+    put("d", 400)  # over the bound alone: kept, every other one goes
+    assert [entry.path.name for entry in THINGS.entries()] == ["d.bin"]
+
+
+def test_a_writer_that_dies_leaves_no_entry_and_no_partial_file():
+    def dies(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        THINGS.write("a", dies)
+    assert list(THINGS.directory.iterdir()) == []
+    # What a writer killed by SIGKILL leaves: its partial file goes once its process is gone.
+    (THINGS.directory / f".{2**30}.b.bin").write_bytes(b"half")
+    (THINGS.directory / f".{os.getpid()}.c.bin").write_bytes(b"being written")
+    assert THINGS.entries() == []
+    assert [path.name for path in THINGS.directory.iterdir()] == [f".{os.getpid()}.c.bin"]
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning(own_cache):
+    own_cache.parent.mkdir()
+    own_cache.write_text("a file where the cache's directory would be")
+    with pytest.warns(CsmWarning, match=r"cannot write the cached things to .*: they are made again at each start"):
+        assert put("a") is None
+
+
+def test_a_hub_file_is_known_by_its_blob_and_a_local_file_by_what_a_rewrite_changes(tmp_path):
+    sha256 = "a" * 64
+    blob = tmp_path / "models--sesame--csm-1b" / "blobs" / sha256
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"weights")
+    snapshot = tmp_path / "models--sesame--csm-1b" / "snapshots" / "0123" / "model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(blob)
+    assert file_identity(snapshot) == {"blob": sha256, "size": 7}
+    os.utime(blob, (0, 0))
+    assert file_identity(snapshot) == {"blob": sha256, "size": 7}
+
+    local = tmp_path / "model.safetensors"
+    local.write_bytes(b"weights")
+    before = file_identity(local)
+    assert before["path"] == str(local) and before["size"] == 7
+    stat = local.stat()
+    time.sleep(0.02)  # past the kernel's clock tick for file times
+    local.write_bytes(b"WEIGHTS")  # rewritten in place, same size, times put back as `cp -p` does
+    os.utime(local, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_identity(local) != before
