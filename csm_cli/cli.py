@@ -383,19 +383,67 @@ def download(
     model: ModelOption = DEFAULT_MODEL,
     codec: CodecOption = None,
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
+    int8: Annotated[bool | None, typer.Option(
+        "--int8/--no-int8", show_default="yes where torch sees no CUDA GPU",
+        help="Also quantize the weights to int8, as `csm say` runs them on a CPU, and keep them in csm's cache (see "
+             "`csm cache`), so that the first `csm say` starts without quantizing.")] = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Fetch the model (one layout, its tokenizer and voices), a tokenizer if it has none, and the codec into the
-    Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works."""
+    Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works; on a CPU, quantize it
+    once for every start after."""
     with user_errors():
+        import torch
+
         from .loading.repository import fetch_model_files
         from .progress import LoadProgress
+        from .threads import use_cpu_threads
 
         with LoadProgress(enabled=not quiet) as shown:
             files = fetch_model_files(model, tokenizer, codec, shown)
         size = sum(path.stat().st_size for path in files.paths)
         print(f"{model}: {files.repository.layout.value} layout, {len(files.paths)} files, {size:,} bytes "
               f"with the tokenizer and codec, in {files.repository.directory}")
+        if int8 if int8 is not None else not torch.cuda.is_available():
+            from .loading.checkpoint import cache_int8_weights
+
+            use_cpu_threads(threads)
+            with LoadProgress(enabled=not quiet) as shown:
+                entry = cache_int8_weights(files.repository, shown)
+            if entry is not None:
+                print(f"int8 weights for the CPU: {entry.stat().st_size:,} bytes in {entry}")
+
+
+@app.command()
+def cache(
+    clear: Annotated[bool, typer.Option(
+        "--clear", help="Remove all of it (the Hugging Face cache of downloaded models is left alone).")] = False,
+) -> None:
+    """Show what csm keeps between runs in its cache directory ($XDG_CACHE_HOME/csm, else ~/.cache/csm): int8 weights,
+    voice codes, bench models; or remove it."""
+    with user_errors():
+        from rich.console import Console
+        from rich.filesize import decimal
+        from rich.table import Table
+
+        from .loading.cache import FOLDERS, cache_dir
+
+        if clear:
+            removed = [entry for folder in FOLDERS for entry in folder.clear()]
+            entries = "entry" if len(removed) == 1 else "entries"
+            print(f"removed {len(removed)} {entries}, {decimal(sum(entry.bytes for entry in removed))}, from "
+                  f"{cache_dir()}")
+            return
+        table = Table("what", "entries", "size", "last used", title=f"csm's cache: {cache_dir()}")
+        for folder in FOLDERS:
+            entries = folder.entries()
+            bound = ("" if folder.max_bytes is None else " (the last one)" if folder.max_bytes == 0
+                     else f" (at most {decimal(folder.max_bytes)})")
+            last = max((entry.last_used for entry in entries), default=None)
+            table.add_row(folder.title + bound, str(len(entries)), decimal(sum(entry.bytes for entry in entries)),
+                          "" if last is None else f"{last:%Y-%m-%d %H:%M}")
+        Console(width=120).print(table)
 
 
 @app.command()

@@ -1,16 +1,23 @@
 """csm's cache folders: entries written whole, the least recently used removed beyond a bound, writers that die, a
-cache that cannot be written; what identifies a model file without reading it."""
+cache that cannot be written; what identifies a model file without reading it; `csm download` filling the int8
+weights, `csm cache` showing and clearing them."""
 
 import os
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from rich.filesize import decimal
+from test_cli import model_args
+from typer.testing import CliRunner
 
+from csm_cli.cli import app
 from csm_cli.errors import CsmWarning
-from csm_cli.loading.cache import CacheFolder, cache_dir, file_identity
+from csm_cli.loading.cache import INT8_WEIGHTS, CacheFolder, cache_dir, file_identity
 
 THINGS = CacheFolder("things", "things", ".bin", max_bytes=250)
+runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +87,30 @@ def test_a_hub_file_is_known_by_its_blob_and_a_local_file_by_what_a_rewrite_chan
     local.write_bytes(b"WEIGHTS")  # rewritten in place, same size, times put back as `cp -p` does
     os.utime(local, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_identity(local) != before
+
+
+# --- `csm download` quantizes for the CPU; `csm cache` shows and clears -----------------------------------------
+
+def test_download_quantizes_for_the_cpu_and_csm_cache_shows_and_clears_it(transformers_dir, mimi_file):
+    files = model_args(transformers_dir, mimi_file)
+    skipped = runner.invoke(app, ["download", "--no-int8", "-q", *files])
+    assert skipped.exit_code == 0, skipped.stderr
+    assert "int8" not in skipped.stdout and INT8_WEIGHTS.entries() == []
+    default = [] if not torch.cuda.is_available() else ["--int8"]  # what a machine without CUDA does by default
+    result = runner.invoke(app, ["download", "-q", *default, *files])
+    assert result.exit_code == 0, result.stderr
+    [entry] = INT8_WEIGHTS.entries()
+    assert f"int8 weights for the CPU: {entry.bytes:,} bytes in {entry.path}\n" in result.stdout
+
+    shown = runner.invoke(app, ["cache"], terminal_width=200)
+    assert shown.exit_code == 0, shown.stderr
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in shown.stdout.splitlines() if line.count("│") == 5}
+    assert rows["int8 weights (at most 6.4 GB)"][:2] == ["1", decimal(entry.bytes)]
+    assert rows["voice codes"] == ["0", "0 bytes", ""]
+    assert str(cache_dir()) in shown.stdout
+
+    cleared = runner.invoke(app, ["cache", "--clear"])
+    assert cleared.exit_code == 0, cleared.stderr
+    assert cleared.stdout == f"removed 1 entry, {decimal(entry.bytes)}, from {cache_dir()}\n"
+    assert INT8_WEIGHTS.entries() == []
