@@ -177,6 +177,14 @@ def parse_speaker(value: str, option: str = "--speaker") -> int:
     return whole_number(option, int(digits), 0, MAX_SPEAKER)
 
 
+def parse_counts(option: str, value: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers: `--prefill 64,512`."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(re.fullmatch("[0-9]+", part) for part in parts):
+        raise CsmError(f"{option} takes whole numbers separated by commas (64,512), got {value!r}")
+    return tuple(int(part) for part in parts)
+
+
 def check_writable(path: Path, sample_format: "SampleFormat") -> None:
     """Fails before the model loads if `path` cannot be created or overwritten as an audio file."""
     from .output.audiofile import check_output_file
@@ -562,6 +570,17 @@ def bench(
              "slot; report each stream's first audio and time per frame, the frames per second of all, and the ratio "
              "to one stream.",
     )] = 0,
+    cold_start: Annotated[bool, typer.Option(
+        "--cold-start",
+        help="Instead, run `csm say \"Hello there.\" --out FILE --no-play` twice as new processes, with a cache of "
+             "their own, empty for the first run, and report each one's launch to first audio (with --random-weights: "
+             "a repository of random weights with the default voices, written once into csm's cache).",
+    )] = False,
+    prefill: Annotated[str | None, typer.Option(
+        metavar="ROWS,...",
+        help="Also time the backbone's prefill of prompts of so many rows in each form of the int8 product (the int8 "
+             "kernel, the weights converted to bfloat16 at each call, a kept bfloat16 copy): ms per prompt row.",
+    )] = None,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
@@ -580,13 +599,26 @@ def bench(
         from rich.console import Console
 
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
-        from .loading.generator import LoadOptions, resolve_device
+        from .loading.generator import LoadOptions, resolve_device, resolve_precision
+        from .loading.quantize import Quantization
         from .progress import LoadProgress
         from .threads import use_cpu_threads
 
-        graphs = not eager and resolve_device(model_device).type == "cuda"
+        device = resolve_device(model_device)
+        if cold_start:
+            if compare or conversation or streams or prefill:
+                raise CsmError("--cold-start runs csm say in new processes, on its own: leave out --compare, "
+                               "--conversation, --streams and --prefill")
+            bench_cold_start(model, codec, tokenizer, model_device, dtype, quantize, threads, random_weights,
+                             json_output, quiet)
+            return
+        graphs = not eager and device.type == "cuda"
+        prefill_rows = parse_counts("--prefill", prefill) if prefill is not None else ()
+        if prefill_rows and resolve_precision(quantize, dtype, device)[0] is not Quantization.INT8:
+            raise CsmError("--prefill times the forms of the int8 product: give --quantize int8 (or leave --quantize "
+                           "and --dtype out on a CPU)")
         options = BenchOptions(frames, context_seconds, fast=graphs, compare_eager=compare is CompareWith.eager,
-                               conversation_lines=conversation, streams=streams)
+                               conversation_lines=conversation, streams=streams, prefill_rows=prefill_rows)
         use_cpu_threads(threads)
         report = run_bench(
             lambda: load_for_bench(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, fast=False),
@@ -599,6 +631,31 @@ def bench(
             print(json.dumps(report.to_dict(), indent=2))
         else:
             Console().print(render_table(report))
+
+
+def bench_cold_start(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
+                     quantize: str | None, threads: int | None, random_weights: bool, json_output: bool,
+                     quiet: bool) -> None:
+    import json
+
+    from rich.console import Console
+
+    from .bench import RANDOM_WEIGHTS
+    from .cold_start import MIMI_FILE, random_repository, render_cold_start, run_cold_start
+    from .progress import LoadProgress
+
+    if random_weights:
+        repository = random_repository(LoadProgress(enabled=not quiet))
+        files = ["--model", str(repository), "--codec", str(repository / MIMI_FILE)]
+    else:
+        files = ["--model", model, "--tokenizer", tokenizer, *(["--codec", str(codec)] if codec else [])]
+    given = {"--model-device": model_device, "--dtype": dtype, "--quantize": quantize, "--threads": threads}
+    options = files + [part for name, value in given.items() if value is not None for part in (name, str(value))]
+    report = run_cold_start(options, RANDOM_WEIGHTS if random_weights else model, LoadProgress(enabled=not quiet))
+    if json_output:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        Console().print(render_cold_start(report))
 
 
 def main() -> None:
