@@ -134,9 +134,10 @@ class CacheFolder:
                 os.replace(temporary, path)
             finally:
                 _remove(temporary)
-        except OSError as e:
-            warnings.warn(f"cannot write the cached {self.title} to {self.directory} ({e.strerror or first_line(e)}): "
-                          "they are made again at each start", CsmWarning, stacklevel=2)
+        except (OSError, RuntimeError) as e:  # torch.save's failures (a full disk) are RuntimeErrors
+            reason = getattr(e, "strerror", None) or first_line(e)
+            warnings.warn(f"cannot write the cached {self.title} to {self.directory} ({reason}): they are made again "
+                          "at each start", CsmWarning, stacklevel=2)
             return None
         self._evict(keep=path)
         return path

@@ -3,6 +3,7 @@ cache that cannot be written; what identifies a model file without reading it; `
 weights, `csm cache` showing and clearing them."""
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -60,9 +61,17 @@ def test_a_writer_that_dies_leaves_no_entry_and_no_partial_file():
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning(own_cache):
-    own_cache.parent.mkdir()
+    def full_disk(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")  # torch.save's
+
+    with pytest.warns(CsmWarning, match=r"cannot write the cached things to .* \(PytorchStreamWriter failed writing "
+                                        r"file data/0: file write failed\): they are made again at each start"):
+        assert THINGS.write("a", full_disk) is None
+    assert list(THINGS.directory.iterdir()) == []
+    shutil.rmtree(own_cache)
     own_cache.write_text("a file where the cache's directory would be")
-    with pytest.warns(CsmWarning, match=r"cannot write the cached things to .*: they are made again at each start"):
+    with pytest.warns(CsmWarning, match=r"cannot write the cached things to .* \(Not a directory\)"):
         assert put("a") is None
 
 
