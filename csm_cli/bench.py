@@ -10,7 +10,7 @@ real-time pace from the first chunk on.
   first audio of each line, both ways;
 - with `--prefill ROWS,...`: the backbone's prefill of prompts of so many rows, in each form of the int8 product
   (`quantize.Int8Linear`): the int8 kernel, the weights converted to bfloat16 at each call, a kept bfloat16 copy;
-  milliseconds per prompt row;
+  milliseconds per prompt row, the fastest of three;
 - with `--streams N`: the texts in turn as N streams started together in an engine of N slots (as `csm serve` runs
   them, CUDA graphs per bucket on a GPU), taken a chunk each in turn, then one stream in an engine of one slot (as
   `csm say` runs it): the first audio of each stream (streams started together are prefilled before their first
@@ -435,14 +435,15 @@ def prompt_of(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prefill_ms_per_row(model: CSM, rows: int, caches: list[KVCache]) -> float:
-    """Median milliseconds per row of `PREFILL_REPEATS` prefills of a prompt of `rows` rows into `caches`."""
+    """Milliseconds per row of the fastest of `PREFILL_REPEATS` prefills of a prompt of `rows` rows into `caches`: the
+    same work each time, so what is slower was held up by something else."""
     tokens, mask = prompt_of(rows)
     times = []
     for _ in range(PREFILL_REPEATS):
         started = time.perf_counter()
         model.prefill(tokens, mask, 0, caches, padded=False)
         times.append(time.perf_counter() - started)
-    return 1000 * float(np.median(times)) / rows
+    return 1000 * min(times) / rows
 
 
 def bench_prefill(model: CSM, prompt_rows: Sequence[int], progress: LoadProgress) -> PrefillFigures:
