@@ -8,6 +8,9 @@ real-time pace from the first chunk on.
 - with `--conversation N`: N lines spoken as a conversation after the context (as voice prompt), each keeping the
   lines before as context, twice: each prompt prefilled whole, then only its rows the cache does not hold yet; the
   first audio of each line, both ways;
+- with `--prefill ROWS,...`: the backbone's prefill of prompts of so many rows, in each form of the int8 product
+  (`quantize.Int8Linear`): the int8 kernel, the weights converted to bfloat16 at each call, a kept bfloat16 copy;
+  milliseconds per prompt row, the fastest of three;
 - with `--streams N`: the texts in turn as N streams started together in an engine of N slots (as `csm serve` runs
   them, CUDA graphs per bucket on a GPU), taken a chunk each in turn, then one stream in an engine of one slot (as
   `csm say` runs it): the first audio of each stream (streams started together are prefilled before their first
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.table import Table
+from torch import nn
 
 from .audio import CODEC_CARDINALITY, FRAME_SECONDS, NUM_CODEBOOKS, SAMPLE_RATE, seconds_to_frames
 from .checks import number, whole_number
@@ -35,11 +39,18 @@ from .generation.args import MAX_SECONDS, CsmArgs
 from .generation.codec import Codec
 from .generation.conversation import Conversation, Utterance
 from .generation.generator import Settings, StreamingGenerator
-from .generation.model import CSM
-from .generation.prompt import Segment, Tokenizer
+from .generation.model import CSM, SHORTEST_PREFILL, KVCache
+from .generation.prompt import Segment, Tokenizer, audio_rows
 from .loading.config import CSM_1B
 from .loading.generator import LoadOptions, load_generator, resolve_device, resolve_precision
-from .loading.quantize import Quantization, quantization_of, quantize
+from .loading.quantize import (
+    Int8Linear,
+    Quantization,
+    dequantized_rows,
+    quantization_of,
+    quantize,
+    set_dequantized_rows,
+)
 from .loading.repository import TOKENIZER_FILES, resolve_repo
 from .loading.tokenizer import TextTokenizer
 from .output.playback import Underruns
@@ -134,6 +145,7 @@ class BenchOptions:
     compare_eager: bool = False
     conversation_lines: int = 0
     streams: int = 0  # batched streams, beside one (0: none)
+    prefill_rows: tuple[int, ...] = ()  # prompt lengths whose prefill is timed in each form of the int8 product
 
     def __post_init__(self) -> None:
         if self.compare_eager and not self.fast:
@@ -144,6 +156,8 @@ class BenchOptions:
         number("--context-seconds", self.context_seconds, 0, MAX_SECONDS, " seconds")
         whole_number("--conversation", self.conversation_lines, 0, window)
         whole_number("--streams", self.streams, 0, MAX_STREAMS)
+        for rows in self.prefill_rows:
+            whole_number("--prefill", rows, 1, window)
 
 
 @dataclass(frozen=True)
@@ -194,6 +208,17 @@ class StreamsFigures:
 
 
 @dataclass(frozen=True)
+class PrefillFigures:
+    """Milliseconds per prompt row of the backbone's prefill, a figure per prompt length of `rows`, in each form of the
+    int8 product."""
+
+    rows: list[int]
+    ms_per_row: dict[str, list[float]]  # by form (`PREFILL_FORMS`)
+    dequantized_rows: int | None  # from how many rows an int8 layer converts its weight here (None: never)
+    kept_copy_mib: float  # what a kept bfloat16 copy of the backbone's int8 weights takes
+
+
+@dataclass(frozen=True)
 class BenchReport:
     device: str
     dtype: str
@@ -211,6 +236,7 @@ class BenchReport:
     eager: PathFigures | None  # --compare eager
     conversation: ConversationFigures | None = None  # --conversation N
     streams: StreamsFigures | None = None  # --streams N
+    prefill: PrefillFigures | None = None  # --prefill ROWS,...
 
     def speedup(self) -> dict[str, float] | None:
         """Eager over this path, for the time to first audio and the time per frame (p50)."""
@@ -398,6 +424,65 @@ def bench_streams(generator: StreamingGenerator, options: BenchOptions, progress
                           frames_per_second / single_frames_per_second)
 
 
+PREFILL_FORMS = ("int8 kernel", "converted per call", "kept bfloat16 copy")
+PREFILL_REPEATS = 3
+
+
+def prompt_of(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prompt of `rows` rows of random audio codes: tokens, mask [rows, C+1]."""
+    shape = (NUM_CODEBOOKS, rows - 1)  # and the end-of-audio row
+    return audio_rows(torch.randint(0, CODEC_CARDINALITY, shape, generator=torch.Generator().manual_seed(SEED)))
+
+
+def prefill_ms_per_row(model: CSM, rows: int, caches: list[KVCache]) -> float:
+    """Milliseconds per row of the fastest of `PREFILL_REPEATS` prefills of a prompt of `rows` rows into `caches`: the
+    same work each time, so what is slower was held up by something else."""
+    tokens, mask = prompt_of(rows)
+    times = []
+    for _ in range(PREFILL_REPEATS):
+        started = time.perf_counter()
+        model.prefill(tokens, mask, 0, caches, padded=False)
+        times.append(time.perf_counter() - started)
+    return 1000 * min(times) / rows
+
+
+def bench_prefill(model: CSM, prompt_rows: Sequence[int], progress: LoadProgress) -> PrefillFigures:
+    """Each prompt length's prefill in each form of the int8 product: the int8 kernel at any number of rows; the
+    weights converted to bfloat16 at each call, at any number; the backbone's int8 layers replaced by bfloat16 layers
+    of the same weights, kept. The model is left as it was."""
+    layers = [(parent, name, child) for parent in model.backbone.modules()
+              for name, child in parent.named_children() if isinstance(child, Int8Linear)]
+    default = dequantized_rows()
+    caches = model.backbone.new_caches(1)
+    figures: dict[str, list[float]] = {}
+    with progress as shown, shown.steps_task("benchmarking the prefill: prompts",
+                                             len(PREFILL_FORMS) * len(prompt_rows)) as advance:
+        model.prefill(*prompt_of(SHORTEST_PREFILL), 0, caches, padded=False)  # warm-up
+        for form in PREFILL_FORMS:
+            if form == "kept bfloat16 copy":
+                for parent, name, layer in layers:
+                    setattr(parent, name, _kept_copy(layer))
+            else:
+                set_dequantized_rows(model, None if form == "int8 kernel" else 1)
+            figures[form] = []
+            for rows in prompt_rows:
+                figures[form].append(prefill_ms_per_row(model, rows, caches))
+                advance()
+    for parent, name, layer in layers:
+        setattr(parent, name, layer)
+    set_dequantized_rows(model, default)
+    kept_bytes = sum(layer.weight.numel() * layer.scales.element_size() for _, _, layer in layers)
+    return PrefillFigures(list(prompt_rows), figures, default, kept_bytes / 2**20)
+
+
+def _kept_copy(layer: Int8Linear) -> nn.Linear:
+    """A bfloat16 linear layer of an int8 layer's weights."""
+    out_features, in_features = layer.weight.shape
+    linear = nn.Linear(in_features, out_features, bias=False, device="meta")
+    linear.weight = nn.Parameter(layer.weight.to(layer.scales.dtype) * layer.scales[:, None], requires_grad=False)
+    return linear
+
+
 def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: BenchOptions,
               progress: LoadProgress) -> BenchReport:
     """Loads an eager generator with `load`, benches the path `options` asks for, then eager beside it if asked;
@@ -412,6 +497,7 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     figures, generator = bench_path(lambda: beside(loaded, options.fast) if options.fast else loaded, options, progress)
     conversation = bench_conversation(generator, options) if options.conversation_lines else None
     streams = bench_streams(generator, options, progress) if options.streams else None
+    prefill = bench_prefill(loaded.model, options.prefill_rows, progress) if options.prefill_rows else None
     eager = bench_path(lambda: loaded, options, progress)[0] if options.compare_eager else None
     return BenchReport(
         device=torch.cuda.get_device_name(device) if on_cuda else f"cpu ({torch.get_num_threads()} threads)",
@@ -430,6 +516,7 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
         eager=eager,
         conversation=conversation,
         streams=streams,
+        prefill=prefill,
     )
 
 
@@ -481,4 +568,15 @@ def render_table(report: BenchReport) -> Table:
         table.add_row(f"frames per second: {batched.streams} streams / 1 stream",
                       f"{batched.frames_per_second:.1f} / {batched.single_frames_per_second:.1f} "
                       f"({batched.ratio:.2f}x)")
+    if report.prefill is not None:
+        prefill = report.prefill
+        table.add_section()
+        table.add_row("prefill, ms per prompt row:", " / ".join(prefill.ms_per_row))
+        for i, rows in enumerate(prefill.rows):
+            figures = [f"{ms[i]:.2f}" for ms in prefill.ms_per_row.values()]
+            table.add_row(f"  a prompt of {rows} rows", " / ".join(figures))
+        converts = ("never (no native bfloat16 product)" if prefill.dequantized_rows is None
+                    else f"from {prefill.dequantized_rows} rows")
+        table.add_row("int8 layers convert their weights per call", converts)
+        table.add_row("a kept bfloat16 copy of the backbone's weights takes", f"{prefill.kept_copy_mib:,.0f} MiB")
     return table

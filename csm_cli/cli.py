@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from enum import StrEnum
@@ -16,7 +17,7 @@ import typer.core
 
 from . import stopping
 from .checks import whole_number
-from .errors import CsmError
+from .errors import CsmError, CsmWarning, warn
 from .loading.config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 
 if TYPE_CHECKING:
@@ -115,7 +116,8 @@ def user_errors() -> Iterator[None]:
     main_thread = threading.current_thread() is threading.main_thread()
     with stopping.raised_while() if main_thread else nullcontext():
         try:
-            yield
+            with one_line_warnings():
+                yield
         except KeyboardInterrupt as e:
             stop(e if isinstance(e, stopping.Stopped) else stopping.Stopped())
         except BaseException as e:
@@ -128,6 +130,23 @@ def user_errors() -> Iterator[None]:
             if isinstance(e, OutputClosed):
                 exit_for_closed_output()
             raise
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """CsmWarnings printed as one line, as `warn` prints them; other warnings as Python prints them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CsmWarning)
+        show = warnings.showwarning
+
+        def show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, CsmWarning):
+                warn(str(message))
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = show_warning
+        yield
 
 
 def stop(stopped: stopping.Stopped) -> NoReturn:
@@ -156,6 +175,14 @@ def parse_speaker(value: str, option: str = "--speaker") -> int:
     if not re.fullmatch("[0-9]+", digits):
         raise CsmError(f"{option} must be a whole number from 0 to {MAX_SPEAKER}, got {value!r}")
     return whole_number(option, int(digits), 0, MAX_SPEAKER)
+
+
+def parse_counts(option: str, value: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers: `--prefill 64,512`."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(re.fullmatch("[0-9]+", part) for part in parts):
+        raise CsmError(f"{option} takes whole numbers separated by commas (64,512), got {value!r}")
+    return tuple(int(part) for part in parts)
 
 
 def check_writable(path: Path, sample_format: "SampleFormat") -> None:
@@ -272,7 +299,7 @@ def say(
         from .loading.generator import LoadOptions, resolve_device, resolve_dtype
         from .loading.voice import choose_voices, voice_segment
         from .output.audiofile import prepare_out_dir
-        from .say import Output, expected_seconds, say, warn
+        from .say import Output, expected_seconds, say
         from .text.script import passages
         from .text.text_input import Replacer, read_text
         from .threads import use_cpu_threads
@@ -364,19 +391,67 @@ def download(
     model: ModelOption = DEFAULT_MODEL,
     codec: CodecOption = None,
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
+    int8: Annotated[bool | None, typer.Option(
+        "--int8/--no-int8", show_default="yes where torch sees no CUDA GPU",
+        help="Also quantize the weights to int8, as `csm say` runs them on a CPU, and keep them in csm's cache (see "
+             "`csm cache`), so that the first `csm say` starts without quantizing.")] = None,
+    threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Fetch the model (one layout, its tokenizer and voices), a tokenizer if it has none, and the codec into the
-    Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works."""
+    Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works; on a CPU, quantize it
+    once for every start after."""
     with user_errors():
+        import torch
+
         from .loading.repository import fetch_model_files
         from .progress import LoadProgress
+        from .threads import use_cpu_threads
 
         with LoadProgress(enabled=not quiet) as shown:
             files = fetch_model_files(model, tokenizer, codec, shown)
         size = sum(path.stat().st_size for path in files.paths)
         print(f"{model}: {files.repository.layout.value} layout, {len(files.paths)} files, {size:,} bytes "
               f"with the tokenizer and codec, in {files.repository.directory}")
+        if int8 if int8 is not None else not torch.cuda.is_available():
+            from .loading.checkpoint import cache_int8_weights
+
+            use_cpu_threads(threads)
+            with LoadProgress(enabled=not quiet) as shown:
+                entry = cache_int8_weights(files.repository, shown)
+            if entry is not None:
+                print(f"int8 weights for the CPU: {entry.stat().st_size:,} bytes in {entry}")
+
+
+@app.command()
+def cache(
+    clear: Annotated[bool, typer.Option(
+        "--clear", help="Remove all of it (the Hugging Face cache of downloaded models is left alone).")] = False,
+) -> None:
+    """Show what csm keeps between runs in its cache directory ($XDG_CACHE_HOME/csm, else ~/.cache/csm): int8 weights,
+    voice codes, bench models; or remove it."""
+    with user_errors():
+        from rich.console import Console
+        from rich.filesize import decimal
+        from rich.table import Table
+
+        from .loading.cache import FOLDERS, cache_dir
+
+        if clear:
+            removed = [entry for folder in FOLDERS for entry in folder.clear()]
+            entries = "entry" if len(removed) == 1 else "entries"
+            print(f"removed {len(removed)} {entries}, {decimal(sum(entry.bytes for entry in removed))}, from "
+                  f"{cache_dir()}")
+            return
+        table = Table("what", "entries", "size", "last used", title=f"csm's cache: {cache_dir()}")
+        for folder in FOLDERS:
+            entries = folder.entries()
+            bound = ("" if folder.max_bytes is None else " (the last one)" if folder.max_bytes == 0
+                     else f" (at most {decimal(folder.max_bytes)})")
+            last = max((entry.last_used for entry in entries), default=None)
+            table.add_row(folder.title + bound, str(len(entries)), decimal(sum(entry.bytes for entry in entries)),
+                          "" if last is None else f"{last:%Y-%m-%d %H:%M}")
+        Console(width=120).print(table)
 
 
 @app.command()
@@ -495,6 +570,17 @@ def bench(
              "slot; report each stream's first audio and time per frame, the frames per second of all, and the ratio "
              "to one stream.",
     )] = 0,
+    cold_start: Annotated[bool, typer.Option(
+        "--cold-start",
+        help="Instead, run `csm say \"Hello there.\" --out FILE --no-play` twice as new processes, with a cache of "
+             "their own, empty for the first run, and report each one's launch to first audio (with --random-weights: "
+             "a repository of random weights with the default voices, written once into csm's cache).",
+    )] = False,
+    prefill: Annotated[str | None, typer.Option(
+        metavar="ROWS,...",
+        help="Also time the backbone's prefill of prompts of so many rows in each form of the int8 product (the int8 "
+             "kernel, the weights converted to bfloat16 at each call, a kept bfloat16 copy): ms per prompt row.",
+    )] = None,
     eager: EagerOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
@@ -513,13 +599,26 @@ def bench(
         from rich.console import Console
 
         from .bench import RANDOM_WEIGHTS, BenchOptions, load_for_bench, render_table, run_bench
-        from .loading.generator import LoadOptions, resolve_device
+        from .loading.generator import LoadOptions, resolve_device, resolve_precision
+        from .loading.quantize import Quantization
         from .progress import LoadProgress
         from .threads import use_cpu_threads
 
-        graphs = not eager and resolve_device(model_device).type == "cuda"
+        device = resolve_device(model_device)
+        if cold_start:
+            if compare or conversation or streams or prefill:
+                raise CsmError("--cold-start runs csm say in new processes, on its own: leave out --compare, "
+                               "--conversation, --streams and --prefill")
+            bench_cold_start(model, codec, tokenizer, model_device, dtype, quantize, threads, random_weights,
+                             json_output, quiet)
+            return
+        graphs = not eager and device.type == "cuda"
+        prefill_rows = parse_counts("--prefill", prefill) if prefill is not None else ()
+        if prefill_rows and resolve_precision(quantize, dtype, device)[0] is not Quantization.INT8:
+            raise CsmError("--prefill times the forms of the int8 product: give --quantize int8 (or leave --quantize "
+                           "and --dtype out on a CPU)")
         options = BenchOptions(frames, context_seconds, fast=graphs, compare_eager=compare is CompareWith.eager,
-                               conversation_lines=conversation, streams=streams)
+                               conversation_lines=conversation, streams=streams, prefill_rows=prefill_rows)
         use_cpu_threads(threads)
         report = run_bench(
             lambda: load_for_bench(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, fast=False),
@@ -532,6 +631,31 @@ def bench(
             print(json.dumps(report.to_dict(), indent=2))
         else:
             Console().print(render_table(report))
+
+
+def bench_cold_start(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
+                     quantize: str | None, threads: int | None, random_weights: bool, json_output: bool,
+                     quiet: bool) -> None:
+    import json
+
+    from rich.console import Console
+
+    from .bench import RANDOM_WEIGHTS
+    from .cold_start import MIMI_FILE, random_repository, render_cold_start, run_cold_start
+    from .progress import LoadProgress
+
+    if random_weights:
+        repository = random_repository(LoadProgress(enabled=not quiet))
+        files = ["--model", str(repository), "--codec", str(repository / MIMI_FILE)]
+    else:
+        files = ["--model", model, "--tokenizer", tokenizer, *(["--codec", str(codec)] if codec else [])]
+    given = {"--model-device": model_device, "--dtype": dtype, "--quantize": quantize, "--threads": threads}
+    options = files + [part for name, value in given.items() if value is not None for part in (name, str(value))]
+    report = run_cold_start(options, RANDOM_WEIGHTS if random_weights else model, LoadProgress(enabled=not quiet))
+    if json_output:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        Console().print(render_cold_start(report))
 
 
 def main() -> None:

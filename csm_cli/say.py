@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
+from .errors import warn
 from .generation.conversation import Conversation, utterances
 from .generation.ending import budget_seconds
 from .generation.generator import Settings, StreamingGenerator
@@ -40,10 +41,6 @@ class Output:
     quiet: bool = False
     stats: bool = False
     live_status: bool = True  # an updating status line where stderr is a terminal; off while the user types lines
-
-
-def warn(message: str) -> None:
-    print(f"csm: warning: {message}", file=sys.stderr)
 
 
 def flag_waits(passages: Iterable[Passage], waiting: threading.Event, reading: threading.Event) -> Iterator[Passage]:
@@ -76,8 +73,9 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
     chunks = conversation.speak(utterances(passages, speaker, conversation.max_words, warn))
     sink = (AudioFileWriter(output.file, output.sample_format) if output.file
             else RawPcmWriter(fmt=output.sample_format) if output.raw else None)
-    if sink is not None:
-        chunks = _recorded(chunks, sink)
+    recording = None if sink is None else Recording(sink)
+    if recording is not None:
+        chunks = recording.written(chunks)
     started = time.monotonic()
     playback = None
     try:
@@ -95,7 +93,8 @@ def say(passages: Iterable[Passage], *, load: Callable[[], StreamingGenerator], 
         if isinstance(sink, AudioFileWriter):
             sink.close()
     generator.close()
-    _report(conversation, started, playback, output)
+    _report(conversation, started, playback, None if recording is None else recording.launch_to_first_written_s,
+            output)
 
 
 def _generate(chunks: Iterator[np.ndarray]) -> None:
@@ -118,11 +117,20 @@ def _generate(chunks: Iterator[np.ndarray]) -> None:
         raise errors[0]
 
 
-def _recorded(chunks: Iterator[np.ndarray], sink: AudioFileWriter | RawPcmWriter) -> Iterator[np.ndarray]:
-    """The chunks, each written to `sink` as it is generated."""
-    for chunk in chunks:
-        sink.write(chunk)
-        yield chunk
+class Recording:
+    """Chunks written to a file or raw PCM as they are generated, and when the first was, from the launch."""
+
+    def __init__(self, sink: AudioFileWriter | RawPcmWriter) -> None:
+        self.sink = sink
+        self.launch_to_first_written_s: float | None = None
+
+    def written(self, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The chunks, each written to the sink as it is generated."""
+        for chunk in chunks:
+            self.sink.write(chunk)
+            if self.launch_to_first_written_s is None and len(chunk):
+                self.launch_to_first_written_s = process_age_s()
+            yield chunk
 
 
 def _play(chunks: Iterator[np.ndarray], output: Output, expected_seconds: float | None,
@@ -159,7 +167,8 @@ def process_age_s() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-def _report(conversation: Conversation, started: float, playback: dict[str, Any] | None, output: Output) -> None:
+def _report(conversation: Conversation, started: float, playback: dict[str, Any] | None,
+            launch_to_first_written_s: float | None, output: Output) -> None:
     seconds = conversation.samples / SAMPLE_RATE
     if not output.quiet and playback is None:
         elapsed = time.monotonic() - started
@@ -167,6 +176,7 @@ def _report(conversation: Conversation, started: float, playback: dict[str, Any]
         print(f"{seconds:.1f} s of speech in {len(conversation.lines)} utterances, RTF {rtf}", file=sys.stderr)
     if output.stats:
         record = {"seconds": seconds, "threads": torch.get_num_threads(), "playback": playback,
+                  "launch_to_first_written_s": launch_to_first_written_s,
                   "utterances": [line.to_dict(started) for line in conversation.lines]}
         print(json.dumps(record), file=sys.stderr)
 

@@ -27,6 +27,16 @@ def tiny_flavors():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def csm_cache(tmp_path_factory) -> Path:
+    """csm's cache (int8 weights, voice codes) in a directory of the session's, never the user's; a test that needs
+    an empty one sets XDG_CACHE_HOME itself."""
+    directory = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(directory))
+        yield directory
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tokenizer")

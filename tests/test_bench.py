@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from checkpoints import BACKBONE, DECODER
 from rich.console import Console
@@ -12,6 +13,7 @@ from test_cli import assert_one_line_error, model_args
 from typer.testing import CliRunner
 
 from csm_cli.bench import (
+    PREFILL_FORMS,
     RANDOM_WEIGHTS,
     BenchOptions,
     BenchReport,
@@ -26,10 +28,14 @@ from csm_cli.bench import (
     run_bench,
 )
 from csm_cli.cli import app
+from csm_cli.cold_start import MIMI_FILE, random_repository
 from csm_cli.generation.args import CsmArgs
 from csm_cli.generation.engine import FrameEngine, Prompt
+from csm_cli.loading.cache import VOICE_CODES, cache_dir
 from csm_cli.loading.generator import LoadOptions
+from csm_cli.loading.quantize import dequantized_rows
 from csm_cli.loading.tokenizer import TextTokenizer
+from csm_cli.loading.voice import DEFAULT_VOICES
 from csm_cli.progress import LoadProgress
 
 runner = CliRunner()
@@ -37,7 +43,7 @@ TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)
 FIGURES = {"path", "warmup_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
            "realtime_factor", "underruns"}
 SETUP = {"device", "dtype", "quantization", "torch", "weights", "synthetic_tokens", "texts", "frames",
-         "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation", "streams"}
+         "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation", "streams", "prefill"}
 
 
 def assert_sane_figures(figures: dict) -> None:
@@ -52,7 +58,8 @@ def assert_sane_figures(figures: dict) -> None:
 
 
 def test_bench_json_has_every_figure(transformers_dir, mimi_file):
-    result = runner.invoke(app, ["bench", "--frames", "20", "--json", "-q", *model_args(transformers_dir, mimi_file)])
+    result = runner.invoke(app, ["bench", "--frames", "20", "--prefill", "16,130", "--json", "-q",
+                                 *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == SETUP | FIGURES | {"compare"}
@@ -64,6 +71,10 @@ def test_bench_json_has_every_figure(transformers_dir, mimi_file):
     assert report["peak_gpu_memory_mib"] is None and report["compare"] is None and report["conversation"] is None
     assert report["streams"] is None
     assert report["peak_rss_mib"] > 100
+    prefill = report["prefill"]
+    assert prefill["rows"] == [16, 130] and list(prefill["ms_per_row"]) == list(PREFILL_FORMS)
+    assert all(len(ms) == 2 and min(ms) > 0 for ms in prefill["ms_per_row"].values())
+    assert prefill["dequantized_rows"] == dequantized_rows() and prefill["kept_copy_mib"] > 0
 
 
 def test_bench_speaks_a_conversation_with_and_without_the_prefix_cache(transformers_dir, mimi_file):
@@ -113,6 +124,10 @@ def test_bench_shows_its_progress_on_a_terminal(transformers_dir, mimi_file):
     (["--quantize", "int4"], "unknown quantization 'int4'"),
     (["--quantize", "int8", "--dtype", "float32"], "--quantize int8 computes in bfloat16"),
     (["--frames", "100", "--context-seconds", "160"], "lower --context-seconds or --frames"),
+    (["--prefill", "64,x"], "--prefill takes whole numbers separated by commas (64,512), got '64,x'"),
+    (["--prefill", "0"], "--prefill must be a whole number from 1 to 2048, got 0"),
+    (["--prefill", "64", "--quantize", "none"], "--prefill times the forms of the int8 product"),
+    (["--cold-start", "--streams", "2"], "--cold-start runs csm say in new processes, on its own"),
 ])
 def test_bad_bench_options_are_one_line(transformers_dir, mimi_file, args, message):
     result = runner.invoke(app, ["bench", *args, "-q", *model_args(transformers_dir, mimi_file)])
@@ -187,3 +202,35 @@ def test_random_weights_bench_with_synthetic_token_ids_and_batched_streams(tmp_p
     assert 0 < batched.first_audio_ms.p50 <= batched.first_audio_ms.p95
     assert batched.ratio == pytest.approx(batched.frames_per_second / batched.single_frames_per_second)
     assert report.to_dict()["streams"]["streams"] == 2
+
+
+# --- --cold-start: csm say in new processes ------------------------------------------------------------------------
+
+def test_cold_start_runs_say_twice_on_a_cache_of_its_own(transformers_dir, mimi_file):
+    before = sorted(cache_dir().rglob("*"))
+    result = runner.invoke(app, ["bench", "--cold-start", "--json", "-q", "--threads", "1",
+                                 *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["weights"] == str(transformers_dir) and report["say"][-2:] == ["--threads", "1"]
+    for run in (report["first"], report["second"]):
+        assert 0 < run["launch_to_first_audio_s"] < run["process_s"]
+    assert report["cache_bytes"] > 0  # the int8 weights the first run made
+    assert sorted(cache_dir().rglob("*")) == before  # the user's cache is left alone
+
+
+def test_the_repository_of_random_weights_is_the_published_layout_with_the_default_voices(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    progress = LoadProgress(enabled=False)
+    repository = random_repository(progress, "tiny-backbone", "tiny-decoder", TINY.text_vocab_size, voice_seconds=0.5)
+    assert {path.name for path in repository.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json",
+                                                            "tokenizer_config.json", "prompts", MIMI_FILE}
+    written = (repository / "model.safetensors").stat().st_mtime_ns
+    assert random_repository(progress, "tiny-backbone", "tiny-decoder", TINY.text_vocab_size, 0.5) == repository
+    assert (repository / "model.safetensors").stat().st_mtime_ns == written  # written once
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "Hello there.", "--out", str(out), "--no-play", "--max-seconds", "0.24", "-q",
+                                 *model_args(repository, repository / MIMI_FILE)])
+    assert result.exit_code == 0, result.stderr
+    assert sf.info(str(out)).frames == 3 * 1920
+    assert len(list(VOICE_CODES.directory.iterdir())) == len(DEFAULT_VOICES)  # both voices spoke before

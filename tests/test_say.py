@@ -50,10 +50,12 @@ def read_some(stream, timeout: float) -> bytes:
 
 
 def test_each_line_is_spoken_as_it_arrives(model):
+    launched = time.monotonic()
     process = csm_process(["say", "--out", "-", "--stats", "-q", *model])
     process.stdin.write(b"Hello there.\n")
     process.stdin.flush()
     first = read_some(process.stdout, timeout=60)
+    first_read_s = time.monotonic() - launched
     assert first, "no audio for the first line before the second was written"
     process.stdin.write(b"\n   \n1: How are you?\n")
     process.stdin.close()
@@ -61,6 +63,7 @@ def test_each_line_is_spoken_as_it_arrives(model):
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0, stderr
     stats = json.loads(stderr.strip().splitlines()[-1])
+    assert 0 < stats["launch_to_first_written_s"] < first_read_s + 0.02  # the process's start time is in 10 ms ticks
     lines = stats["utterances"]
     assert [(u["speaker"], u["text"]) for u in lines] == [(0, "Hello there."), (1, "How are you?")]
     samples = (len(first) + len(rest)) // 2

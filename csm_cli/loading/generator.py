@@ -14,7 +14,7 @@ from ..progress import LoadProgress
 from ..threads import use_cpu_threads
 from .checkpoint import load_model
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
-from .quantize import Quantization, activation_dtype, quantize, resolve_quantization
+from .quantize import Quantization, activation_dtype, resolve_quantization
 from .repository import fetch_model_files, resolve_voice_files
 from .tokenizer import TextTokenizer
 from .voice import Voice, model_voices
@@ -88,8 +88,7 @@ def load_generator(options: LoadOptions = LoadOptions(), progress: LoadProgress 
         files = fetch_model_files(options.model, options.tokenizer, options.codec, shown)
         tokenizer = TextTokenizer(files.tokenizer_dir)
         codec = Codec.load(files.codec, device)
-        model = load_model(files.repository, device, dtype, shown)
-        quantize(model, quantization)
+        model = load_model(files.repository, device, dtype, shown, quantization)
         graphs = StreamingGenerator.graphs_to_capture(device, options.fast, options.slots)
         with shown.steps_task("capturing CUDA graphs", graphs) if graphs else nullcontext(None) as captured:
             return StreamingGenerator(model, tokenizer, codec, fast=options.fast, slots=options.slots,

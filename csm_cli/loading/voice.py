@@ -4,7 +4,6 @@ on disk so that a recording is encoded once."""
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -19,6 +18,7 @@ from ..errors import CsmError
 from ..generation.args import MAX_SECONDS
 from ..generation.codec import Codec
 from ..generation.prompt import Segment
+from .cache import VOICE_CODES
 
 _SILENT_PEAK = 1e-4  # -80 dBFS
 _COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF")
@@ -141,30 +141,14 @@ def choose_voices(voices: dict[str, Voice], voice: str | None, voice_text: str |
     return [(speaker, Voice(path.stem, path, voice_text.strip()))]
 
 
-def voice_codes_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "csm" / "voice-codes"
-
-
 def cached_voice_codes(voice: Voice, codec_fingerprint: str, encode: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """The codec's codes [C, T] of a voice's recording: encoded once, then read from a file keyed by the hashes of
-    the recording and of the codec."""
-    digest = hashlib.sha256(voice.path.read_bytes()).hexdigest()[:32]
-    cache = voice_codes_dir() / f"{digest}-{codec_fingerprint}.npy"
-    if cache.is_file():
-        try:
-            return np.load(cache)
-        except (OSError, ValueError):
-            pass  # a damaged entry is encoded again and replaced
-    codes = encode(load_voice_prompt(voice.path))
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{os.getpid()}.tmp")
-        with partial.open("wb") as file:
-            np.save(file, codes)
-        os.replace(partial, cache)
-    except OSError:
-        pass  # an unwritable cache costs an encode per run, nothing else
+    """The codec's codes [C, T] of a voice's recording: encoded once, then read from the cache (`VOICE_CODES`), keyed
+    by the hashes of the recording and of the codec."""
+    key = f"{hashlib.sha256(voice.path.read_bytes()).hexdigest()[:32]}-{codec_fingerprint}"
+    codes = VOICE_CODES.read(key, np.load, damaged=(OSError, ValueError, EOFError))
+    if codes is None:
+        codes = encode(load_voice_prompt(voice.path))
+        VOICE_CODES.write(key, lambda path: np.save(path, codes))  # the path ends in .npy: np.save adds nothing
     return codes
 
 

@@ -1,4 +1,5 @@
-"""Int8 weights on the CPU: the modes, their defaults and errors, the layers they replace, and `csm say` with each."""
+"""Int8 weights on the CPU: the modes, their defaults and errors, the layers they replace, `csm say` with each, and a
+prefill converted to 16-bit."""
 
 import pytest
 import torch
@@ -10,8 +11,16 @@ from typer.testing import CliRunner
 from csm_cli.bench import random_model
 from csm_cli.cli import app
 from csm_cli.errors import CsmError
+from csm_cli.generation.prompt import audio_rows
 from csm_cli.loading.generator import resolve_precision
-from csm_cli.loading.quantize import DynamicInt8Linear, Int8Linear, Quantization, quantization_of, quantize
+from csm_cli.loading.quantize import (
+    DynamicInt8Linear,
+    Int8Linear,
+    Quantization,
+    quantization_of,
+    quantize,
+    set_dequantized_rows,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 runner = CliRunner()
@@ -72,3 +81,18 @@ def test_say_rejects_an_unknown_mode_before_loading(tmp_path, transformers_dir, 
                                  *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, "unknown quantization 'int3'")
+
+
+def test_a_prefill_converted_to_16_bit_stays_within_the_int8_modes_accuracy():
+    reference = random_model(TINY, CPU, torch.float32)
+    model = random_model(TINY, CPU, torch.bfloat16, quantization=Quantization.INT8)
+    tokens, mask = audio_rows(torch.randint(0, 2048, (32, 299), generator=torch.Generator().manual_seed(0)))
+    want = reference.codebook0_head(reference.prefill(tokens, mask, 0, reference.backbone.new_caches(1), padded=False))
+    logits = {}
+    for rows in (None, 1):  # the int8 kernel, the weights converted at each call
+        set_dequantized_rows(model, rows)
+        last_h = model.prefill(tokens, mask, 0, model.backbone.new_caches(1), padded=False)
+        logits[rows] = model.codebook0_head(last_h).float()
+    assert F.cosine_similarity(logits[1], logits[None]).item() > 0.9999
+    for got in logits.values():
+        assert F.cosine_similarity(got, want).item() > 0.9999

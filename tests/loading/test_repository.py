@@ -153,11 +153,13 @@ def test_download_fetches_one_layout_once_and_say_then_works_offline(tmp_path, h
         assert hub.downloaded(codec_repo) == files_of(codec_dir)
         size = sum((hub_copy_dir / name).stat().st_size for name in ORIGINAL_FETCH) + mimi_file.stat().st_size
         assert f"{REPO_ID}: original layout, {len(ORIGINAL_FETCH) + 1} files, {size:,} bytes" in result.stdout
+        [int8] = [line for line in result.stdout.splitlines() if line.startswith("int8 weights for the CPU: ")]
 
         hub.requests.clear()
         again = run_in(["download"], {**env, "HF_ENDPOINT": hub.endpoint}, tmp_path)
         assert again.returncode == 0, again.stderr
         assert hub.downloaded(REPO_ID) == set() and hub.downloaded(codec_repo) == set()
+        assert int8 in again.stdout.splitlines()  # the same entry, known by the files' blobs
 
     out = tmp_path / "speech.wav"
     result = run_in([*SAY, "--out", str(out)], {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)

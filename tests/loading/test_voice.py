@@ -13,13 +13,13 @@ from csm_cli.audio import SAMPLE_RATE
 from csm_cli.cli import app
 from csm_cli.errors import CsmError
 from csm_cli.generation.prompt import Segment
+from csm_cli.loading.cache import VOICE_CODES
 from csm_cli.loading.voice import (
     Voice,
     choose_voices,
     known_transcripts,
     load_voice_prompt,
     model_voices,
-    voice_codes_dir,
 )
 
 TONE_HZ = 440.0
@@ -118,7 +118,7 @@ runner = CliRunner()
 def voice_codes(tmp_path, monkeypatch) -> Path:
     """The voice codes cache, under this test's own cache directory."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return voice_codes_dir()
+    return VOICE_CODES.directory
 
 
 def offered(hub_copy_dir: Path) -> dict[str, Voice]:
