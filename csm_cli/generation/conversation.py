@@ -6,8 +6,8 @@ dropped whole when the context and the next generation would not fit the model's
 
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..text.script import Passage, parse_line, split_utterances
 from .ending import window_words
 from .generator import MAX_SEED, MAX_SPEAKER, Settings, StreamingGenerator
 from .prompt import Segment
+from .scheduler import Owner
 
 PACK_WORDS = 20  # short sentences handed over together are spoken as one utterance of at most this many words
 MAX_PAUSE_SECONDS = 60.0
@@ -62,16 +63,18 @@ def pieces(text: str, max_words: int) -> list[str]:
 
 @dataclass
 class SpokenLine:
-    """When one utterance was generated (monotonic seconds) and where its samples lie in the output."""
+    """When one utterance was generated (monotonic seconds), where its samples lie in the output (its first frame's
+    first sample, past the pause leading it, and the end of its last), and what it gives the history."""
 
     index: int
     speaker: int
     text: str
     generation_started: float
     first_chunk: float | None = None
-    generation_ended: float | None = None
+    generation_ended: float | None = None  # None: cut short
     start_sample: int = 0
     end_sample: int = 0
+    segment: Segment | None = None  # its text and the codes of its frames yielded; None: none were
 
     def to_dict(self, origin: float) -> dict[str, Any]:
         """Times in seconds since `origin`; where the line's audio lies, in seconds into the output."""
@@ -96,7 +99,7 @@ class Conversation:
     def __init__(self, generator: StreamingGenerator, settings: Settings, prompts: Sequence[Segment] = (),
                  memory: bool = True, pause_seconds: float = 0.2, out_dir: Path | None = None,
                  sample_format: SampleFormat = "s16", history: deque[Segment] | None = None,
-                 owner: Hashable | None = None) -> None:
+                 owner: Owner | None = None) -> None:
         """`history`: the utterances of an earlier conversation, continued here (and changed in place); None: none.
         `owner`: who may close the utterance being spoken at once (`StreamingGenerator.close_owned`)."""
         self.generator = generator
@@ -143,16 +146,19 @@ class Conversation:
             history_rows -= rows(self.history.popleft())
         return [*self.prompts, *self.history]
 
-    def speak(self, script: Iterable[Utterance]) -> Iterator[np.ndarray]:
+    def speak(self, script: Iterable[Utterance], pause_first: bool = True) -> Iterator[np.ndarray]:
         """Chunks of every utterance in turn. The pause between utterances (whole frames) leads the first chunk of
-        the next one, so that no silence is sent before the next utterance has audio."""
-        for utterance in script:
-            yield from self.speak_one(utterance)
+        the next one, so that no silence is sent before the next utterance has audio; pause_first=False: none leads
+        the first (a turn that starts at once)."""
+        for i, utterance in enumerate(script):
+            yield from self.speak_one(utterance, pause=pause_first or i > 0)
+            if self.lines[-1].generation_ended is None:  # its speech was closed by its owner: the rest is not said
+                return
 
-    def speak_one(self, utterance: Utterance) -> Iterator[np.ndarray]:
-        """Chunks of the next utterance, led by the pause unless it is the first."""
+    def speak_one(self, utterance: Utterance, pause: bool = True) -> Iterator[np.ndarray]:
+        """Chunks of the next utterance, led by the pause unless it is the first (or `pause` is False)."""
         index = len(self.lines)
-        return self._speak_one(index, utterance, self.pause if index else self.pause[:0])
+        return self._speak_one(index, utterance, self.pause if index and pause else self.pause[:0])
 
     def _speak_one(self, index: int, utterance: Utterance, lead_in: np.ndarray) -> Iterator[np.ndarray]:
         line = SpokenLine(index, utterance.speaker, utterance.text, time.monotonic(), start_sample=self.samples,
@@ -183,9 +189,33 @@ class Conversation:
             speech.close()
             if wav:
                 wav.close()
+            if line.first_chunk is not None:
+                line.segment = Segment(utterance.speaker, utterance.text, codes=speech.codes)
+        if speech.cut:  # closed by its owner (`StreamingGenerator.close_owned`): cut short, not said whole
+            return
         line.generation_ended = time.monotonic()
-        if self.memory:
-            self.history.append(Segment(utterance.speaker, utterance.text, codes=speech.codes))
+        if self.memory and line.segment is not None:
+            self.history.append(line.segment)
+
+    def keep_heard(self, lines: Sequence[SpokenLine], heard_until: int) -> None:
+        """The listener heard `lines` (one after another; the last may have been cut short) only up to sample
+        `heard_until` of this conversation's audio (`samples` counts it): the history keeps each line's frames heard
+        and forgets the rest, so that the next utterance follows what was heard (a line cut short joins it with its
+        frames heard). On the thread that speaks, between two utterances."""
+        for line in lines:
+            if line.segment is None:
+                continue
+            frames = min(max(heard_until - line.start_sample, 0) // SAMPLES_PER_FRAME, line.segment.codes.shape[1])
+            heard = replace(line.segment, codes=line.segment.codes[:, :frames]) if frames else None
+            kept = next((i for i, segment in enumerate(self.history) if segment is line.segment), None)
+            if kept is not None:
+                if heard is None:
+                    del self.history[kept]
+                else:
+                    self.history[kept] = heard
+            elif heard is not None and self.memory and line.generation_ended is None:
+                self.history.append(heard)
+            line.segment = heard
 
     def close(self) -> None:
         """Closes the current utterance's file from any thread (the run ends: its generation may go on a moment in

@@ -5,7 +5,7 @@ generates the frames of every stream in one frame engine (`engine.FrameEngine`) 
 batch of one. A stream (`Speech`) is a queue of its decoded frames, read from any thread."""
 
 import secrets
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ from .ending import frame_budget
 from .engine import FrameEngine, Prompt
 from .model import CSM
 from .prompt import Segment, Tokenizer, audio_rows, text_rows
-from .scheduler import Scheduler, Speech
+from .scheduler import Owner, Scheduler, Speech
 
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below, logits / temperature overflows; above, it is noise
 MAX_SEED = 2**64 - 1  # a seed is hashed as two 32-bit halves (`sampling`)
@@ -134,7 +134,7 @@ class StreamingGenerator:
         chunk_frames: int = 1,
         *,
         stop_at_end: bool = True,
-        owner: Hashable | None = None,
+        owner: Owner | None = None,
     ) -> Speech:
         """Starts generating `text` as `speaker`; errors in the arguments raise here, before any audio. From any
         thread: the stream takes a slot of the generator's engine (or waits for one), and its frames are generated
@@ -160,7 +160,7 @@ class StreamingGenerator:
                         secrets.randbits(64) if seed is None else seed, stop_at_end)
         return self.scheduler.speak(prompt, chunk_frames, owner)
 
-    def close_owned(self, owner: Hashable) -> None:
+    def close_owned(self, owner: Owner) -> None:
         """Closes the streams `owner` started, from any thread: their generation stops before their next frame."""
         self.scheduler.close_owned(owner)
 

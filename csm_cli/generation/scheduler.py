@@ -9,6 +9,7 @@ is generated after. A step that fails fails every stream in the engine with its 
 import threading
 from collections import deque
 from collections.abc import Hashable, Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,12 +17,22 @@ import torch
 from .engine import Frame, FrameEngine, Prompt
 
 
+class Owner(Hashable, Protocol):
+    """Who may close the streams it starts (`Scheduler.close_owned`), from another thread than the one starting them."""
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a stream it starts now is to end at once: one started just as its owner is closed, after
+        `close_owned` looked for them, is not left to run."""
+
+
 class Speech(Iterator[np.ndarray]):
     """One utterance being generated: iterating yields float32 chunks of `chunk_frames` frames (the last may be
     shorter) as the model thread generates them, waiting for them; `codes` holds the codes [C, T] of the frames
-    yielded so far. `close()`, from any thread, ends it: its generation stops before its next frame."""
+    yielded so far. `close()`, from any thread, ends it: its generation stops before its next frame, and a speech closed
+    before its end is `cut`."""
 
-    def __init__(self, scheduler: "Scheduler", seed: int, chunk_frames: int, owner: Hashable | None) -> None:
+    def __init__(self, scheduler: "Scheduler", seed: int, chunk_frames: int, owner: Owner | None) -> None:
         self.seed = seed
         self.owner = owner
         self._scheduler = scheduler
@@ -29,6 +40,7 @@ class Speech(Iterator[np.ndarray]):
         self._ready = threading.Condition()
         self._frames: deque[Frame] = deque()
         self._ended = False
+        self.cut = False
         self._error: BaseException | None = None
         self._yielded: list[np.ndarray] = []
 
@@ -49,7 +61,7 @@ class Speech(Iterator[np.ndarray]):
         with self._ready:
             if self._ended:
                 return
-            self._ended = True
+            self._ended = self.cut = True
             self._frames.clear()
             self._ready.notify_all()
         self._scheduler._closed(self)
@@ -87,10 +99,14 @@ class Scheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def speak(self, prompt: Prompt, chunk_frames: int = 1, owner: Hashable | None = None) -> Speech:
-        """Starts a stream of `prompt`'s frames, from any thread. `owner`: who may close it with `close_owned`."""
+    def speak(self, prompt: Prompt, chunk_frames: int = 1, owner: Owner | None = None) -> Speech:
+        """Starts a stream of `prompt`'s frames, from any thread. `owner`: who may close it with `close_owned`; a
+        stream started while its owner is `stopped` ends at once, with no frame."""
         speech = Speech(self, prompt.seed, chunk_frames, owner)
         with self._lock:
+            if owner is not None and owner.stopped:  # checked under the lock that `close_owned` looks under
+                speech._ended = speech.cut = True
+                return speech
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="csm-model", daemon=True)
                 self._thread.start()
@@ -98,7 +114,7 @@ class Scheduler:
             self._lock.notify()
         return speech
 
-    def close_owned(self, owner: Hashable) -> None:
+    def close_owned(self, owner: Owner) -> None:
         """Closes every stream of `owner`, started or waiting."""
         with self._lock:
             owned = [speech for speech in (*self._joined, *(speech for speech, _ in self._waiting))

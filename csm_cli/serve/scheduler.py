@@ -4,18 +4,19 @@ A stream is one client's place on the server (at most `max_streams` are open). U
 spoken in order by a thread of the stream's own, which reads their chunks as the model thread generates them (every
 open stream's utterance in one step of the frame engine: `generation.scheduler`) and hands each to the stream's
 `emit` callback. Closing a stream, from any thread, frees its place at once and closes what it is speaking, whose
-generation stops before its next frame; `cancel(tag)` drops one utterance, queued or being spoken, and the stream
-goes on with the next.
+generation stops before its next frame; `cancel(tags)` drops utterances, queued or being spoken, and the stream goes
+on with the next.
 
 The utterance being spoken is whatever `start()` returns; to be stopped at once by `close` or `cancel` its speeches
-must be started with the stream as their owner (`Conversation(..., owner=stream)`).
+must be started with the stream as their owner (`Conversation(..., owner=stream)`): one started just as the stream is
+closed or its utterance cancelled ends at once (`stopped`), so that it holds no slot of the engine.
 """
 
 import sys
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,19 +75,24 @@ class Stream:
             self._jobs.append((tag, start))
             self._lock.notify()
 
-    def cancel(self, tag: Any) -> None:
-        """Drops the utterance `tag`: queued, it is never spoken; being spoken, its generation stops before its next
-        frame. Either way Done(tag) follows."""
+    def cancel(self, tags: Collection[Any]) -> None:
+        """Drops the utterances of `tags`: queued, they are never spoken; being spoken, its generation stops before
+        its next frame. Either way Done(tag) follows for each."""
         with self._lock:
-            queued = [job for job in self._jobs if job[0] == tag]
+            queued = [job for job in self._jobs if job[0] in tags]
             for job in queued:
                 self._jobs.remove(job)
-            speaking = self._speaking == tag and not self._cancelled
+            speaking = self._speaking in tags and not self._cancelled
             self._cancelled |= speaking
-        for _ in queued:
+        for tag, _ in queued:
             self._emit(Done(tag))
         if speaking:
             self._scheduler.generator.close_owned(self)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a speech it starts now is to end at once: the stream is closed, or its utterance cancelled."""
+        return self.closed or self._cancelled
 
     def close(self) -> None:
         with self._lock:
@@ -116,7 +122,7 @@ class Stream:
             chunks = start()
             try:
                 for samples in chunks:
-                    if self.closed or self._cancelled:
+                    if self.stopped:
                         break
                     self._emit(Chunk(tag, samples))
             finally:

@@ -20,21 +20,23 @@ import secrets
 import signal
 import socket
 import sys
+import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, HTTPConnection
 
-from ..audio import SAMPLES_PER_FRAME
+from ..audio import SAMPLE_RATE, SAMPLES_PER_FRAME
 from ..errors import CsmError
-from ..generation.conversation import Conversation
+from ..generation.conversation import Conversation, SpokenLine, Utterance
 from ..generation.generator import Settings, StreamingGenerator
 from ..generation.prompt import Segment
 from ..loading.voice import Voice
@@ -343,26 +345,72 @@ def parse_json(raw: bytes | str) -> Any:
         raise ApiError(400, f"the JSON is not valid ({e})", code="invalid_json") from None
 
 
+MAX_CONTEXT_ID = 128
+MAX_CONTEXTS = 32  # a WebSocket connection's contexts with text still to speak
+
+
+@dataclass(eq=False)
+class Context:
+    """One context of a WebSocket connection (an agent's turn, say): its text's sentences, numbered from 0, spoken in
+    order, and the offset of its next audio (its audio's samples sent so far). Event loop only, but `cancelled`."""
+
+    id: str | None  # None: the context of messages that name none
+    splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
+    sentences: int = 0  # queued so far
+    unfinished: deque["Sentence"] = field(default_factory=deque)  # queued, not yet answered done (or failed)
+    flushes: deque[int] = field(default_factory=deque)  # for each flush not yet answered: the sentences before it
+    sent: int = 0
+    cancelled: bool = False  # none of its audio is sent any more
+
+    @property
+    def idle(self) -> bool:
+        return not (self.splitter.pending or self.unfinished or self.flushes)
+
+
+@dataclass(eq=False)
+class Sentence:
+    """A sentence of a context, and the tag of its utterance on the connection's stream. `start` and `lines` are
+    written on the stream's thread; the rest on the event loop."""
+
+    context: Context
+    index: int
+    start: int = 0  # where its audio starts in the conversation's (`Conversation.samples`)
+    lines: list[SpokenLine] | None = None  # the utterances it was spoken in, once it has ended
+    offset: int | None = None  # where its audio starts in its context's, once some is sent
+    sent: int = 0  # samples of its audio sent
+
+
 @dataclass(frozen=True)
 class Flushed:
-    """The client flushed after sentence `sentences - 1`: 'done' follows once those are spoken."""
+    """The client flushed `context` after its sentence `sentences - 1`: 'done' follows once those are answered."""
 
+    context: Context
     sentences: int
 
 
 class SpeechSession:
     """One WebSocket conversation: text deltas in, each sentence spoken as soon as it is complete, with the
-    sentences before it as context; audio frames out, tagged with their sentence's index. Every message sent goes
-    through one queue, so the socket has one writer."""
+    sentences before it as context; audio frames out, tagged with their context, sentence and offset. Every message
+    sent goes through one queue, so the socket has one writer.
+
+    Contexts: each has its own text and sentences; the sentences of every context are spoken one at a time, in the
+    order they are complete, in one conversation (the voice prompts, then what was heard before, whatever its
+    context), so the voice stays the same from one turn to the next. A context's first sentence starts at once, with
+    no pause before it. A cancel drops the context's text (the unfinished sentence, the sentences queued), stops the
+    sentence being spoken before its next frame, and from then on none of the context's audio is sent, not even what
+    is queued for sending: the acknowledgement is the end of it. The conversation then forgets what of it was not
+    sent (`Conversation.keep_heard`) before the next sentence is spoken, so that it follows what the listener heard."""
 
     def __init__(self, websocket: WebSocket, stream: Stream, events: StreamEvents, conversation: Conversation,
                  speaker: int, max_chars: int) -> None:
         self.websocket, self.stream, self.events = websocket, stream, events
         self.conversation, self.speaker, self.max_chars = conversation, speaker, max_chars
-        self.splitter = SentenceSplitter()
-        self.sentences = 0  # queued so far
-        self.finished: set[int] = set()
-        self.flushes: list[int] = []
+        self.contexts: OrderedDict[str | None, Context] = OrderedDict()  # least recently named first
+        # Between the event loop and the stream's thread: `Context.cancelled`, `Sentence.lines` and `unheard`, the
+        # sentences of cancelled contexts that were spoken but maybe not all sent, which the history forgets before
+        # the next sentence is spoken.
+        self.cutting = threading.Lock()
+        self.unheard: list[Sentence] = []
 
     async def run(self) -> None:
         receiving = asyncio.create_task(self.receive())
@@ -390,52 +438,151 @@ class SpeechSession:
             raise ApiError(400, "send JSON text messages, not binary ones", code="invalid_message")
         message = parse_json(text)
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "text" and isinstance(message.get("text"), str):
-            api_text(message["text"], "text")
-            if len(self.splitter.pending) + len(message["text"]) > self.max_chars:
+        if kind not in ("text", "flush", "cancel"):
+            raise ApiError(400, 'messages are {"type": "text", "text": "..."}, {"type": "flush"} and '
+                                '{"type": "cancel"}, each with an optional "context": "ID"', param="type",
+                           code="invalid_message")
+        context_id = checked_context(message.get("context"))
+        if kind == "cancel":
+            self.cancel(context_id)
+        elif kind == "flush":
+            context = self.context(context_id)
+            self.speak(context, context.splitter.flush())
+            self.events.put_now(Flushed(context, context.sentences))
+        else:
+            delta = message.get("text")
+            if not isinstance(delta, str):
+                raise ApiError(400, 'a text message is {"type": "text", "text": "..."}: text must be a string',
+                               param="text", code="invalid_message")
+            api_text(delta, "text")
+            context = self.context(context_id)
+            if len(context.splitter.pending) + len(delta) > self.max_chars:
                 raise ApiError(400, f"the unfinished sentence would pass this server's limit of {self.max_chars} "
                                     "characters (--max-input-chars): end sentences sooner or flush",
                                param="text", code="input_too_long")
-            self.speak(self.splitter.feed(message["text"]))
-        elif kind == "flush":
-            self.speak(self.splitter.flush())
-            self.events.put_now(Flushed(self.sentences))
-        else:
-            raise ApiError(400, 'messages are {"type": "text", "text": "..."} or {"type": "flush"}',
-                           param="type", code="invalid_message")
+            self.speak(context, context.splitter.feed(delta))
 
-    def speak(self, sentences: list[str]) -> None:
-        for sentence in sentences:
-            index = self.sentences
-            self.sentences += 1
-            self.events.put_now({"type": "sentence", "sentence": index, "text": sentence})
-            script = self.conversation.script(sentence, self.speaker)
-            self.stream.submit(index, lambda script=script: self.conversation.speak(script))
+    def context(self, context_id: str | None) -> Context:
+        """The context named, started when new; when the connection holds MAX_CONTEXTS, the least recently named
+        one that has nothing left to speak is forgotten for it (named again, it starts anew)."""
+        context = self.contexts.get(context_id)
+        if context is None:
+            if len(self.contexts) >= MAX_CONTEXTS:
+                idle = next((known for known in self.contexts.values() if known.idle), None)
+                if idle is None:
+                    raise ApiError(400, f"this connection has text to speak in {MAX_CONTEXTS} contexts already: "
+                                        "flush or cancel one before starting another", param="context",
+                                   code="too_many_contexts")
+                del self.contexts[idle.id]
+            context = self.contexts[context_id] = Context(context_id)
+        self.contexts.move_to_end(context_id)
+        return context
+
+    def speak(self, context: Context, sentences: list[str]) -> None:
+        for text in sentences:
+            sentence = Sentence(context, context.sentences)
+            context.sentences += 1
+            context.unfinished.append(sentence)
+            self.events.put_now({"type": "sentence", "context": context.id, "sentence": sentence.index, "text": text})
+            script = self.conversation.script(text, self.speaker)
+            self.stream.submit(sentence, lambda sentence=sentence, script=script: self.spoken(sentence, script))
+
+    def cancel(self, context_id: str | None) -> None:
+        context = self.contexts.pop(context_id, None)
+        if context is not None:
+            with self.cutting:
+                context.cancelled = True
+                self.unheard += [sentence for sentence in context.unfinished if sentence.lines is not None]
+            self.stream.cancel(set(context.unfinished))
+        self.events.put_now({"type": "cancelled", "context": context_id})
+
+    def spoken(self, sentence: Sentence, script: list[Utterance]) -> Iterator[np.ndarray]:
+        """On the stream's thread, as it starts `sentence`: the history forgets what the listener did not hear of
+        the contexts cancelled since the sentence before, then the sentence's chunks."""
+        with self.cutting:
+            unheard, self.unheard = self.unheard, []
+        for cut in unheard:
+            assert cut.lines is not None
+            self.conversation.keep_heard(cut.lines, cut.start + cut.sent)
+        return self.chunks(sentence, script)
+
+    def chunks(self, sentence: Sentence, script: list[Utterance]) -> Iterator[np.ndarray]:
+        conversation = self.conversation
+        sentence.start, first = conversation.samples, len(conversation.lines)
+        try:
+            yield from conversation.speak(script, pause_first=sentence.index > 0)
+        finally:
+            with self.cutting:
+                sentence.lines = conversation.lines[first:]
+                cut = sentence.context.cancelled
+            if cut:  # its audio sent so far is all there is of it
+                conversation.keep_heard(sentence.lines, sentence.start + sentence.sent)
 
     async def send(self) -> None:
         while True:
             event = await self.events.get()
-            if isinstance(event, Chunk):
-                audio = base64.b64encode(to_pcm16(event.samples)).decode()
-                await self.websocket.send_json({"type": "audio", "sentence": event.tag, "audio": audio})
-                continue
-            if isinstance(event, Done):
-                self.finished.add(event.tag)
-                await self.websocket.send_json({"type": "sentence.done", "sentence": event.tag})
-            elif isinstance(event, Failed):
-                self.finished.add(event.tag)
-                await self.websocket.send_json(failure_error(event).body() | {"type": "error",
-                                                                              "sentence": event.tag})
+            if isinstance(event, Chunk | Done | Failed):
+                sentence: Sentence = event.tag
+                context = sentence.context
+                if context.cancelled:
+                    continue
+                if isinstance(event, Chunk):
+                    await self.send_audio(sentence, event.samples)
+                    continue
+                assert context.unfinished[0] is sentence, "a context's sentences are answered in order"
+                context.unfinished.popleft()
+                about = {"context": context.id, "sentence": sentence.index}
+                await self.websocket.send_json({"type": "sentence.done", **about, **self.timestamps(sentence)}
+                                               if isinstance(event, Done)
+                                               else {"type": "error", **about, **failure_error(event).body()})
+                await self.answer_flushes(context)
             elif isinstance(event, Flushed):
-                self.flushes.append(event.sentences)
+                if not event.context.cancelled:
+                    event.context.flushes.append(event.sentences)
+                    await self.answer_flushes(event.context)
             elif isinstance(event, ShuttingDown):
                 await self.websocket.close(status.WS_1001_GOING_AWAY, "the server is shutting down")
                 return
             else:
                 await self.websocket.send_json(event)
-            while self.flushes and all(i in self.finished for i in range(self.flushes[0])):
-                self.flushes.pop(0)
-                await self.websocket.send_json({"type": "done"})
+
+    async def send_audio(self, sentence: Sentence, samples: np.ndarray) -> None:
+        context = sentence.context
+        if sentence.offset is None:
+            sentence.offset = context.sent
+        offset = context.sent
+        context.sent += len(samples)  # counted as it is handed to the socket: a cancel that comes next cuts after it
+        sentence.sent += len(samples)
+        await self.websocket.send_json({"type": "audio", "context": context.id, "sentence": sentence.index,
+                                        "offset": offset, "audio": base64.b64encode(to_pcm16(samples)).decode()})
+
+    @staticmethod
+    def timestamps(sentence: Sentence) -> dict[str, float]:
+        """Where the sentence's speech lies in its context's audio, in seconds: from its first frame (past the pause
+        leading it) to the end of its audio."""
+        if sentence.offset is None:  # no audio
+            return {"start": sentence.context.sent / SAMPLE_RATE, "duration": 0.0}
+        assert sentence.lines is not None
+        spoken = next((line for line in sentence.lines if line.first_chunk is not None), None)
+        pause = 0 if spoken is None else spoken.start_sample - sentence.start
+        return {"start": (sentence.offset + pause) / SAMPLE_RATE, "duration": (sentence.sent - pause) / SAMPLE_RATE}
+
+    async def answer_flushes(self, context: Context) -> None:
+        answered = context.sentences - len(context.unfinished)
+        while context.flushes and context.flushes[0] <= answered:
+            context.flushes.popleft()
+            await self.websocket.send_json({"type": "done", "context": context.id})
+
+
+def checked_context(context: Any) -> str | None:
+    """A message's `context`: an id of 1 to MAX_CONTEXT_ID characters, or None (absent or null) for the context of
+    messages that name none."""
+    if context is None:
+        return None
+    if not isinstance(context, str) or not 1 <= len(context) <= MAX_CONTEXT_ID:
+        raise ApiError(400, f"context must be a string of 1 to {MAX_CONTEXT_ID} characters, got {context!r:.60}",
+                       param="context", code="invalid_context")
+    return api_text(context, "context")
 
 
 @dataclass

@@ -59,6 +59,27 @@ def test_each_spoken_line_joins_the_context_of_the_next(generator):
     assert conversation.context_for(Utterance(0, "Next.")) == [first, second]
 
 
+def test_the_history_keeps_only_the_frames_heard(generator):
+    """A line cut short adds nothing by itself; told what the listener heard, the history keeps each line's frames
+    heard, in their place (a line cut short joining it at the end), and forgets a line heard not at all."""
+    conversation = Conversation(generator, SHORT)
+    list(conversation.speak([Utterance(0, "Hello there.")]))
+    cut = conversation.speak([Utterance(1, "How are you?")])
+    next(cut), next(cut)  # the pause and a frame, then a frame
+    cut.close()
+    first, second = conversation.lines
+    assert second.generation_ended is None and second.segment.codes.shape[1] == 2
+    assert [s.text for s in conversation.history] == ["Hello there."]
+    whole = first.segment.codes
+    conversation.keep_heard([second], second.start_sample + SAMPLES_PER_FRAME + 100)
+    conversation.keep_heard([first], first.start_sample + 2 * SAMPLES_PER_FRAME)
+    assert [s.text for s in conversation.history] == ["Hello there.", "How are you?"]
+    np.testing.assert_array_equal(conversation.history[0].codes, whole[:, :2])
+    np.testing.assert_array_equal(conversation.history[1].codes, second.segment.codes[:, :1])
+    conversation.keep_heard([first], first.start_sample + SAMPLES_PER_FRAME - 1)
+    assert [s.text for s in conversation.history] == ["How are you?"]
+
+
 def test_no_memory_keeps_only_the_voice_prompts(generator):
     prompt = Segment(1, "Hi.", codes=np.ones((32, 4), dtype=int))
     conversation = Conversation(generator, SHORT, prompts=[prompt], memory=False)

@@ -1,5 +1,6 @@
 """The server's streams: utterances spoken in order over the generator's model thread; closing and cancelling."""
 
+import queue
 import threading
 import time
 
@@ -91,14 +92,34 @@ def test_cancelling_the_utterance_being_spoken_goes_on_with_the_next(two_slots):
     for tag, seconds in (("cut", 8.0), ("dropped", 1.0), ("next", 2 * FRAME_SECONDS)):
         stream.submit(tag, lambda seconds=seconds: iter(two_slots.stream(
             TEXTS[0], seed=3, max_seconds=seconds, stop_at_end=False, owner=stream)))
-    stream.cancel("dropped")
+    stream.cancel({"dropped"})
     deadline = time.monotonic() + 60
     while not events.chunks("cut"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    stream.cancel("cut")
+    stream.cancel({"cut"})
     for _ in range(3):
         assert events.done.acquire(timeout=120)
     assert [event.tag for event in events.events if isinstance(event, Done)] == ["dropped", "cut", "next"]
     assert events.chunks("cut") < 20 and events.chunks("dropped") == 0 and events.chunks("next") == 2
+    stream.close()
+
+
+@pytest.mark.parametrize("stop", ["close", "cancel"])
+def test_a_speech_started_just_as_its_stream_stops_ends_at_once(two_slots, stop):
+    """The stream closed, or its utterance cancelled, as the utterance starts, before its speech is started: the
+    speech ends with no frame rather than take a slot of the engine until its first frame."""
+    scheduler = Scheduler(two_slots, max_streams=2)
+    stream = scheduler.open(Events())
+    started: queue.Queue = queue.Queue()
+
+    def start():
+        stream.close() if stop == "close" else stream.cancel({"late"})
+        speech = two_slots.stream(TEXTS[0], seed=1, max_seconds=8.0, stop_at_end=False, owner=stream)
+        started.put(speech)
+        return speech
+
+    stream.submit("late", start)
+    speech = started.get(timeout=30)
+    assert next(speech, None) is None and not two_slots.engine.busy
     stream.close()

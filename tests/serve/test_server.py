@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from csm_cli.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
-from csm_cli.serve.speech import OPENAI_VOICES
+from csm_cli.generation.conversation import Conversation, Utterance
+from csm_cli.generation.generator import Settings
+from csm_cli.loading.generator import LoadOptions, load_generator, load_voices
+from csm_cli.output.pcm import to_pcm16
+from csm_cli.serve.server import MAX_CONTEXTS
+from csm_cli.serve.speech import OPENAI_VOICES, Voices
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -517,19 +522,48 @@ def test_a_websocket_speaks_each_sentence_as_soon_as_it_is_complete(server):
 
 
 def test_a_websocket_answers_bad_messages_and_goes_on(server):
-    bad_messages = ["{not json", "[" * 100_000 + "]" * 100_000, json.dumps({"type": "speak"}),
-                    json.dumps({"type": "text", "text": 5}), '{"type": "text", "text": "Hi \\ud800."}',
-                    json.dumps({"type": "text", "text": "x" * 300})]
+    bad_messages = [("{not json", None), ("[" * 100_000 + "]" * 100_000, None), (json.dumps({"type": "speak"}), "type"),
+                    (json.dumps({"type": "text", "text": 5}), "text"),
+                    ('{"type": "text", "text": "Hi \\ud800."}', "text"),
+                    (json.dumps({"type": "text", "text": "x" * 300}), "text"),
+                    (json.dumps({"type": "cancel", "context": 5}), "context"),
+                    (json.dumps({"type": "text", "text": "Hi.", "context": ""}), "context"),
+                    (json.dumps({"type": "flush", "context": "x" * 129}), "context"),
+                    ('{"type": "cancel", "context": "\\udc00"}', "context")]
     with connect(ws_url(server), additional_headers=AUTH, max_size=None) as ws:
-        for bad in bad_messages:
+        for bad, param in bad_messages:
             ws.send(bad)
-            assert json.loads(ws.recv(timeout=60))["type"] == "error"
+            error = json.loads(ws.recv(timeout=60))
+            assert error["type"] == "error" and error["error"]["param"] == param, (bad[:80], error)
+        for context in ("never", None):  # a context with nothing to cancel: acknowledged all the same
+            ws.send(json.dumps({"type": "cancel", "context": context}))
+            assert json.loads(ws.recv(timeout=60)) == {"type": "cancelled", "context": context}
         ws.send(json.dumps({"type": "text", "text": "Fine."}))
         ws.send(json.dumps({"type": "flush"}))
         kinds = []
         while not kinds or kinds[-1] != "done":
             kinds.append(json.loads(ws.recv(timeout=120))["type"])
         assert "audio" in kinds
+
+
+def test_a_websocket_holds_a_bounded_number_of_contexts_with_text_to_speak(server):
+    """One more context is refused while each has text to speak; once one is spoken, it makes room."""
+
+    def answer_to(message: dict) -> dict:
+        ws.send(json.dumps(message))
+        return json.loads(ws.recv(timeout=60))
+
+    with connect(ws_url(server), additional_headers=AUTH) as ws:
+        for i in range(MAX_CONTEXTS):
+            ws.send(json.dumps({"type": "text", "text": "Unfinished", "context": str(i)}))
+        one_more = {"type": "text", "text": "Unfinished", "context": "one more"}
+        assert answer_to(one_more)["error"]["code"] == "too_many_contexts"
+        ws.send(json.dumps({"type": "flush", "context": "0"}))
+        ws.send(json.dumps(one_more))
+        spoken = [m for _, m in received_until(ws, lambda m: m["type"] == "done")]
+        assert [m["error"]["code"] for m in spoken if m["type"] == "error"] == ["too_many_contexts"]  # "0" speaking
+        ws.send(json.dumps(one_more))  # "0" is forgotten for it
+        assert answer_to({"type": "cancel", "context": "one more"}) == {"type": "cancelled", "context": "one more"}
 
 
 def test_a_websocket_without_the_key_is_refused(server):
@@ -566,6 +600,75 @@ def test_a_websocket_that_leaves_mid_sentence_frees_its_slot(server):
         while json.loads(ws.recv(timeout=120))["type"] != "audio":
             pass
     server.wait_idle(timeout=30)
+
+
+def received_until(ws, last: Callable[[dict], bool]) -> list[tuple[float, dict]]:
+    """The messages received, each with the time it came, up to the first that is `last`."""
+    received: list[tuple[float, dict]] = []
+    while not received or not last(received[-1][1]):
+        received.append((time.monotonic(), json.loads(ws.recv(timeout=120))))
+    return received
+
+
+def pcm_of(messages: list[dict]) -> np.ndarray:
+    return np.frombuffer(b"".join(base64.b64decode(m["audio"]) for m in messages), "<i2")
+
+
+def pcm16(chunks: Iterable[np.ndarray]) -> np.ndarray:
+    return np.frombuffer(to_pcm16(np.concatenate(list(chunks))), "<i2")
+
+
+def test_a_cancel_stops_its_context_at_once_and_the_next_turn_follows_what_was_heard(agent_server, hub_copy_dir,
+                                                                                     mimi_file):
+    """Context "one" is cancelled two frames into its first sentence (of at most 5), with a sentence queued and
+    unfinished text: the acknowledgement comes within a frame's time, no message of "one" follows it, and context
+    "two" is spoken on the same connection with what was sent of "one" as its context (the same samples as in this
+    process with the history holding those frames), its offsets and timestamps those of the audio sent."""
+    with connect(ws_url(agent_server, "?seed=7"), additional_headers=AUTH) as ws:
+        ws.send(json.dumps({"type": "text", "context": "one",
+                            "text": "Hello there, how are you? It is a fine day. Or"}))
+        audio = iter(range(2))
+        before = received_until(ws, lambda m: m["type"] == "audio" and next(audio) == 1)
+        cancelled = time.monotonic()
+        ws.send(json.dumps({"type": "cancel", "context": "one"}))
+        acknowledged = received_until(ws, lambda m: m["type"] == "cancelled")
+        ws.send(json.dumps({"type": "text", "context": "two", "text": "Fine. Thanks."}))
+        ws.send(json.dumps({"type": "flush", "context": "two"}))
+        after = [m for _, m in received_until(ws, lambda m: m["type"] == "done")]
+    frame_time = np.diff([t for t, m in before if m["type"] == "audio"])[0]
+    assert acknowledged[-1][0] - cancelled < frame_time
+    assert acknowledged[-1][1] == {"type": "cancelled", "context": "one"}
+    one = [m for _, m in before + acknowledged if m["type"] == "audio"]
+    assert {m["context"] for m in one} == {"one"} and {m["sentence"] for m in one} == {0}
+    assert [m["context"] for m in after if "context" in m] == ["two"] * len(after)
+    assert [(m["sentence"], m["text"]) for m in after if m["type"] == "sentence"] == [(0, "Fine."), (1, "Thanks.")]
+
+    for spoken in (one, [m for m in after if m["type"] == "audio"]):  # each context's audio, from offset 0 on
+        sizes = [len(base64.b64decode(m["audio"])) // 2 for m in spoken]
+        assert [m["offset"] for m in spoken] == [0, *np.cumsum(sizes)[:-1]]
+    two = {i: pcm_of([m for m in after if m["type"] == "audio" and m["sentence"] == i]) for i in (0, 1)}
+    done = [m for m in after if m["type"] == "sentence.done"]
+    assert done[0]["start"] == 0 and done[0]["duration"] == len(two[0]) / SAMPLE_RATE  # a turn starts at once
+    pause = round(done[1]["start"] * SAMPLE_RATE) - len(two[0])
+    assert pause == 2 * SAMPLES_PER_FRAME and not two[1][:pause].any()  # --pause 0.2, in whole frames
+    assert done[1]["duration"] == (len(two[1]) - pause) / SAMPLE_RATE
+
+    heard = len(pcm_of(one)) // SAMPLES_PER_FRAME
+    assert heard >= 2 and len(pcm_of(one)) == heard * SAMPLES_PER_FRAME
+    generator = load_generator(LoadOptions(str(hub_copy_dir), codec=mimi_file, device="cpu"))  # as the server's
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("XDG_CACHE_HOME", str(agent_server.log.parent / "cache"))  # the server's voice codes
+            prompts = Voices(load_voices(str(hub_copy_dir)), generator.codec).resolve("0").prompts
+        conversation = Conversation(generator, Settings(seed=7, max_seconds=MAX_FRAMES * 0.08), prompts)
+        cut = conversation.speak([Utterance(0, "Hello there, how are you?")])
+        np.testing.assert_allclose(pcm16(next(cut) for _ in range(heard)), pcm_of(one), atol=1)
+        cut.close()
+        conversation.history.append(conversation.lines[0].segment)  # its frames heard
+        expected = pcm16(conversation.speak([Utterance(0, "Fine.")], pause_first=False))
+    finally:
+        generator.close()
+    np.testing.assert_allclose(two[0], expected, atol=1)
 
 
 def test_the_load_benchmark_reports_each_round(server):
@@ -684,3 +787,15 @@ def test_livekits_stream_adapter_sends_a_request_per_sentence(agent_server):
     assert len(set(request_ids)) == len(request_ids) == len(sentences)
     assert all(request_id.startswith("req_") for request_id in request_ids)
     assert len(samples) >= len(sentences) * MAX_FRAMES * SAMPLES_PER_FRAME
+
+
+def test_a_conversation_keeps_nothing_of_a_request_whose_client_left(agent_server):
+    """The client leaves after the first frame: its unfinished utterance is not the next request's context, which
+    says what a new conversation says."""
+    body = {"voice": "alloy", "input": TEXT, "response_format": "pcm"}
+    with httpx.stream("POST", f"{agent_server.url}/v1/audio/speech", headers=AUTH, timeout=120,
+                      json={**body, "seed": 1, "conversation": "left"}) as response:
+        next(response.iter_bytes())
+    agent_server.wait_idle(timeout=30)
+    continued = speech(agent_server, **body, seed=2, conversation="left").content
+    assert continued == speech(agent_server, **body, seed=2, conversation="new").content
