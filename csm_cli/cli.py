@@ -393,14 +393,14 @@ def download(
     tokenizer: TokenizerOption = DEFAULT_TOKENIZER,
     int8: Annotated[bool | None, typer.Option(
         "--int8/--no-int8", show_default="yes where torch sees no CUDA GPU",
-        help="Also quantize the weights to int8, as `csm say` runs them on a CPU, and keep them in csm's cache (see "
-             "`csm cache`), so that the first `csm say` starts without quantizing.")] = None,
+        help="Also quantize the weights to int8 and prefill the default voices, as `csm say` runs them on a CPU, and "
+             "keep both in csm's cache (see `csm cache`), so that the first `csm say` starts without either.")] = None,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Fetch the model (one layout, its tokenizer and voices), a tokenizer if it has none, and the codec into the
     Hugging Face cache, so that `say` starts without downloading and HF_HUB_OFFLINE=1 works; on a CPU, quantize it
-    once for every start after."""
+    and prefill its default voices once for every start after."""
     with user_errors():
         import torch
 
@@ -421,6 +421,12 @@ def download(
                 entry = cache_int8_weights(files.repository, shown)
             if entry is not None:
                 print(f"int8 weights for the CPU: {entry.stat().st_size:,} bytes in {entry}")
+            from .loading.generator import LoadOptions, cache_voice_rows
+
+            voices, entry = cache_voice_rows(LoadOptions(model, codec, tokenizer, device="cpu", quantize="int8"),
+                                             LoadProgress(enabled=not quiet))
+            if entry is not None:
+                print(f"prefilled rows of the voices {', '.join(voices)}: {entry.stat().st_size:,} bytes in {entry}")
 
 
 @app.command()
@@ -429,7 +435,7 @@ def cache(
         "--clear", help="Remove all of it (the Hugging Face cache of downloaded models is left alone).")] = False,
 ) -> None:
     """Show what csm keeps between runs in its cache directory ($XDG_CACHE_HOME/csm, else ~/.cache/csm): int8 weights,
-    voice codes, bench models; or remove it."""
+    voice codes, prefilled voice rows, bench models; or remove it."""
     with user_errors():
         from rich.console import Console
         from rich.filesize import decimal

@@ -168,7 +168,8 @@ class Conversation:
         speech = self.generator.stream(
             utterance.text, speaker=utterance.speaker, context=self.context_for(utterance),
             temperature=self.settings.temperature, topk=self.settings.topk, seed=seed,
-            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, owner=self.owner,
+            max_seconds=self.settings.max_seconds, chunk_frames=self.settings.chunk_frames, voices=len(self.prompts),
+            owner=self.owner,
         )
         wav = None
         if self.out_dir and not self._closed:

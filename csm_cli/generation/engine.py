@@ -10,6 +10,10 @@ the backbone, so the weights are read once per step, not once per stream.
   otherwise `prefill_rows` rows a step, so that a long prompt holds up the streams sampling a chunk at a time. The
   prefill runs eagerly: a prompt is one pass of large products, whose kernel launches cost little beside them; on
   CUDA it is padded to `prefill_length` rows so that its shapes stay few.
+- Voice rows: a prompt's leading rows of voice prompts (`Prompt.voice_rows`), the same for each utterance, are
+  prefilled as a pass of their own, in one step, unless the slot holds them; their keys and values are kept between
+  processes (`VoiceRowsCache`, the cache's `voice-rows`) and read back instead of prefilled. Both ways the rest of
+  the prompt is prefilled on the same keys and values, so a cached voice gives exactly the codes of a fresh one.
 - The step (`frame_step`): codebook 0 and the depth decoder's codebooks sampled for the first `rows` slots (a bucket:
   the smallest power of two that holds every slot sampling, so a lone stream costs what it costs alone), each row
   with its own settings, seed and frame index (`sampling`: no generator state), then the frame fed back through the
@@ -30,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,6 +64,19 @@ class Prompt:
     temperature: float
     seed: int  # 0..2^64-1
     stop_at_end: bool  # end at the model's all-zero frame and on silence, not only at the budget
+    voice_rows: int = 0  # how many of the first rows are voice prompts, the same for every utterance: cached
+
+
+class VoiceRowsCache(Protocol):
+    """The backbone's keys and values of voice rows, kept between processes (`loading.voice_rows`)."""
+
+    def read(self, tokens: torch.Tensor, mask: torch.Tensor, shape: torch.Size,
+             dtype: torch.dtype) -> torch.Tensor | None:
+        """The keys and values [layers, 2, K, S, E] prefilled from rows tokens, mask [S, C+1] at position 0, if
+        cached."""
+
+    def write(self, tokens: torch.Tensor, mask: torch.Tensor, keys_values: torch.Tensor) -> None:
+        """Keeps the keys and values [layers, 2, K, S, E] those rows were prefilled to."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,7 @@ class _Stream:
     prompt: Prompt
     slot: int
     prefilled: int  # how many prompt rows the slot's caches hold; all once it samples
+    voice_rows: int  # the prompt's voice rows still to prefill as a pass of their own (or read back); else 0
     queued: int = 0  # frames sampled by the steps queued
     taken: int = 0  # frames the host has read
     silence: SilenceRule = field(default_factory=SilenceRule)
@@ -146,12 +165,13 @@ def buckets(slots: int) -> list[int]:
 class FrameEngine:
     def __init__(self, model: CSM, codec: Codec, slots: int = 1, graphed: bool = False,
                  prefill_rows: int | None = None, lookahead: int | None = None,
-                 captured: Callable[[], None] = lambda: None) -> None:
+                 captured: Callable[[], None] = lambda: None, voice_cache: VoiceRowsCache | None = None) -> None:
         """Caches for `slots` streams of `model`, Mimi's decode of them by `codec`. `graphed`: replay each step as
         CUDA graphs (captured here, calling `captured` after each; see `graphs.FrameGraphs.count`). `prefill_rows`:
         the chunk of a prompt prefilled in a step while other streams sample (a power of two from 64; by default
         `PREFILL_ROWS` for the device). `lookahead`: the steps queued before the host reads a step's frames (by
-        default 1 on CUDA, 0 on a CPU, where a step is done when it returns)."""
+        default 1 on CUDA, 0 on a CPU, where a step is done when it returns). `voice_cache`: where the prompts'
+        voice rows are kept between processes (none: they are prefilled in each)."""
         assert slots >= 1, slots
         self.model = model
         self.slots = slots
@@ -161,7 +181,8 @@ class FrameEngine:
         # both sample the same codes; on a CPU it runs what it needs: the prompt's rows, the filled positions
         self.graph_shapes = on_cuda
         self.lookahead = (1 if on_cuda else 0) if lookahead is None else lookahead
-        self.reuse_prefix = True  # a prompt's rows a slot's caches hold are not prefilled again
+        self.reuse_prefix = True  # a prompt's rows a slot's caches (or the voice cache) hold are not prefilled again
+        self.voice_cache = voice_cache
         self.prefill_rows = prefill_rows or PREFILL_ROWS[self.device.type]
         # chunks of a power of two from 64 rows, from where the prompt's prefill starts, fit the window padded as
         # the prompt's rest does (`reused_rows`): each is `prefill_length` rows, and the last ends within the rest's
@@ -223,8 +244,15 @@ class FrameEngine:
         else:
             held = {free[0]: 0}
         slot = max(held, key=held.__getitem__)  # the slot that holds most of the prompt, the lowest of those
-        start = reused_rows(held[slot], len(prompt.tokens), self.model.max_seq_len, self.graph_shapes)
-        stream = self._streams[slot] = self._owners[owner] = _Stream(owner, prompt, slot, start)
+        rows, window = len(prompt.tokens), self.model.max_seq_len
+        assert prompt.voice_rows < rows, "a prompt's text follows its voice rows"
+        start = reused_rows(held[slot], rows, window, self.graph_shapes) if held[slot] >= prompt.voice_rows else 0
+        # voice rows the slot does not hold whole are prefilled (or read back) as a pass of their own, then the rest
+        # after them: on CUDA only where the rest, padded, fits after them (else the prompt is one pass, never cached)
+        voice_pass = start < prompt.voice_rows and reused_rows(
+            prompt.voice_rows, rows, window, self.graph_shapes) == prompt.voice_rows
+        stream = _Stream(owner, prompt, slot, start, prompt.voice_rows if voice_pass else 0)
+        self._streams[slot] = self._owners[owner] = stream
         self._joining.append(stream)
         self.mimi.reset(torch.arange(self.slots, device=self.device) == slot)
         return slot
@@ -270,6 +298,11 @@ class FrameEngine:
         """Every joining stream's whole prompt, or the next chunk of `prefill_rows` rows of the first one's."""
         for stream in list(self._joining)[: None if everything else 1]:
             tokens, mask = stream.prompt.tokens, stream.prompt.mask
+            if stream.prefilled < stream.voice_rows:
+                self._prefill_voice(stream.slot, tokens[: stream.voice_rows], mask[: stream.voice_rows])
+                stream.prefilled = stream.voice_rows
+                if not everything:  # the voice rows were this step's chunk
+                    continue
             start, slot = stream.prefilled, stream.slot
             end = len(tokens) if everything else min(len(tokens), start + self.prefill_rows)
             self.rows[slot].clear_from(start)  # an interrupted prefill leaves the rows from here unknown
@@ -280,6 +313,33 @@ class FrameEngine:
             if end == len(tokens):
                 self.last_h[slot] = last_h[0]
                 self._joining.remove(stream)
+
+    @torch.inference_mode()
+    def prefill_voice(self, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Voice rows tokens, mask [S, C+1] into a free slot, as a prompt that starts with them gets them: read back
+        from the voice cache, or prefilled and kept there. Only while no stream is in the engine."""
+        assert not self.busy, "voice rows are prefilled ahead only in an idle engine"
+        self._prefill_voice(self.free[0], tokens, mask)
+
+    def _prefill_voice(self, slot: int, tokens: torch.Tensor, mask: torch.Tensor) -> None:
+        """Voice rows [S, C+1] at positions 0..S-1 of a slot's caches, as one pass: read back from the voice cache
+        (unless `reuse_prefix` is off), else prefilled and kept there."""
+        self.rows[slot].clear_from(0)
+        caches, voice_cache = self._slot_caches[slot], self.voice_cache if self.reuse_prefix else None
+        first = caches[0].k[0, :, : len(tokens)]  # [K, S, E]
+        shape = torch.Size((len(caches), 2, *first.shape))
+        keys_values = None if voice_cache is None else voice_cache.read(tokens, mask, shape, first.dtype)
+        if keys_values is not None:
+            keys_values = keys_values.to(self.device)
+            for cache, (keys, values) in zip(caches, keys_values, strict=True):
+                cache.k[0, :, : len(tokens)].copy_(keys)
+                cache.v[0, :, : len(tokens)].copy_(values)
+        else:
+            self.model.prefill(self._to_device(tokens), self._to_device(mask), 0, caches, padded=self.graph_shapes)
+            if voice_cache is not None:
+                voice_cache.write(tokens, mask, torch.stack(
+                    [torch.stack((cache.k[0, :, : len(tokens)], cache.v[0, :, : len(tokens)])) for cache in caches]))
+        self.rows[slot].wrote(0, tokens, mask)
 
     def _queue(self, sampling: list[_Stream]) -> None:
         """Writes each row's settings and position, then runs (or replays) the step and Mimi's decode of its frames,

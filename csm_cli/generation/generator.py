@@ -17,7 +17,7 @@ from ..errors import CsmError
 from .args import MAX_SECONDS, WINDOW
 from .codec import Codec
 from .ending import frame_budget
-from .engine import FrameEngine, Prompt
+from .engine import FrameEngine, Prompt, VoiceRowsCache
 from .model import CSM
 from .prompt import Segment, Tokenizer, audio_rows, text_rows
 from .scheduler import Owner, Scheduler, Speech
@@ -52,16 +52,18 @@ class Settings:
 
 class StreamingGenerator:
     def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True, slots: int = 1,
-                 captured: Callable[[], None] | None = None) -> None:
+                 captured: Callable[[], None] | None = None, voice_cache: VoiceRowsCache | None = None) -> None:
         """A generator of `slots` streams at once (more wait for a slot). `fast` replays each step as CUDA graphs on
         a CUDA device (captured here, in seconds, calling `captured` after each graph: `graphs_to_capture`); on a
-        CPU, or with fast=False, every step runs eagerly."""
+        CPU, or with fast=False, every step runs eagerly. `voice_cache`: where voice prompts' prefilled rows are kept
+        between processes."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
         self.device = model.audio_head.device
         graphed = fast and self.device.type == "cuda"
-        self.engine = FrameEngine(model, codec, slots, graphed=graphed, captured=captured or (lambda: None))
+        self.engine = FrameEngine(model, codec, slots, graphed=graphed, captured=captured or (lambda: None),
+                                  voice_cache=voice_cache)
         self.scheduler = Scheduler(self.engine)
 
     @staticmethod
@@ -103,14 +105,25 @@ class StreamingGenerator:
     def prompt_rows(self, text: str, speaker: int, context: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
         """Context segments (text rows, then audio rows) and the new text's rows -> tokens, mask [S, C+1], on the
         host."""
+        return self.context_rows([*context, Segment(speaker, text)])
+
+    def context_rows(self, context: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segments, each its text rows then its audio rows -> tokens, mask [S, C+1], on the host."""
         parts = []
         for segment in context:
             parts.append(text_rows(self.tokenizer.encode(segment.speaker, segment.text)))
             encoded = self.encode_segment(segment)
             if encoded.codes is not None:
                 parts.append(audio_rows(self._context_codes(encoded.codes)))
-        parts.append(text_rows(self.tokenizer.encode(speaker, text)))
         return torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])
+
+    def prefill_voices(self, voices: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Voice prompts' rows prefilled and kept in the engine's voice cache (unless it holds them already), as an
+        utterance whose context starts with them prefills them, for later processes; before any stream -> the rows,
+        tokens and mask [S, C+1]."""
+        tokens, mask = self.context_rows(voices)
+        self.engine.prefill_voice(tokens, mask)
+        return tokens, mask
 
     def _context_codes(self, codes: np.ndarray) -> torch.Tensor:
         codes = torch.as_tensor(codes, dtype=torch.long)
@@ -133,6 +146,7 @@ class StreamingGenerator:
         max_seconds: float = 30,
         chunk_frames: int = 1,
         *,
+        voices: int = 0,
         stop_at_end: bool = True,
         owner: Owner | None = None,
     ) -> Speech:
@@ -140,13 +154,15 @@ class StreamingGenerator:
         thread: the stream takes a slot of the generator's engine (or waits for one), and its frames are generated
         with those of the other streams there. The utterance ends at the model's end frame, at its text's frame
         budget or after a stretch of silence (`ending`), within `max_seconds`; stop_at_end=False generates all of
-        `max_seconds` whatever the model says (for benchmarks). `owner`: whoever may close the streams it started
-        at once (`close_owned`)."""
+        `max_seconds` whatever the model says (for benchmarks). `voices`: how many of the context's first segments
+        are voice prompts that start each utterance alike, whose rows are prefilled once and kept (`Prompt.voice_rows`).
+        `owner`: whoever may close the streams it started at once (`close_owned`)."""
         settings = Settings(temperature, topk, seed, max_seconds, chunk_frames)
         if not isinstance(text, str) or not text.strip():
             raise CsmError("the text is empty: give something to say")
         whole_number("--speaker", speaker, 0, MAX_SPEAKER)
         tokens, mask = self.prompt_rows(text.strip(), speaker, context)
+        voice_rows = sum(self.segment_rows(segment) for segment in context[:voices])
         room = self.model.max_seq_len - len(tokens)
         if settings.max_frames > room:
             fits = f"at most {room / FRAME_RATE:.1f}" if room > 0 else "no"
@@ -157,7 +173,7 @@ class StreamingGenerator:
             )
         frames = frame_budget(text, settings.max_frames) if stop_at_end else settings.max_frames
         prompt = Prompt(tokens, mask, frames, topk, temperature,
-                        secrets.randbits(64) if seed is None else seed, stop_at_end)
+                        secrets.randbits(64) if seed is None else seed, stop_at_end, voice_rows)
         return self.scheduler.speak(prompt, chunk_frames, owner)
 
     def close_owned(self, owner: Owner) -> None:

@@ -1,6 +1,7 @@
 """What csm keeps between runs in the user's cache directory ($XDG_CACHE_HOME/csm, else ~/.cache/csm), a folder per
 kind of entry (`FOLDERS`): a model's weights quantized for the CPU (`checkpoint.py`), the Mimi codes of voice
-recordings (`voice.py`), the bench's repositories of random weights (`cold_start.py`).
+recordings (`voice.py`), the backbone's keys and values of voice prompts (`voice_rows.py`), the bench's repositories
+of random weights (`cold_start.py`).
 
 An entry is a file (or a directory) named by a key that changes with anything that would change what it holds, so
 that a stale entry is never read. It is written whole under a hidden temporary name, then renamed: a reader finds all
@@ -12,6 +13,7 @@ again; a cache that cannot be written costs the work again at the next start, wi
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -20,9 +22,12 @@ from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import CsmWarning, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 # In huggingface_hub's cache a file is a link to a blob named by the hash of its content: an LFS file's sha256, a
@@ -39,6 +44,13 @@ def cache_dir() -> Path:
 def key_of(parts: object) -> str:
     """A short hash of `parts` (anything JSON writes), for an entry's name."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def source_hash(*names: str) -> str:
+    """The hash of the package's source files `names` (paths from the package's root): the code that makes an entry,
+    so that a change to it makes new entries."""
+    package = Path(__file__).parents[1]
+    return hashlib.sha256(b"".join((package / name).read_bytes() for name in names)).hexdigest()
 
 
 def file_identity(path: Path) -> dict[str, object]:
@@ -176,8 +188,32 @@ class CacheFolder:
                 total -= entry.bytes
 
 
+# An entry of tensors that torch.load or `read_tensors`' checks fail on: truncated, another file, other tensors.
+DAMAGED_TENSORS = (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError)
+
+
+def read_tensors(path: Path, expected: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    """The tensors torch.save wrote to `path`, memory-mapped (pages are read as they are used; torch.save aligns each
+    tensor to 64 bytes, as the int8 kernel needs), checked against the names, dtypes and shapes of `expected` (tensors
+    of any device, meta included)."""
+    import torch
+
+    state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    if not isinstance(state, dict) or state.keys() != expected.keys():
+        names = sorted(state.keys() ^ expected.keys()) if isinstance(state, dict) else []
+        raise ValueError(f"it holds other tensors than expected ({', '.join(names[:3])})")
+    for name, tensor in expected.items():
+        if (state[name].dtype, state[name].shape) != (tensor.dtype, tensor.shape):
+            raise ValueError(f"{name} is {state[name].dtype} {list(state[name].shape)}, not {tensor.dtype} "
+                             f"{list(tensor.shape)}")
+    return state
+
+
 # CSM-1B's int8 weights take 2.0 GB: three models' (or versions of csm's), and no more.
 INT8_WEIGHTS = CacheFolder("int8-weights", "int8 weights", ".pt", max_bytes=6 * 2**30)
 VOICE_CODES = CacheFolder("voice-codes", "voice codes", ".npy")  # 100 kB for 30 s
+# The backbone's keys and values of voice prompts' rows: CSM-1B's two default voices (996 rows) take 65 MB in
+# float32 (a CPU's), 33 MB in bfloat16; a model, mode and voice each, and no more than 1 GB of them.
+VOICE_ROWS = CacheFolder("voice-rows", "prefilled voice rows", ".pt", max_bytes=2**30)
 BENCH_MODELS = CacheFolder("bench-models", "bench models of random weights", "", max_bytes=0)  # the last one only
-FOLDERS = (INT8_WEIGHTS, VOICE_CODES, BENCH_MODELS)
+FOLDERS = (INT8_WEIGHTS, VOICE_CODES, VOICE_ROWS, BENCH_MODELS)

@@ -2,8 +2,6 @@
 once and cached (`cache.INT8_WEIGHTS`): a start then maps 2.0 GB of them into memory instead of reading 6.2 GB of
 float32 and quantizing them (8 s on 2 cores)."""
 
-import hashlib
-import pickle
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -13,7 +11,7 @@ import torch
 from ..errors import CsmError, first_line
 from ..generation.model import CSM
 from ..progress import LoadProgress
-from .cache import INT8_WEIGHTS, file_identity, key_of
+from .cache import DAMAGED_TENSORS, INT8_WEIGHTS, file_identity, key_of, read_tensors, source_hash
 from .config import CsmArgs, Layout
 from .quantize import ACTIVATIONS, Quantization, quantize
 from .repository import CONFIG_FILE, ModelRepository
@@ -71,7 +69,7 @@ def load_model(repository: ModelRepository, device: torch.device, dtype: torch.d
     key = int8_weights_key(repository, dtype) if quantization is Quantization.INT8 else None
     if key is not None:
         model = _int8_shell(repository.args, dtype)
-        state = INT8_WEIGHTS.read(key, lambda path: _int8_state(path, model.state_dict()), _DAMAGED)
+        state = INT8_WEIGHTS.read(key, lambda path: read_tensors(path, model.state_dict()), DAMAGED_TENSORS)
         if state is not None:
             model.load_state_dict(state, strict=True, assign=True)
             model.eval().requires_grad_(False)
@@ -133,18 +131,21 @@ def _to_half_rope(name: str, tensor: torch.Tensor, args: CsmArgs) -> torch.Tenso
 # --- int8 weights in the cache ------------------------------------------------------------------------------------
 
 # The code that makes an entry: a change to it (a new layout of the tensors, another rounding) makes new entries.
-_MAKERS = ("loading/checkpoint.py", "loading/config.py", "loading/quantize.py", "generation/args.py",
-           "generation/model.py")
+MAKERS = ("loading/checkpoint.py", "loading/config.py", "loading/quantize.py", "generation/args.py",
+          "generation/model.py")
+
+
+def weights_key_parts(repository: ModelRepository, quantization: Quantization, dtype: torch.dtype,
+                      makers: tuple[str, ...] = MAKERS) -> dict[str, object]:
+    """What anything made from a repository's weights depends on: the files (`cache.file_identity`: no file is read),
+    the quantization, the dtype of the rest, csm's version and the code that makes it (`makers`)."""
+    files = [repository.directory / CONFIG_FILE, *repository.weights]
+    return {"quantization": str(quantization), "dtype": str(dtype), "csm": version("csm-cli"),
+            "code": source_hash(*makers), "files": [file_identity(file) for file in files]}
 
 
 def int8_weights_key(repository: ModelRepository, dtype: torch.dtype) -> str:
-    """What the int8 weights of a repository's files depend on: the files (`cache.file_identity`: no file is read),
-    the dtype of the rest, csm's version and the code that makes them."""
-    package = Path(__file__).parents[1]
-    code = hashlib.sha256(b"".join((package / name).read_bytes() for name in _MAKERS)).hexdigest()
-    files = [repository.directory / CONFIG_FILE, *repository.weights]
-    return key_of({"quantization": str(Quantization.INT8), "dtype": str(dtype), "csm": version("csm-cli"),
-                   "code": code, "files": [file_identity(file) for file in files]})
+    return key_of(weights_key_parts(repository, Quantization.INT8, dtype))
 
 
 def cache_int8_weights(repository: ModelRepository, progress: LoadProgress) -> Path | None:
@@ -156,30 +157,12 @@ def cache_int8_weights(repository: ModelRepository, progress: LoadProgress) -> P
     return entry if entry.exists() else None
 
 
-# An entry that torch.load or the checks below fail on: truncated, another file, other tensors.
-_DAMAGED = (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError)
-
-
 def _int8_shell(args: CsmArgs, dtype: torch.dtype) -> CSM:
     """The int8 model of `args` on the meta device: its layers without weights."""
     with torch.device("meta"):
         model = CSM(args).to(dtype)
         quantize(model, Quantization.INT8)
     return model
-
-
-def _int8_state(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of an entry, memory-mapped (pages are read as they are used; torch.save aligns each tensor to 64
-    bytes, as the int8 kernel needs), checked against the model's names, dtypes and shapes."""
-    state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
-    if not isinstance(state, dict) or state.keys() != expected.keys():
-        names = sorted(state.keys() ^ expected.keys()) if isinstance(state, dict) else []
-        raise ValueError(f"it holds other tensors than the model's ({', '.join(names[:3])})")
-    for name, tensor in expected.items():
-        if (state[name].dtype, state[name].shape) != (tensor.dtype, tensor.shape):
-            raise ValueError(f"{name} is {state[name].dtype} {list(state[name].shape)}, not {tensor.dtype} "
-                             f"{list(tensor.shape)}")
-    return state
 
 
 def _own_storages(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -17,7 +17,8 @@ from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .quantize import Quantization, activation_dtype, resolve_quantization
 from .repository import fetch_model_files, resolve_voice_files
 from .tokenizer import TextTokenizer
-from .voice import Voice, model_voices
+from .voice import Voice, choose_voices, model_voices, voice_segment
+from .voice_rows import CachedVoiceRows
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -92,7 +93,8 @@ def load_generator(options: LoadOptions = LoadOptions(), progress: LoadProgress 
         graphs = StreamingGenerator.graphs_to_capture(device, options.fast, options.slots)
         with shown.steps_task("capturing CUDA graphs", graphs) if graphs else nullcontext(None) as captured:
             return StreamingGenerator(model, tokenizer, codec, fast=options.fast, slots=options.slots,
-                                      captured=captured)
+                                      captured=captured,
+                                      voice_cache=CachedVoiceRows(files.repository, quantization, dtype, device))
 
 
 def load_voices(model: str, progress: LoadProgress | None = None) -> dict[str, Voice]:
@@ -100,3 +102,25 @@ def load_voices(model: str, progress: LoadProgress | None = None) -> dict[str, V
     fetched without its weights."""
     with progress or LoadProgress(enabled=False) as shown:
         return model_voices(resolve_voice_files(model, shown))
+
+
+def cache_voice_rows(options: LoadOptions, progress: LoadProgress | None = None) -> tuple[list[str], Path | None]:
+    """Prefills the model's default voices (`voice.DEFAULT_VOICES`) as `csm say` with these options does, keeping
+    their rows in the cache unless it holds them already -> the voices' names and the entry (None where the model has
+    no default voices or the cache cannot be written)."""
+    with progress or LoadProgress(enabled=False) as shown:
+        voices = choose_voices(model_voices(resolve_voice_files(options.model, shown)), None, None, 0, False)
+        if not voices:
+            return [], None
+        generator = load_generator(options, shown)
+        try:
+            with shown.steps_task("prefilling the default voices", 1) as done:
+                tokens, mask = generator.prefill_voices([voice_segment(voice, n, generator.codec)
+                                                         for n, voice in voices])
+                done()
+        finally:
+            generator.close()
+    voice_cache = generator.engine.voice_cache
+    assert isinstance(voice_cache, CachedVoiceRows), voice_cache
+    entry = voice_cache.entry(tokens, mask)
+    return [voice.name for _, voice in voices], entry if entry.exists() else None

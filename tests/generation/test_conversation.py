@@ -168,11 +168,13 @@ def test_later_lines_prefill_only_their_new_rows_and_say_what_a_whole_prefill_sa
     reused, prefills = converse(generator, True, prompt, 3)
     for got, want in zip(reused, whole, strict=True):
         np.testing.assert_array_equal(got, want)
-    assert [start for start, _ in whole_prefills.calls] == [0, 0, 0]
-    assert prefills.calls[0] == whole_prefills.calls[0]
-    for (start, count), (_, whole_count) in zip(prefills.calls[1:], whole_prefills.calls[1:], strict=True):
+    voice = generator.segment_rows(prompt)  # each prompt's voice rows are a pass of their own, then the rest
+    assert whole_prefills.calls[::2] == [(0, voice)] * 3
+    assert {start for start, _ in whole_prefills.calls[1::2]} == {voice}
+    assert prefills.calls[:2] == whole_prefills.calls[:2]
+    for (start, count), (_, whole_count) in zip(prefills.calls[2:], whole_prefills.calls[3::2], strict=True):
         text_rows = generator.segment_rows(Segment(0, "Line number 1."))
-        assert start + count == whole_count and count <= text_rows + 2  # the end-of-audio row, the text, maybe a frame
+        assert start + count == voice + whole_count and count <= text_rows + 2  # end-of-audio row, text, a frame
 
 
 def test_a_trimmed_history_keeps_the_voice_prompt_cached(generator):

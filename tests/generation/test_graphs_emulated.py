@@ -189,6 +189,7 @@ def test_the_graphs_prefill_from_the_cached_rows_and_say_what_a_whole_eager_pref
         conversation = Conversation(speaker, Settings(topk=1, seed=3, max_seconds=0.32), prompts=[prompt_segment])
         list(conversation.speak(script))
         spoken.append([segment.codes for segment in conversation.history])
-    assert starts[:3] == [0, 0, 0] and starts[3] > graphed.segment_rows(prompt_segment)  # past the voice prompt
+    voice = graphed.segment_rows(prompt_segment)  # prefilled as a pass of its own, then the rest after it
+    assert starts[:6] == [0, voice] * 3 and starts[6] > voice  # the graphed second line: past the voice prompt
     for got, want in zip(spoken[1], spoken[0], strict=True):
         np.testing.assert_array_equal(got, want)
