@@ -1,7 +1,7 @@
 """`csm bench --cold-start`: what a new user waits for. `csm say "Hello there." --out FILE --no-play` runs twice, each
 time a new process, with csm's cache in a directory of the bench's: empty for the first run, which fills it (int8
-weights, voice codes, the voices' prefilled rows), and as the first run left it for the second. Each run reports, with --stats, when it wrote its
-first chunk to the file, from its launch (`launch_to_first_written_s`).
+weights, voice codes, the voices' prefilled rows), and as the first run left it for the second. Each run reports,
+with --stats, when it wrote its first chunk to the file, from its launch (`launch_to_first_written_s`).
 
 With --random-weights the runs load a repository of full-size random weights in the published layout (config.json
 naming the original flavors, the original layout's float32 model.safetensors, a tokenizer, the two 30 s default

@@ -60,8 +60,8 @@ def activation_dtype(mode: Quantization, dtype: torch.dtype | None) -> torch.dty
 
 def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] -> int8 weights [N, K] and float32 scales [N], one per output row (symmetric, -127..127)."""
-    if weight.is_meta:  # a shell for weights to come: computing on the meta device would import torch._dynamo (1-2 s)
-        return torch.empty_like(weight, dtype=torch.int8), torch.empty(len(weight), device=weight.device)
+    if weight.is_meta:  # a shell for weights to come: arithmetic on the meta device imports torch._dynamo (1-2 s)
+        return torch.empty(weight.shape, dtype=torch.int8, device="meta"), torch.empty(len(weight), device="meta")
     w = weight.float()
     scales = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
     return torch.round(w / scales[:, None]).to(torch.int8), scales
