@@ -81,3 +81,19 @@ def test_a_file_that_is_not_mimi_is_refused(tmp_path):
         Codec.load(text, torch.device("cpu"))
     with pytest.raises(CsmError, match="does not exist"):
         Codec.load(tmp_path / "missing.safetensors", torch.device("cpu"))
+
+
+def test_mimi_loads_what_moshis_loader_loads_without_drawing_weights_first(mimi_file):
+    """Built empty and given the file's tensors: the weights, buffers and codes of moshi's own loader."""
+    from moshi.models import loaders
+
+    ours = Codec.load(mimi_file, torch.device("cpu")).mimi
+    moshis = loaders.get_mimi(mimi_file, device="cpu", num_codebooks=32)
+    theirs = moshis.state_dict()
+    assert ours.state_dict().keys() == theirs.keys()
+    assert all(torch.equal(tensor, theirs[name]) for name, tensor in ours.state_dict().items())
+    assert not any(tensor.is_meta for tensor in (*ours.parameters(), *ours.buffers()))
+    assert not ours.training
+    samples = torch.randn(1, 1, 2 * SAMPLES_PER_FRAME, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(ours.encode(samples), moshis.encode(samples))

@@ -21,6 +21,11 @@ from csm_cli.generation.engine import FrameEngine
 from csm_cli.generation.generator import Settings, StreamingGenerator
 from csm_cli.generation.prompt import Segment
 from csm_cli.generation.scheduler import Scheduler
+from csm_cli.loading.cache import VOICE_ROWS
+from csm_cli.loading.quantize import Quantization
+from csm_cli.loading.repository import resolve_model
+from csm_cli.loading.voice_rows import CachedVoiceRows
+from csm_cli.progress import LoadProgress
 
 TEXT = "Hello there. How are you today?"
 FRAMES = 3
@@ -193,3 +198,29 @@ def test_the_graphs_prefill_from_the_cached_rows_and_say_what_a_whole_eager_pref
     assert starts[:6] == [0, voice] * 3 and starts[6] > voice  # the graphed second line: past the voice prompt
     for got, want in zip(spoken[1], spoken[0], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_graphs_read_back_the_voice_rows_an_eager_engine_kept_and_say_what_it_says(generator, transformers_dir,
+                                                                                      emulated_cuda, tmp_path,
+                                                                                      monkeypatch):
+    """On CUDA the voice rows are prefilled padded, then the rest after them: kept by one engine (process), read back
+    by the next, whose prefill starts past them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    repository = resolve_model(str(transformers_dir), LoadProgress(enabled=False))
+    voice_cache = CachedVoiceRows(repository, Quantization.NONE, torch.float32, torch.device("cpu"))
+    voice = Segment(1, "How are you today?", codes=np.random.default_rng(3).integers(0, 2048, (32, 40)))
+    starts = []
+    prefill = generator.model.prefill
+    monkeypatch.setattr(generator.model, "prefill", lambda *args, **kw: starts.append(args[2]) or prefill(*args, **kw))
+    spoken = []
+    for engine in (eager_engine(generator), graphed_engine(generator, 1)):
+        engine.voice_cache = voice_cache
+        speaker = on_engine(generator, engine)
+        speaker.reuse_prefix = True
+        conversation = Conversation(speaker, Settings(topk=1, seed=3, max_seconds=0.32), prompts=[voice])
+        list(conversation.speak([Utterance(0, "Hello there.")]))
+        speaker.close()
+        spoken.append(conversation.history[0].codes)
+    rows = generator.segment_rows(voice)
+    assert starts == [0, rows, rows] and len(VOICE_ROWS.entries()) == 1
+    np.testing.assert_array_equal(spoken[1], spoken[0])

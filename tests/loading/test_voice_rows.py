@@ -51,9 +51,11 @@ def say(*args: object) -> tuple[np.ndarray, str]:
 
 
 def say_in_a_new_process(*args: object) -> np.ndarray:
-    result = subprocess.run([sys.executable, "-m", "csm_cli", *say_args(*args)], capture_output=True, text=True,
-                            env=os.environ, timeout=120)
+    """Which also imports no torch._dynamo, seconds of a start (the int8 model's shell once did)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "csm_cli", *say_args(*args)],
+                            capture_output=True, text=True, env=os.environ, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert "torch._dynamo" not in result.stderr
     return sf.read(args[0], dtype="int16")[0]
 
 
