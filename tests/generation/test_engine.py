@@ -2,6 +2,7 @@
 slot it takes; slots, the prefix cache, prefill by chunks and the ends, stepped directly."""
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -179,6 +180,33 @@ def test_a_long_prompt_joining_is_prefilled_a_chunk_a_step_while_the_others_samp
     assert prefilled[1:] == [64, 64, len(tokens) - 128] and engine.sampled == [0, 1]
     driver.run()
     np.testing.assert_array_equal(driver.codes("joining"), alone(generator, long))
+
+
+def test_voice_rows_joining_are_one_step_of_their_own_while_the_others_sample(generator, monkeypatch):
+    """A prompt's voice rows, longer than a chunk, are prefilled in one step (as a stream alone prefills them, so
+    that what is kept of them is the same), then the rest; it gets the codes it gets alone."""
+    long = {**STREAMS[1], "context": LONG_CONTEXT}
+    voice = replace(prompt(generator, long, frames=2), voice_rows=generator.segment_rows(LONG_CONTEXT[0]))
+    assert 64 < voice.voice_rows < len(voice.tokens) - 1
+    alone_engine = Driver(FrameEngine(generator.model, generator.codec, 1))
+    alone_engine.join("alone", voice)
+    alone_engine.run()
+    engine = FrameEngine(generator.model, generator.codec, 2, prefill_rows=64)
+    prefilled = []
+    prefill = generator.model.prefill
+    monkeypatch.setattr(generator.model, "prefill",
+                        lambda tokens, *args, **kw: prefilled.append(len(tokens)) or prefill(tokens, *args, **kw))
+    driver = Driver(engine)
+    driver.join("sampling", prompt(generator, STREAMS[0], frames=FRAMES))
+    driver.step()
+    prefilled.clear()
+    driver.join("joining", voice)
+    driver.step()
+    assert engine.sampled == [0]
+    driver.step()
+    assert prefilled == [voice.voice_rows, len(voice.tokens) - voice.voice_rows] and engine.sampled == [0, 1]
+    driver.run()
+    np.testing.assert_array_equal(driver.codes("joining"), alone_engine.codes("alone"))
 
 
 def test_a_stream_that_leaves_mid_prefill_frees_its_slot_and_leaves_the_rows_it_prefilled(generator):
