@@ -161,6 +161,7 @@ class StreamingGenerator:
         if not isinstance(text, str) or not text.strip():
             raise CsmError("the text is empty: give something to say")
         whole_number("--speaker", speaker, 0, MAX_SPEAKER)
+        whole_number("voices", voices, 0, len(context))
         tokens, mask = self.prompt_rows(text.strip(), speaker, context)
         voice_rows = sum(self.segment_rows(segment) for segment in context[:voices])
         room = self.model.max_seq_len - len(tokens)
