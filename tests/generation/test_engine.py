@@ -59,9 +59,9 @@ class Driver:
         return np.stack([frame.codes for frame in self.frames[owner]], axis=1)
 
 
-def alone(generator, stream: dict, frames: int = FRAMES) -> np.ndarray:
+def alone(generator, stream: dict | Prompt, frames: int = FRAMES) -> np.ndarray:
     driver = Driver(FrameEngine(generator.model, generator.codec, 1))
-    driver.join("alone", prompt(generator, stream, frames))
+    driver.join("alone", stream if isinstance(stream, Prompt) else prompt(generator, stream, frames))
     driver.run()
     return driver.codes("alone")
 
@@ -159,18 +159,23 @@ def test_a_step_computes_only_the_slots_up_to_the_last_stream_sampling(generator
     assert engine.sampled == [5] and buckets[-1] == 8
 
 
+def chunking(generator, monkeypatch) -> tuple[Driver, list[int]]:
+    """An engine of two slots that prefills 64 rows a step while a stream samples, and the rows of each prefill."""
+    prefilled = []
+    prefill = generator.model.prefill
+    monkeypatch.setattr(generator.model, "prefill",
+                        lambda tokens, *args, **kw: prefilled.append(len(tokens)) or prefill(tokens, *args, **kw))
+    return Driver(FrameEngine(generator.model, generator.codec, 2, prefill_rows=64)), prefilled
+
+
 def test_a_long_prompt_joining_is_prefilled_a_chunk_a_step_while_the_others_sample(generator, monkeypatch):
     """A prompt of 3 chunks of 64 rows, joining a stream that samples, is prefilled 64 rows a step while the other
     takes a frame each step; it samples in the step that prefills its last row, and gets the codes it gets alone."""
     long = {**STREAMS[1], "context": LONG_CONTEXT}
     tokens = prompt(generator, long).tokens
     assert 128 < len(tokens) <= 192
-    engine = FrameEngine(generator.model, generator.codec, 2, prefill_rows=64)
-    prefilled = []
-    prefill = generator.model.prefill
-    monkeypatch.setattr(generator.model, "prefill",
-                        lambda tokens, *args, **kw: prefilled.append(len(tokens)) or prefill(tokens, *args, **kw))
-    driver = Driver(engine)
+    driver, prefilled = chunking(generator, monkeypatch)
+    engine = driver.engine
     driver.join("sampling", prompt(generator, STREAMS[0], frames=FRAMES + 3))
     driver.step()
     driver.join("joining", prompt(generator, long))
@@ -188,15 +193,9 @@ def test_voice_rows_joining_are_one_step_of_their_own_while_the_others_sample(ge
     long = {**STREAMS[1], "context": LONG_CONTEXT}
     voice = replace(prompt(generator, long, frames=2), voice_rows=generator.segment_rows(LONG_CONTEXT[0]))
     assert 64 < voice.voice_rows < len(voice.tokens) - 1
-    alone_engine = Driver(FrameEngine(generator.model, generator.codec, 1))
-    alone_engine.join("alone", voice)
-    alone_engine.run()
-    engine = FrameEngine(generator.model, generator.codec, 2, prefill_rows=64)
-    prefilled = []
-    prefill = generator.model.prefill
-    monkeypatch.setattr(generator.model, "prefill",
-                        lambda tokens, *args, **kw: prefilled.append(len(tokens)) or prefill(tokens, *args, **kw))
-    driver = Driver(engine)
+    codes_alone = alone(generator, voice)
+    driver, prefilled = chunking(generator, monkeypatch)
+    engine = driver.engine
     driver.join("sampling", prompt(generator, STREAMS[0], frames=FRAMES))
     driver.step()
     prefilled.clear()
@@ -206,7 +205,7 @@ def test_voice_rows_joining_are_one_step_of_their_own_while_the_others_sample(ge
     driver.step()
     assert prefilled == [voice.voice_rows, len(voice.tokens) - voice.voice_rows] and engine.sampled == [0, 1]
     driver.run()
-    np.testing.assert_array_equal(driver.codes("joining"), alone_engine.codes("alone"))
+    np.testing.assert_array_equal(driver.codes("joining"), codes_alone)
 
 
 def test_a_stream_that_leaves_mid_prefill_frees_its_slot_and_leaves_the_rows_it_prefilled(generator):
