@@ -40,7 +40,7 @@ from csm_cli.progress import LoadProgress
 
 runner = CliRunner()
 TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)
-FIGURES = {"path", "warmup_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
+FIGURES = {"path", "warmup_s", "compile_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
            "realtime_factor", "underruns"}
 SETUP = {"device", "dtype", "quantization", "torch", "weights", "synthetic_tokens", "texts", "frames",
          "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation", "streams", "prefill"}
@@ -103,7 +103,8 @@ def test_bench_on_a_cpu_shows_no_gpu_fields_and_takes_context(transformers_dir, 
 def test_comparing_eager_with_eager_is_refused(transformers_dir, mimi_file, args):
     result = runner.invoke(app, ["bench", *args, "-q", *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 1
-    assert_one_line_error(result.stderr, "every frame runs eagerly (on a CPU, or with --eager): leave --compare out")
+    assert_one_line_error(result.stderr, "every frame runs eagerly (on a CPU without --compile, or with --eager): "
+                                         "leave --compare out")
 
 
 def test_bench_shows_its_progress_on_a_terminal(transformers_dir, mimi_file):
@@ -138,7 +139,7 @@ def test_bad_bench_options_are_one_line(transformers_dir, mimi_file, args, messa
 def report_of_every_kind() -> BenchReport:
     """A report with CUDA graphs and eager, a conversation and batched streams."""
     def figures(path: str, scale: float) -> PathFigures:
-        return PathFigures(path, 1.5, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
+        return PathFigures(path, 1.5, None, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
                            0.05 * scale, 0)
 
     return BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,

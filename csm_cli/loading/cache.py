@@ -1,6 +1,7 @@
 """What csm keeps between runs in the user's cache directory ($XDG_CACHE_HOME/csm, else ~/.cache/csm), a folder per
 kind of entry (`FOLDERS`): a model's weights quantized for the CPU (`checkpoint.py`), the Mimi codes of voice
-recordings (`voice.py`), the bench's repositories of random weights (`cold_start.py`).
+recordings (`voice.py`), the bench's repositories of random weights (`cold_start.py`), torch.compile's code of the
+frame step (`use_compiled_cache`).
 
 An entry is a file (or a directory) named by a key that changes with anything that would change what it holds, so
 that a stale entry is never read. It is written whole under a hidden temporary name, then renamed: a reader finds all
@@ -180,4 +181,12 @@ class CacheFolder:
 INT8_WEIGHTS = CacheFolder("int8-weights", "int8 weights", ".pt", max_bytes=6 * 2**30)
 VOICE_CODES = CacheFolder("voice-codes", "voice codes", ".npy")  # 100 kB for 30 s
 BENCH_MODELS = CacheFolder("bench-models", "bench models of random weights", "", max_bytes=0)  # the last one only
-FOLDERS = (INT8_WEIGHTS, VOICE_CODES, BENCH_MODELS)
+# torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's): a few MB for CSM-1B's frame step
+COMPILED = CacheFolder("compiled", "compiled frame steps", "")
+FOLDERS = (INT8_WEIGHTS, VOICE_CODES, BENCH_MODELS, COMPILED)
+
+
+def use_compiled_cache() -> None:
+    """Points torch.compile's caches at `COMPILED`'s folder, before anything compiles: inductor reads
+    TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes an entry."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILED.directory)
