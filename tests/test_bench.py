@@ -1,6 +1,7 @@
 """`csm bench` on the CPU with the tiny checkpoint, and the random-weights path with tiny shapes."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -235,3 +236,24 @@ def test_the_repository_of_random_weights_is_the_published_layout_with_the_defau
     assert result.exit_code == 0, result.stderr
     assert sf.info(str(out)).frames == 3 * 1920
     assert len(list(VOICE_CODES.directory.iterdir())) == len(DEFAULT_VOICES)  # both voices spoke before
+
+
+def test_bench_compile_reports_the_compile_apart_beside_eager(transformers_dir, mimi_file):
+    """The compiled step's code comes from the session's cache when test_compiled.py ran first (seconds)."""
+    result = runner.invoke(app, ["bench", "--compile", "--compare", "eager", "--frames", "2", "--json", "-q",
+                                 *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["path"] == "compiled" and report["compile_s"] > 0, result.stderr
+    eager = report["compare"]["eager"]
+    assert eager["path"] == "eager" and eager["compile_s"] is None
+    assert report["compare"]["speedup"]["steady_ms_per_frame"] > 0
+
+
+def test_the_table_shows_the_compile_apart():
+    report = report_of_every_kind()
+    compiled = replace(report, figures=replace(report.figures, path="compiled", compile_s=58.4))
+    console = Console(width=200, record=True)
+    console.print(render_table(compiled))
+    text = console.export_text()
+    assert "compile of the frame step" in text and "58.4 s" in text and "eager / compiled" in text

@@ -82,11 +82,12 @@ def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(tmp_path, tr
                                                                     monkeypatch):
     """A cache of its own (no compiled code to reuse) and no C++ compiler: inductor cannot build the step's code."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # the load points it at the cache above: restored
     out = tmp_path / "speech.wav"
-    result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed", "1",
-                                 "--max-seconds", "0.5", "--quantize", "none", *model_args(transformers_dir,
-                                                                                          mimi_file)])
+    with torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}):
+        result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed",
+                                     "1", "--max-seconds", "0.5", "--quantize", "none",
+                                     *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("csm: warning: compiling the frame step failed ("), warnings
