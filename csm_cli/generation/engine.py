@@ -15,7 +15,8 @@ the backbone, so the weights are read once per step, not once per stream.
   with its own settings, seed and frame index (`sampling`: no generator state), then the frame fed back through the
   backbone at each row's own position. A slot that samples nothing writes its row at the scratch position past the
   window, which nothing reads. Every per-row value is a device tensor the host writes before the step, so the step
-  is a function of tensors with fixed shapes: on CUDA it replays as a CUDA graph per bucket (`graphs`).
+  is a function of tensors with fixed shapes: on CUDA it replays as a CUDA graph per bucket (`graphs`); on a CPU its
+  model pieces may run compiled by torch.compile (`compiled`).
 - Mimi decodes the frames of the slots sampling, each on its row of Mimi's streaming state (`MimiDecoder`).
 - Ends: a stream has at most its frame budget (`ending.frame_budget`); with `stop_at_end` it ends at the model's
   all-zero frame or after a stretch of silence (`ending.SilenceRule`). On CUDA the host reads a step's frames only
