@@ -181,12 +181,14 @@ class CacheFolder:
 INT8_WEIGHTS = CacheFolder("int8-weights", "int8 weights", ".pt", max_bytes=6 * 2**30)
 VOICE_CODES = CacheFolder("voice-codes", "voice codes", ".npy")  # 100 kB for 30 s
 BENCH_MODELS = CacheFolder("bench-models", "bench models of random weights", "", max_bytes=0)  # the last one only
-# torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's): a few MB for CSM-1B's frame step
+# torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's), an entry per torch version: a few MB
 COMPILED = CacheFolder("compiled", "compiled frame steps", "")
 FOLDERS = (INT8_WEIGHTS, VOICE_CODES, BENCH_MODELS, COMPILED)
 
 
 def use_compiled_cache() -> None:
-    """Points torch.compile's caches at `COMPILED`'s folder, before anything compiles: inductor reads
-    TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes an entry."""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILED.directory)
+    """Points torch.compile's caches at this torch version's entry of `COMPILED` (torch keys what it holds itself),
+    before anything compiles: inductor reads TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes."""
+    import torch
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILED.path(f"torch-{torch.__version__}"))
