@@ -104,8 +104,8 @@ def csm(
 
 EagerOption = Annotated[bool, typer.Option("--eager", help="Run every frame eagerly, without CUDA graphs.")]
 CompileOption = Annotated[bool, typer.Option(
-    "--compile", help="On a CPU, compile the frame step with torch.compile (a C++ compiler needed): minutes the first "
-                      "time, seconds once its code is in csm's cache.")]
+    "--compile", help="On a CPU, compile the frame step with torch.compile (needs a C++ compiler): about a minute at "
+                      "first use, tens of seconds at later starts (its code cached); see README for what it gains.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
 
 
