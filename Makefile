@@ -9,8 +9,9 @@ MOSHI := moshi==0.2.13
 # a test dependency, without its pins of soundfile and soxr (see pyproject.toml)
 PIPECAT := pipecat-ai==1.14.0
 # PortAudio for sounddevice; PulseAudio with a null sink and parec for the playback tests; curl for the server's;
-# ffmpeg, a reader the tests open every written file with.
-APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins curl ffmpeg
+# ffmpeg, a reader the tests open every written file with; a C++ compiler and Python's headers for torch.compile's
+# code on the CPU (`--compile`).
+APT_PACKAGES := libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins curl ffmpeg g++ python3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # What the GPU machines' image lacks, as wheels for its Python 3.12, carried in .whl/ (ignored by git).

@@ -41,6 +41,7 @@ from .generation.conversation import Conversation, Utterance
 from .generation.generator import Settings, StreamingGenerator
 from .generation.model import CSM, SHORTEST_PREFILL, KVCache
 from .generation.prompt import Segment, Tokenizer, audio_rows
+from .loading.cache import use_compiled_cache
 from .loading.config import CSM_1B
 from .loading.generator import LoadOptions, load_generator, resolve_device, resolve_precision
 from .loading.quantize import (
@@ -132,9 +133,11 @@ def load_for_bench(options: LoadOptions, random_weights: bool, progress: LoadPro
     return load_generator(options, progress)
 
 
-def beside(generator: StreamingGenerator, fast: bool, slots: int = 1) -> StreamingGenerator:
-    """Another generator of the same model, tokenizer and codec, with an engine of its own."""
-    return StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=fast, slots=slots)
+def beside(generator: StreamingGenerator, options: "BenchOptions", slots: int = 1) -> StreamingGenerator:
+    """Another generator of the same model, tokenizer and codec, with an engine of its own, CUDA-graphed or compiled
+    as `options` ask."""
+    return StreamingGenerator(generator.model, generator.tokenizer, generator.codec, fast=options.fast, slots=slots,
+                              compiled=options.compiled)
 
 
 @dataclass(frozen=True)
@@ -143,14 +146,15 @@ class BenchOptions:
     context_seconds: float = 0.0
     fast: bool = True  # CUDA graphs (on a CUDA device)
     compare_eager: bool = False
+    compiled: bool = False  # the frame step compiled by torch.compile (on a CPU)
     conversation_lines: int = 0
     streams: int = 0  # batched streams, beside one (0: none)
     prefill_rows: tuple[int, ...] = ()  # prompt lengths whose prefill is timed in each form of the int8 product
 
     def __post_init__(self) -> None:
-        if self.compare_eager and not self.fast:
-            raise CsmError("--compare eager sets CUDA graphs beside eager, but here every frame runs eagerly (on a "
-                           "CPU, or with --eager): leave --compare out")
+        if self.compare_eager and not (self.fast or self.compiled):
+            raise CsmError("--compare eager sets CUDA graphs or the compiled step beside eager, but here every frame "
+                           "runs eagerly (on a CPU without --compile, or with --eager): leave --compare out")
         window = CSM_1B.backbone.max_seq_len
         whole_number("--frames", self.frames, 2, window)  # the time per frame needs two
         number("--context-seconds", self.context_seconds, 0, MAX_SECONDS, " seconds")
@@ -174,8 +178,9 @@ class Percentiles:
 class PathFigures:
     """What one generation path measured over every text."""
 
-    path: str  # "cuda-graphs" or "eager"
-    warmup_s: float  # graph capture (if any) and a first, short utterance
+    path: str  # "cuda-graphs", "compiled" or "eager"
+    warmup_s: float  # graph capture or compile (if any) and a first, short utterance
+    compile_s: float | None  # of the compiled step, when the engine was made (None: not compiled)
     time_to_first_audio_ms: Percentiles
     steady_ms_per_frame: Percentiles
     mimi_ms_per_frame: float  # p50
@@ -338,7 +343,8 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
     done in `progress`."""
     started = time.perf_counter()
     generator = make()
-    path = "eager" if generator.engine.graphs is None else "cuda-graphs"
+    engine = generator.engine
+    path = "cuda-graphs" if engine.graphs is not None else "compiled" if engine.compile_s is not None else "eager"
     context = context_segments(options.context_seconds)
     longest = max(len(generator.prompt_rows(text, 0, context)[0]) for text in TEXTS)
     if longest + options.frames > generator.model.max_seq_len:
@@ -354,6 +360,7 @@ def bench_path(make: Callable[[], StreamingGenerator], options: BenchOptions,
     figures = PathFigures(
         path=path,
         warmup_s=warmup_s,
+        compile_s=engine.compile_s,
         time_to_first_audio_ms=Percentiles.of([1000 * run.first_audio_s for run in runs]),
         steady_ms_per_frame=per_frame,
         mimi_ms_per_frame=mimi_ms_per_frame(generator.codec, runs[-1].codes),
@@ -370,7 +377,7 @@ def bench_conversation(generator: StreamingGenerator, options: BenchOptions) -> 
     script = [Utterance(i % 2, TEXTS[i % len(TEXTS)]) for i in range(options.conversation_lines)]
     first_audio = {}
     for reuse in (False, True):
-        speaker = beside(generator, options.fast)
+        speaker = beside(generator, options)
         speaker.reuse_prefix = reuse
         conversation = Conversation(speaker, settings, context_segments(options.context_seconds))
         for _ in conversation.speak(script):
@@ -409,7 +416,7 @@ def bench_streams(generator: StreamingGenerator, options: BenchOptions, progress
     context = context_segments(options.context_seconds)
     steps = 2 * WARMUP_FRAMES + 2 * options.frames
     with progress as shown, shown.steps_task(f"benchmarking {options.streams} streams: rounds", steps) as advance:
-        together, alone = beside(generator, options.fast, options.streams), beside(generator, options.fast)
+        together, alone = beside(generator, options, options.streams), beside(generator, options)
         batched_run(together, options.streams, WARMUP_FRAMES, context, advance)
         first_audio, together_rounds = batched_run(together, options.streams, options.frames, context, advance)
         batched_run(alone, 1, WARMUP_FRAMES, context, advance)
@@ -494,7 +501,10 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    figures, generator = bench_path(lambda: beside(loaded, options.fast) if options.fast else loaded, options, progress)
+    if options.compiled:
+        use_compiled_cache()
+    figures, generator = bench_path(lambda: beside(loaded, options) if options.fast or options.compiled else loaded,
+                                    options, progress)
     conversation = bench_conversation(generator, options) if options.conversation_lines else None
     streams = bench_streams(generator, options, progress) if options.streams else None
     prefill = bench_prefill(loaded.model, options.prefill_rows, progress) if options.prefill_rows else None
@@ -547,6 +557,8 @@ def render_table(report: BenchReport) -> Table:
 
     captured = any(figures.path == "cuda-graphs" for figures in paths)
     row("warm-up incl. capture" if captured else "warm-up", lambda f: f"{f.warmup_s:.2f} s")
+    if any(figures.compile_s is not None for figures in paths):
+        row("compile of the frame step", lambda f: "" if f.compile_s is None else f"{f.compile_s:.1f} s")
     row("first audio p50 / p95", lambda f: p50_p95(f.time_to_first_audio_ms, 0), "time_to_first_audio")
     row("per frame p50 / p95", lambda f: p50_p95(f.steady_ms_per_frame, 1), "steady_ms_per_frame")
     row("Mimi per frame", lambda f: f"{f.mimi_ms_per_frame:.2f} ms")

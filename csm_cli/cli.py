@@ -103,6 +103,9 @@ def csm(
 
 
 EagerOption = Annotated[bool, typer.Option("--eager", help="Run every frame eagerly, without CUDA graphs.")]
+CompileOption = Annotated[bool, typer.Option(
+    "--compile", help="On a CPU, compile the frame step with torch.compile (needs a C++ compiler): about a minute at "
+                      "first use, tens of seconds at later starts (its code cached); see README for what it gains.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
 
 
@@ -286,6 +289,7 @@ def say(
     dtype: DtypeOption = None,
     quantize: QuantizeOption = None,
     eager: EagerOption = False,
+    compile_step: CompileOption = False,
     threads: ThreadsOption = None,
     stats: Annotated[bool, typer.Option("--stats", help="Print the run's statistics as JSON on stderr.")] = False,
     quiet: QuietOption = False,
@@ -345,7 +349,8 @@ def say(
             print("csm: type what to say and press Enter; Ctrl-D ends the input", file=sys.stderr)
         say(
             passages(read_text(sys.stdin, warn) if from_stdin else [text + "\n"]),  # the text as whole lines
-            load=lambda: load(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager), quiet),
+            load=lambda: load(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager,
+                                          compile=compile_step), quiet),
             speaker=speaker_id, settings=settings, prompts=prompts, memory=memory, pause_seconds=pause,
             output=output, expected_seconds=None if from_stdin else expected_seconds(text),
             voices=lambda generator: [voice_segment(v, n, generator.codec) for n, v in voices],
@@ -515,6 +520,7 @@ def serve(
     dtype: DtypeOption = None,
     quantize: QuantizeOption = None,
     eager: EagerOption = False,
+    compile_step: CompileOption = False,
     threads: ThreadsOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -542,7 +548,8 @@ def serve(
         options = ServeOptions(Settings(temperature, topk, None, max_seconds), pause, max_streams, max_input_chars,
                                max_conversations, api_key or None, parse_voice_aliases(voice_alias or []))
         use_cpu_threads(threads)
-        load_options = LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager, max_streams)
+        load_options = LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, not eager, max_streams,
+                                   compile=compile_step)
         run_server(lambda: (load(load_options, quiet), offered_voices(model, None, False, quiet)), host, port,
                    options, quiet, wyoming_port)
 
@@ -588,6 +595,7 @@ def bench(
              "kernel, the weights converted to bfloat16 at each call, a kept bfloat16 copy): ms per prompt row.",
     )] = None,
     eager: EagerOption = False,
+    compile_step: CompileOption = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
     model: ModelOption = DEFAULT_MODEL,
     codec: CodecOption = None,
@@ -616,7 +624,7 @@ def bench(
                 raise CsmError("--cold-start runs csm say in new processes, on its own: leave out --compare, "
                                "--conversation, --streams and --prefill")
             bench_cold_start(model, codec, tokenizer, model_device, dtype, quantize, threads, random_weights,
-                             json_output, quiet)
+                             json_output, quiet, compile_step)
             return
         graphs = not eager and device.type == "cuda"
         prefill_rows = parse_counts("--prefill", prefill) if prefill is not None else ()
@@ -624,7 +632,8 @@ def bench(
             raise CsmError("--prefill times the forms of the int8 product: give --quantize int8 (or leave --quantize "
                            "and --dtype out on a CPU)")
         options = BenchOptions(frames, context_seconds, fast=graphs, compare_eager=compare is CompareWith.eager,
-                               conversation_lines=conversation, streams=streams, prefill_rows=prefill_rows)
+                               conversation_lines=conversation, streams=streams, prefill_rows=prefill_rows,
+                               compiled=compile_step)
         use_cpu_threads(threads)
         report = run_bench(
             lambda: load_for_bench(LoadOptions(model, codec, tokenizer, model_device, dtype, quantize, fast=False),
@@ -641,7 +650,7 @@ def bench(
 
 def bench_cold_start(model: str, codec: Path | None, tokenizer: str, model_device: str | None, dtype: str | None,
                      quantize: str | None, threads: int | None, random_weights: bool, json_output: bool,
-                     quiet: bool) -> None:
+                     quiet: bool, compile_step: bool) -> None:
     import json
 
     from rich.console import Console
@@ -657,6 +666,7 @@ def bench_cold_start(model: str, codec: Path | None, tokenizer: str, model_devic
         files = ["--model", model, "--tokenizer", tokenizer, *(["--codec", str(codec)] if codec else [])]
     given = {"--model-device": model_device, "--dtype": dtype, "--quantize": quantize, "--threads": threads}
     options = files + [part for name, value in given.items() if value is not None for part in (name, str(value))]
+    options += ["--compile"] if compile_step else []
     report = run_cold_start(options, RANDOM_WEIGHTS if random_weights else model, LoadProgress(enabled=not quiet))
     if json_output:
         print(json.dumps(report.to_dict(), indent=2))

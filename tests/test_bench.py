@@ -1,6 +1,7 @@
 """`csm bench` on the CPU with the tiny checkpoint, and the random-weights path with tiny shapes."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ from csm_cli.progress import LoadProgress
 
 runner = CliRunner()
 TINY = CsmArgs(backbone=BACKBONE, decoder=DECODER, text_vocab_size=512)
-FIGURES = {"path", "warmup_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
+FIGURES = {"path", "warmup_s", "compile_s", "time_to_first_audio_ms", "steady_ms_per_frame", "mimi_ms_per_frame",
            "realtime_factor", "underruns"}
 SETUP = {"device", "dtype", "quantization", "torch", "weights", "synthetic_tokens", "texts", "frames",
          "context_seconds", "load_s", "peak_gpu_memory_mib", "peak_rss_mib", "conversation", "streams", "prefill"}
@@ -103,7 +104,8 @@ def test_bench_on_a_cpu_shows_no_gpu_fields_and_takes_context(transformers_dir, 
 def test_comparing_eager_with_eager_is_refused(transformers_dir, mimi_file, args):
     result = runner.invoke(app, ["bench", *args, "-q", *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 1
-    assert_one_line_error(result.stderr, "every frame runs eagerly (on a CPU, or with --eager): leave --compare out")
+    assert_one_line_error(result.stderr, "every frame runs eagerly (on a CPU without --compile, or with --eager): "
+                                         "leave --compare out")
 
 
 def test_bench_shows_its_progress_on_a_terminal(transformers_dir, mimi_file):
@@ -138,7 +140,7 @@ def test_bad_bench_options_are_one_line(transformers_dir, mimi_file, args, messa
 def report_of_every_kind() -> BenchReport:
     """A report with CUDA graphs and eager, a conversation and batched streams."""
     def figures(path: str, scale: float) -> PathFigures:
-        return PathFigures(path, 1.5, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
+        return PathFigures(path, 1.5, None, Percentiles(40 * scale, 50 * scale), Percentiles(4 * scale, 5 * scale), 1.0,
                            0.05 * scale, 0)
 
     return BenchReport("NVIDIA H100", "bfloat16", "none", "2.11.0", RANDOM_WEIGHTS, True, 3, 125, 20.0, 3.0, 5000.0,
@@ -234,3 +236,24 @@ def test_the_repository_of_random_weights_is_the_published_layout_with_the_defau
     assert result.exit_code == 0, result.stderr
     assert sf.info(str(out)).frames == 3 * 1920
     assert len(list(VOICE_CODES.directory.iterdir())) == len(DEFAULT_VOICES)  # both voices spoke before
+
+
+def test_bench_compile_reports_the_compile_apart_beside_eager(transformers_dir, mimi_file):
+    """The compiled step's code comes from the session's cache when test_compiled.py ran first (seconds)."""
+    result = runner.invoke(app, ["bench", "--compile", "--compare", "eager", "--frames", "2", "--json", "-q",
+                                 *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["path"] == "compiled" and report["compile_s"] > 0, result.stderr
+    eager = report["compare"]["eager"]
+    assert eager["path"] == "eager" and eager["compile_s"] is None
+    assert report["compare"]["speedup"]["steady_ms_per_frame"] > 0
+
+
+def test_the_table_shows_the_compile_apart():
+    report = report_of_every_kind()
+    compiled = replace(report, figures=replace(report.figures, path="compiled", compile_s=58.4))
+    console = Console(width=200, record=True)
+    console.print(render_table(compiled))
+    text = console.export_text()
+    assert "compile of the frame step" in text and "58.4 s" in text and "eager / compiled" in text

@@ -52,19 +52,28 @@ class Settings:
 
 class StreamingGenerator:
     def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True, slots: int = 1,
-                 captured: Callable[[], None] | None = None, voice_cache: VoiceRowsCache | None = None) -> None:
+                 captured: Callable[[], None] | None = None, compiled: bool = False,
+                 voice_cache: VoiceRowsCache | None = None) -> None:
         """A generator of `slots` streams at once (more wait for a slot). `fast` replays each step as CUDA graphs on
         a CUDA device (captured here, in seconds, calling `captured` after each graph: `graphs_to_capture`); on a
-        CPU, or with fast=False, every step runs eagerly. `voice_cache`: where voice prompts' prefilled rows are kept
-        between processes."""
+        CPU, or with fast=False, every step runs eagerly, or, with `compiled` on a CPU, compiled by torch.compile
+        (here: `engine.compile_s`). `voice_cache`: where voice prompts' prefilled rows are kept between processes."""
         self.model = model
         self.tokenizer = tokenizer
         self.codec = codec
         self.device = model.audio_head.device
         graphed = fast and self.device.type == "cuda"
+        self.check_compiled(self.device, compiled)
         self.engine = FrameEngine(model, codec, slots, graphed=graphed, captured=captured or (lambda: None),
-                                  voice_cache=voice_cache)
+                                  compiled=compiled, voice_cache=voice_cache)
         self.scheduler = Scheduler(self.engine)
+
+    @staticmethod
+    def check_compiled(device: torch.device, compiled: bool) -> None:
+        """Refuses, with CsmError, a compiled step anywhere but on a CPU."""
+        if compiled and device.type != "cpu":
+            raise CsmError("--compile compiles the frame step on a CPU; on CUDA it replays as CUDA graphs: leave "
+                           "--compile out")
 
     @staticmethod
     def graphs_to_capture(device: torch.device, fast: bool, slots: int) -> int:

@@ -295,16 +295,19 @@ class CSM(nn.Module):
         return out @ self.audio_head[codebook - 1]
 
     def frame_codes(self, last_h: torch.Tensor, decoder_caches: list[KVCache],
-                    sample: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                    sample: Callable[[int, torch.Tensor], torch.Tensor],
+                    decoder_logits: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """The backbone's last hidden state [B, D] -> codebook 0 from its head, then codebooks 1..C-1 from the depth
         decoder (on caches of B rows) -> codes [B, C]; `sample(codebook, logits [B, V])` draws each codebook's
-        codes [B, 1]. Fixed shapes, no host synchronisation: a CUDA graph replays it."""
+        codes [B, 1]; `decoder_logits`: `self.decoder_logits` or a compiled form of it. Fixed shapes, no host
+        synchronisation: a CUDA graph replays it."""
+        decoder_logits = decoder_logits or self.decoder_logits
         code = sample(0, self.codebook0_head(last_h))
         codes = [code]
         h = torch.stack((last_h, self.embed_codes(0, code)[:, 0]), dim=1)  # [B, 2, D]
         positions = self.decoder_positions[:2]
         for codebook in range(1, self.args.num_codebooks):
-            code = sample(codebook, self.decoder_logits(h, positions, decoder_caches, codebook))
+            code = sample(codebook, decoder_logits(h, positions, decoder_caches, codebook))
             codes.append(code)
             h = self.embed_codes(codebook, code)
             positions = self.decoder_positions[codebook + 1: codebook + 2]

@@ -1,7 +1,7 @@
 """What csm keeps between runs in the user's cache directory ($XDG_CACHE_HOME/csm, else ~/.cache/csm), a folder per
 kind of entry (`FOLDERS`): a model's weights quantized for the CPU (`checkpoint.py`), the Mimi codes of voice
 recordings (`voice.py`), the backbone's keys and values of voice prompts (`voice_rows.py`), the bench's repositories
-of random weights (`cold_start.py`).
+of random weights (`cold_start.py`), torch.compile's code of the frame step (`use_compiled_cache`).
 
 An entry is a file (or a directory) named by a key that changes with anything that would change what it holds, so
 that a stale entry is never read. It is written whole under a hidden temporary name, then renamed: a reader finds all
@@ -216,4 +216,14 @@ VOICE_CODES = CacheFolder("voice-codes", "voice codes", ".npy")  # 100 kB for 30
 # float32 (a CPU's), 33 MB in bfloat16; a model, mode and voice each, and no more than 1 GB of them.
 VOICE_ROWS = CacheFolder("voice-rows", "prefilled voice rows", ".pt", max_bytes=2**30)
 BENCH_MODELS = CacheFolder("bench-models", "bench models of random weights", "", max_bytes=0)  # the last one only
-FOLDERS = (INT8_WEIGHTS, VOICE_CODES, VOICE_ROWS, BENCH_MODELS)
+# torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's), an entry per torch version: a few MB
+COMPILED = CacheFolder("compiled", "compiled frame steps", "")
+FOLDERS = (INT8_WEIGHTS, VOICE_CODES, VOICE_ROWS, BENCH_MODELS, COMPILED)
+
+
+def use_compiled_cache() -> None:
+    """Points torch.compile's caches at this torch version's entry of `COMPILED` (torch keys what it holds itself),
+    before anything compiles: inductor reads TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes."""
+    import torch
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILED.path(f"torch-{torch.__version__}"))

@@ -12,6 +12,7 @@ from ..generation.codec import Codec
 from ..generation.generator import StreamingGenerator
 from ..progress import LoadProgress
 from ..threads import use_cpu_threads
+from .cache import use_compiled_cache
 from .checkpoint import load_model
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .quantize import Quantization, activation_dtype, resolve_quantization
@@ -35,6 +36,7 @@ class LoadOptions:
     quantize: str | None = None  # see `quantize`: int8 on a CPU unless a dtype is given
     fast: bool = True  # CUDA graphs on a CUDA device
     slots: int = 1  # streams generated at once
+    compile: bool = False  # on a CPU, the frame step compiled by torch.compile (`generation.compiled`)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -85,15 +87,19 @@ def load_generator(options: LoadOptions = LoadOptions(), progress: LoadProgress 
     a wrong option fails in seconds; the CUDA graphs' capture is shown in `progress`."""
     device = resolve_device(options.device)
     quantization, dtype = resolve_precision(options.quantize, options.dtype, device)
+    StreamingGenerator.check_compiled(device, options.compile)
     with progress or LoadProgress(enabled=False) as shown:
         files = fetch_model_files(options.model, options.tokenizer, options.codec, shown)
         tokenizer = TextTokenizer(files.tokenizer_dir)
         codec = Codec.load(files.codec, device)
         model = load_model(files.repository, device, dtype, shown, quantization)
         graphs = StreamingGenerator.graphs_to_capture(device, options.fast, options.slots)
-        with shown.steps_task("capturing CUDA graphs", graphs) if graphs else nullcontext(None) as captured:
+        if options.compile:
+            use_compiled_cache()
+        with (shown.steps_task("capturing CUDA graphs", graphs) if graphs else nullcontext(None) as captured,
+              shown.steps_task("compiling the frame step", 1) if options.compile else nullcontext()):
             return StreamingGenerator(model, tokenizer, codec, fast=options.fast, slots=options.slots,
-                                      captured=captured,
+                                      captured=captured, compiled=options.compile,
                                       voice_cache=CachedVoiceRows(files.repository, quantization, dtype, device))
 
 

@@ -132,7 +132,7 @@ def test_a_stream_ends_at_the_models_end_frame_and_never_steps_past_the_window(g
     driver.run()
     assert [len(driver.frames[owner]) for owner in ("filling", "other")] == [filling.frames, filling.frames + 3]
     assert driver.engine.rows[0].length == window
-    end_frames = lambda last_h, caches, sample: torch.zeros(len(last_h), 32, dtype=torch.long)  # noqa: E731
+    end_frames = lambda last_h, caches, *sampling: torch.zeros(len(last_h), 32, dtype=torch.long)  # noqa: E731
     monkeypatch.setattr(generator.model, "frame_codes", end_frames)
     driver.join("ended", prompt(generator, STREAMS[0], frames=6, stop_at_end=True))
     driver.run()
@@ -235,9 +235,9 @@ def test_a_step_read_one_step_late_drops_the_frame_queued_past_an_end(generator,
         np.testing.assert_array_equal(late.codes(index), codes_alone[index])
     frame_codes, calls = generator.model.frame_codes, []
 
-    def ending_at_third(last_h, caches, sample):
+    def ending_at_third(last_h, caches, *sampling):
         calls.append(1)
-        return frame_codes(last_h, caches, sample) * (len(calls) != 3)
+        return frame_codes(last_h, caches, *sampling) * (len(calls) != 3)
 
     monkeypatch.setattr(generator.model, "frame_codes", ending_at_third)
     late.join("ended", prompt(generator, STREAMS[1], frames=FRAMES, stop_at_end=True))

@@ -1,0 +1,100 @@
+"""The frame step compiled by torch.compile on the CPU (`--compile`): its logits within the int8 mode's accuracy of the
+eager step's, `csm say --compile` speaking into a valid file with its code in csm's cache, and a failed compile a
+one-line warning with the step run eagerly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_cli import assert_valid_speech, model_args
+from typer.testing import CliRunner
+
+from csm_cli.cli import app
+from csm_cli.errors import CsmError
+from csm_cli.generation.engine import FrameEngine, Prompt
+from csm_cli.generation.generator import StreamingGenerator
+from csm_cli.generation.prompt import frame_row
+from csm_cli.loading.cache import COMPILED
+from csm_cli.loading.generator import LoadOptions, load_generator
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def compiled(transformers_dir, mimi_file) -> StreamingGenerator:
+    """The tiny model in int8 with its step compiled (a cold compile in the session's cache: tens of seconds)."""
+    return load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu", quantize="int8",
+                                      compile=True))
+
+
+class Recorder:
+    """A sampler that records each codebook's logits and draws the codes it is given (teacher forcing), or the best
+    ones when given none."""
+
+    def __init__(self, codes: torch.Tensor | None = None) -> None:
+        self.codes = codes
+        self.logits: list[torch.Tensor] = []
+
+    def __call__(self, codebook: int, logits: torch.Tensor) -> torch.Tensor:
+        self.logits.append(logits.float())
+        return logits.argmax(-1, keepdim=True) if self.codes is None else self.codes[:, codebook : codebook + 1]
+
+
+def test_the_compiled_step_gives_the_eager_logits_within_the_int8_modes_accuracy(compiled):
+    """The compiled pieces of the step against the eager ones on the same state: every codebook's logits (the depth
+    decoder teacher-forced with the eager codes) and the backbone's hidden state after the frame, cosine >= 0.999 (the
+    int8 mode itself is 0.997 from float32)."""
+    engine, model = compiled.engine, compiled.model
+    assert engine.compile_s is not None and engine.compile_s > 0
+    eager = FrameEngine(model, compiled.codec, 1)
+    tokens, mask = compiled.prompt_rows("I am fine, thank you.", 0, [])
+    eager.join("a", Prompt(tokens, mask, 4, 1, 1.0, 1, False))
+    with torch.inference_mode():
+        eager.step()  # prefilled, and a first frame fed back
+        caches, decoder_caches = eager._bucket_caches[1]
+        last_h = eager.last_h[:1].clone()
+        want = Recorder()
+        codes = model.frame_codes(last_h, decoder_caches, want)
+        got = Recorder(codes)
+        model.frame_codes(last_h, decoder_caches, got, engine.pieces[0])
+        for codebook, (a, b) in enumerate(zip(got.logits, want.logits, strict=True)):
+            assert F.cosine_similarity(a, b).item() >= 0.999, codebook
+        rows, rows_mask = frame_row(codes)  # [1, 1, C+1]
+        position = torch.tensor([[len(tokens) + 1]])  # the next frame's: after the prompt and the first frame
+        states = [step(rows, rows_mask, position, caches, len(tokens) + 2).float()
+                  for step in (model.backbone_step, engine.pieces[1])]
+    assert F.cosine_similarity(*states).item() >= 0.999
+
+
+def test_say_compile_speaks_into_a_valid_file_with_its_code_cached(tmp_path, transformers_dir, mimi_file, compiled):
+    """In the session's cache, which the fixture's compile filled: csm cache lists the compiled code."""
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed", "1",
+                                 "--max-seconds", "0.5", *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    assert "warning" not in result.stderr
+    assert_valid_speech(out)
+    assert COMPILED.entries()
+    listed = runner.invoke(app, ["cache"])
+    assert "compiled frame steps" in listed.stdout
+
+
+def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(tmp_path, transformers_dir, mimi_file,
+                                                                    monkeypatch):
+    """A cache of its own (no compiled code to reuse) and no C++ compiler: inductor cannot build the step's code."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # the load points it at the cache above: restored
+    out = tmp_path / "speech.wav"
+    with torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}):
+        result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed",
+                                     "1", "--max-seconds", "0.5", "--quantize", "none",
+                                     *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("csm: warning: compiling the frame step failed ("), warnings
+    assert warnings[0].endswith("): it runs eagerly")
+    assert_valid_speech(out)
+
+
+def test_compile_on_cuda_is_refused_before_loading():
+    with pytest.raises(CsmError, match="--compile compiles the frame step on a CPU; on CUDA it replays as CUDA graphs"):
+        StreamingGenerator.check_compiled(torch.device("cuda"), True)
