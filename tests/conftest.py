@@ -1,6 +1,7 @@
 """Session fixtures: tiny random checkpoints in both layouts, a tiny copy of the hub repository, a tiny tokenizer and a
 random Mimi, built once."""
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ from checkpoints import (
 )
 
 pytest_plugins = ["pulse"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in a shell's background (`make test &`), by nohup or by a runner may ignore the stop signals, and
+    a process started ignoring a signal keeps ignoring it: the processes the tests stop get them as a user's do."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session", autouse=True)
