@@ -74,3 +74,14 @@ def test_a_count_set_stays_until_another_is_set(monkeypatch):
         assert threads.use_cpu_threads() == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_between_regions_unless_the_user_says(given, expected):
+    """csm sets OMP_WAIT_POLICY before torch loads OpenMP, and keeps a value the user gave."""
+    program = ("import os, sys\nsys.argv = ['csm', '--help']\nfrom csm_cli.__main__ import main\ntry:\n    main()\n"
+               "except SystemExit:\n    pass\nprint(os.environ['OMP_WAIT_POLICY'], file=sys.stderr)")
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+                          env=env | ({"OMP_WAIT_POLICY": given} if given else {}))
+    assert done.stderr.split()[-1:] == [expected], done.stderr
