@@ -28,10 +28,6 @@ def _open_closed_standard_streams() -> None:
 def main() -> None:
     exit_while_starting()
     _open_closed_standard_streams()
-    # torch's OpenMP threads sleep when a parallel region ends instead of spinning (read once, when torch loads it):
-    # frames are made on one thread and read on another, and spinning threads took the cores from them (README,
-    # "Several streams in one engine": one stream's frame 577 against 758 ms, 504 against 599, on two cores)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .cli import main as cli_main
 
     cli_main()

@@ -57,6 +57,7 @@ from .loading.tokenizer import TextTokenizer
 from .output.playback import Underruns
 from .output.ring import RingBuffer
 from .progress import LoadProgress
+from .threads import on_model_thread
 
 TEXTS = (
     "The quick brown fox jumps over the lazy dog while the morning sun climbs slowly above the quiet hills.",
@@ -108,6 +109,7 @@ def random_model(args: CsmArgs, device: torch.device, dtype: torch.dtype, seed: 
     return model
 
 
+@on_model_thread
 def load_random_weights(args: CsmArgs, options: LoadOptions, progress: LoadProgress) -> StreamingGenerator:
     """An eager generator with a random model of `args`' shapes and a random Mimi, on the device and in the
     precision `options` ask for; the tokenizer if it can be had (cached or downloadable), else synthetic token
@@ -315,6 +317,7 @@ def _speak(generator: StreamingGenerator, text: str, seed: int, context: Sequenc
     return _Run(arrivals[0] - started, np.diff(arrivals), speech.codes, consumer.underruns.count)
 
 
+@on_model_thread
 def mimi_ms_per_frame(codec: Codec, codes: np.ndarray) -> float:
     """Median time to decode one frame of `codes` [C, T] in a stream of its own, eagerly."""
     decoder = codec.decoder(1)

@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
+import numpy as np
 import pytest
 import torch
 from test_cli import assert_one_line_error
@@ -12,6 +15,9 @@ from typer.testing import CliRunner
 
 from csm_cli import threads
 from csm_cli.cli import app
+from csm_cli.errors import CsmError
+from csm_cli.generation.prompt import Segment
+from csm_cli.loading.generator import LoadOptions
 from csm_cli.threads import physical_cores
 
 
@@ -70,20 +76,73 @@ def test_a_count_set_stays_until_another_is_set(monkeypatch):
     monkeypatch.setattr(threads, "_chosen", None)
     try:
         assert threads.use_cpu_threads() == physical_cores() == torch.get_num_threads()
-        assert threads.use_cpu_threads(1) == 1 == torch.get_num_threads()
-        assert threads.use_cpu_threads() == 1 == torch.get_num_threads()
+        assert threads.use_cpu_threads(1) == 1 == torch.get_num_threads() == model_thread_count()
+        assert threads.use_cpu_threads() == 1 == torch.get_num_threads() == model_thread_count()
     finally:
+        threads.MODEL_THREAD.call(torch.set_num_threads, before)
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_between_regions_unless_the_user_says(given, expected):
-    """csm sets OMP_WAIT_POLICY before torch loads OpenMP (its entry point imports no torch), and keeps a value the
-    user gave."""
-    program = ("import os, sys\nsys.argv = ['csm', '--help']\nfrom csm_cli.__main__ import main\n"
-               "torch_first = 'torch' in sys.modules\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-               "print(os.environ['OMP_WAIT_POLICY'], torch_first, file=sys.stderr)")
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
-                          env=env | ({"OMP_WAIT_POLICY": given} if given else {}))
-    assert done.stderr.split()[-2:] == [expected, "False"], done.stderr
+def model_thread_count() -> int:
+    return threads.MODEL_THREAD.call(torch.get_num_threads)
+
+
+def test_a_call_runs_on_the_model_thread_and_gives_its_result_or_raises_its_error():
+    assert threads.MODEL_THREAD.call(lambda: threading.current_thread().name) == "csm-model"
+    assert threads.MODEL_THREAD.call(lambda: threads.MODEL_THREAD.call(lambda: 42)) == 42  # from itself: at once
+
+    def fail() -> None:
+        raise CsmError("the model is not there")
+
+    with pytest.raises(CsmError, match="the model is not there"):
+        threads.MODEL_THREAD.call(fail)
+    assert threads.MODEL_THREAD.call(lambda: 1) == 1  # and it goes on
+
+
+def test_a_detached_stepper_is_stepped_no_more():
+    class Busy:
+        steps = 0
+
+        def step(self) -> bool:
+            self.steps += 1
+            return True  # always more to do
+
+    busy = Busy()
+    threads.MODEL_THREAD.attach(busy)
+    threads.MODEL_THREAD.wake()
+    deadline = time.monotonic() + 30
+    while busy.steps < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    threads.MODEL_THREAD.detach(busy)
+    steps = busy.steps
+    assert threads.MODEL_THREAD.call(lambda: busy.steps) == steps >= 3
+    time.sleep(0.05)
+    assert busy.steps == steps
+
+
+def test_loading_encoding_and_generating_all_run_on_the_model_thread(transformers_dir, mimi_file, monkeypatch):
+    """torch's OpenMP keeps a team of threads for each thread that computes; with more teams than CPUs every parallel
+    region sleeps and wakes (a frame 15-20% slower on two cores), so no module of the model or Mimi runs elsewhere."""
+    from csm_cli.loading import generator as loading
+
+    loaded_on, ran_on = [], set()
+    load_model = loading.load_model
+
+    def recorded_load(*args, **kwargs):
+        loaded_on.append(threading.current_thread().name)
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_model", recorded_load)
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: ran_on.add(threading.current_thread().name))
+    try:
+        generator = loading.load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu",
+                                                       quantize="none"))
+        voice = Segment(1, "Hi.", audio=np.random.default_rng(0).uniform(-0.5, 0.5, 4800).astype(np.float32))
+        chunks = list(generator.stream("Hello.", context=[voice], max_seconds=0.3, seed=1, stop_at_end=False))
+        generator.close()
+    finally:
+        hook.remove()
+    assert len(chunks) == 3
+    assert loaded_on == ["csm-model"]
+    assert ran_on == {"csm-model"}

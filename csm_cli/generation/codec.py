@@ -11,6 +11,7 @@ import torch
 
 from ..audio import CODEC_CARDINALITY, NUM_CODEBOOKS
 from ..errors import CsmError, first_line
+from ..threads import on_model_thread
 
 # moshi wraps parts of Mimi in a lazy torch.compile unless told not to: a compile at the first call is minutes on a
 # CPU and seconds on a GPU, for no gain in streaming decode. Must be set before moshi is imported.
@@ -51,12 +52,14 @@ class Codec:
         first = next(self.mimi.parameters()).detach().float().cpu().numpy()
         return hashlib.sha256(first.tobytes()).hexdigest()[:16]
 
+    @on_model_thread
     @torch.inference_mode()
     def encode(self, samples: np.ndarray) -> torch.Tensor:
         """24 kHz mono samples -> codes [C, T] (a partial last frame is padded)."""
         pcm = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)
         return self.mimi.encode(pcm.view(1, 1, -1))[0]
 
+    @on_model_thread
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """A whole sequence of codes [C, T] at once -> T * 1920 samples."""

@@ -1,8 +1,9 @@
 """The streaming generator: text in, 24 kHz chunks out as soon as each is decoded. The CLI is built on it.
 
-A generator turns text and context into prompt rows and hands them to its model thread (`scheduler.Scheduler`), which
-generates the frames of every stream in one frame engine (`engine.FrameEngine`) of `slots` slots: a lone stream is a
-batch of one. A stream (`Speech`) is a queue of its decoded frames, read from any thread."""
+A generator turns text and context into prompt rows and hands them to its scheduler (`scheduler.Scheduler`), which the
+process's model thread (`threads.ModelThread`) steps: it generates the frames of every stream in one frame engine
+(`engine.FrameEngine`) of `slots` slots, a lone stream a batch of one. A stream (`Speech`) is a queue of its decoded
+frames, read from any thread."""
 
 import secrets
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ import torch
 from ..audio import AUDIO_VOCAB_SIZE, FRAME_RATE, FRAME_SECONDS, SAMPLES_PER_FRAME, seconds_to_frames
 from ..checks import number, whole_number
 from ..errors import CsmError
+from ..threads import on_model_thread
 from .args import MAX_SECONDS, WINDOW
 from .codec import Codec
 from .ending import frame_budget
@@ -92,7 +94,7 @@ class StreamingGenerator:
         self.engine.reuse_prefix = reuse
 
     def close(self) -> None:
-        """Stops the model thread; the streams in it get no more frames."""
+        """Steps its engine no more (the model thread detaches its scheduler); the streams in it get no more frames."""
         self.scheduler.stop()
 
     def encode_segment(self, segment: Segment) -> Segment:
@@ -126,6 +128,7 @@ class StreamingGenerator:
                 parts.append(audio_rows(self._context_codes(encoded.codes)))
         return torch.cat([t for t, _ in parts]), torch.cat([m for _, m in parts])
 
+    @on_model_thread
     def prefill_voices(self, voices: Sequence[Segment]) -> tuple[torch.Tensor, torch.Tensor]:
         """Voice prompts' rows prefilled and kept in the engine's voice cache (unless it holds them already), as an
         utterance whose context starts with them prefills them, for later processes; before any stream -> the rows,

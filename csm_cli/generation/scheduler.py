@@ -1,5 +1,6 @@
-"""The model thread: the one owner of a frame engine. It steps the engine while any stream is in it and hands each
-stream its frames; a stream (`Speech`) is a queue its consumer reads, from any thread.
+"""The scheduler: the one owner of a frame engine. Stepped by the model thread (`threads.ModelThread`), it steps the
+engine while any stream is in it and hands each stream its frames; a stream (`Speech`) is a queue its consumer reads,
+from any thread.
 
 Streams join the engine in the order they were started, as slots are free, and those waiting when a step is due
 join together before it; a stream closed by its consumer leaves the engine before the next step, so no frame of it
@@ -14,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..threads import MODEL_THREAD
 from .engine import Frame, FrameEngine, Prompt
 
 
@@ -88,16 +90,15 @@ class Speech(Iterator[np.ndarray]):
 
 
 class Scheduler:
-    """Runs `engine` on a model thread of its own, started with the first stream."""
+    """Steps `engine` on the model thread, attached to it from the first stream on."""
 
     def __init__(self, engine: FrameEngine) -> None:
         self.engine = engine
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: deque[tuple[Speech, Prompt]] = deque()  # to join, first started first
         self._closing: list[Speech] = []  # closed while in the engine
         self._joined: set[Speech] = set()
         self._stopping = False
-        self._thread: threading.Thread | None = None
 
     def speak(self, prompt: Prompt, chunk_frames: int = 1, owner: Owner | None = None) -> Speech:
         """Starts a stream of `prompt`'s frames, from any thread. `owner`: who may close it with `close_owned`; a
@@ -107,11 +108,9 @@ class Scheduler:
             if owner is not None and owner.stopped:  # checked under the lock that `close_owned` looks under
                 speech._ended = speech.cut = True
                 return speech
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="csm-model", daemon=True)
-                self._thread.start()
             self._waiting.append((speech, prompt))
-            self._lock.notify()
+        MODEL_THREAD.attach(self)
+        MODEL_THREAD.wake()
         return speech
 
     def close_owned(self, owner: Owner) -> None:
@@ -123,13 +122,10 @@ class Scheduler:
             speech.close()
 
     def stop(self) -> None:
-        """Ends the model thread once its step is done; the streams in it get no more frames."""
+        """Steps the engine no more, once its step is done; the streams in it get no more frames."""
         with self._lock:
             self._stopping = True
-            self._lock.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
+        MODEL_THREAD.detach(self)
         with self._lock:
             ended = [*self._joined, *(speech for speech, _ in self._waiting)]
             self._joined, self._waiting = set(), deque()
@@ -142,37 +138,37 @@ class Scheduler:
             if len(waiting) == len(self._waiting):
                 self._closing.append(speech)
             self._waiting = deque(waiting)
-            self._lock.notify()
+        MODEL_THREAD.wake()
 
-    def _run(self) -> None:
+    def step(self) -> bool:
+        """From the model thread: streams closed leave the engine, those waiting join it as slots are free, and the
+        engine steps if it has something to do -> whether there is more to do."""
         engine = self.engine
-        while True:
-            with self._lock:
-                while not (self._stopping or self._waiting or self._closing or engine.busy):
-                    self._lock.wait()
-                if self._stopping:
-                    return
-                closing, self._closing = self._closing, []
-                self._joined.difference_update(closing)
-            try:
-                with torch.inference_mode():
-                    for speech in closing:
-                        engine.leave(speech)
-                    with self._lock:
-                        joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), len(engine.free)))]
-                        self._joined.update(speech for speech, _ in joining)
-                    for speech, prompt in joining:
-                        engine.join(speech, prompt)
-                    deliveries = engine.step() if engine.busy else []
-            except Exception as error:  # every stream in the engine fails with it; the engine starts afresh
-                engine.abandon()
+        with self._lock:
+            if self._stopping or not (self._waiting or self._closing or engine.busy):
+                return False
+            closing, self._closing = self._closing, []
+            self._joined.difference_update(closing)
+        try:
+            with torch.inference_mode():
+                for speech in closing:
+                    engine.leave(speech)
                 with self._lock:
-                    failed, self._joined = self._joined, set()
-                for speech in failed:
-                    speech._fail(error)
-                continue
-            for delivery in deliveries:
-                delivery.owner._put(delivery.frames, delivery.ended)
-                if delivery.ended:
-                    with self._lock:
-                        self._joined.discard(delivery.owner)
+                    joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), len(engine.free)))]
+                    self._joined.update(speech for speech, _ in joining)
+                for speech, prompt in joining:
+                    engine.join(speech, prompt)
+                deliveries = engine.step() if engine.busy else []
+        except Exception as error:  # every stream in the engine fails with it; the engine starts afresh
+            engine.abandon()
+            with self._lock:
+                failed, self._joined = self._joined, set()
+            for speech in failed:
+                speech._fail(error)
+            return True
+        for delivery in deliveries:
+            delivery.owner._put(delivery.frames, delivery.ended)
+            if delivery.ended:
+                with self._lock:
+                    self._joined.discard(delivery.owner)
+        return True

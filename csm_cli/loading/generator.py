@@ -11,7 +11,7 @@ from ..errors import CsmError
 from ..generation.codec import Codec
 from ..generation.generator import StreamingGenerator
 from ..progress import LoadProgress
-from ..threads import use_cpu_threads
+from ..threads import on_model_thread, use_cpu_threads
 from .cache import use_compiled_cache
 from .checkpoint import load_model
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
@@ -82,6 +82,7 @@ def resolve_precision(quantize: str | Quantization | None, dtype: str | torch.dt
     return mode, activation_dtype(mode, None if dtype is None else resolve_dtype(dtype, device))
 
 
+@on_model_thread
 def load_generator(options: LoadOptions = LoadOptions(), progress: LoadProgress | None = None) -> StreamingGenerator:
     """Loads from a hub id or a local directory. Cheap checks (config, tokenizer, codec) come before the weights, so
     a wrong option fails in seconds; the CUDA graphs' capture is shown in `progress`."""

@@ -154,7 +154,7 @@ class Scheduler:
         self._streams: list[Stream] = []
 
     def stop(self) -> None:
-        """Closes every stream and ends the model thread."""
+        """Closes every stream and stops the generator: its engine is stepped no more."""
         with self._lock:
             streams = list(self._streams)
         for stream in streams:

@@ -5,7 +5,7 @@
 - GET /v1/models, /v1/audio/voices, /health;
 - with --wyoming-port, Home Assistant's Wyoming on its own TCP port (wyoming.py), on the same scheduler.
 
-The model is loaded once and owned by the scheduler's thread; each request or WebSocket connection is one stream
+The model is loaded once and stepped by the model thread; each request or WebSocket connection is one stream
 there. Requests carry their own context, so replicas behind a load balancer serve more users, unless they name a
 conversation, which this server keeps (a bounded number of them) so that the next request continues it. Errors have
 OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
@@ -810,7 +810,8 @@ def serve(load: Callable[[], tuple[StreamingGenerator, dict[str, Voice]]], host:
 def graceful_server(config: Any, listeners: Listeners) -> Any:
     """uvicorn's server, whose shutdown (SIGTERM, Ctrl-C, or SIGHUP as uvicorn does not catch it) stops accepting
     connections, then ends every response and WebSocket connection cleanly at its next frame (`Listeners`), before
-    uvicorn closes the connections (waiting 2 s at most), Wyoming's server stops and the model thread stops."""
+    uvicorn closes the connections (waiting 2 s at most), Wyoming's server stops and the generator's engine is stepped
+    no more."""
     import uvicorn
 
     class GracefulServer(uvicorn.Server):

@@ -15,6 +15,7 @@ from csm_cli.generation.generator import StreamingGenerator
 from csm_cli.generation.prompt import frame_row
 from csm_cli.loading.cache import COMPILED
 from csm_cli.loading.generator import LoadOptions, load_generator
+from csm_cli.threads import MODEL_THREAD
 
 runner = CliRunner()
 
@@ -84,10 +85,14 @@ def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(tmp_path, tr
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # the load points it at the cache above: restored
     out = tmp_path / "speech.wav"
-    with torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}):
+    no_compiler = torch._inductor.config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))})
+    MODEL_THREAD.call(no_compiler.__enter__)  # inductor's settings are the thread's: the model thread compiles
+    try:
         result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed",
                                      "1", "--max-seconds", "0.5", "--quantize", "none",
                                      *model_args(transformers_dir, mimi_file)])
+    finally:
+        MODEL_THREAD.call(no_compiler.__exit__, None, None, None)
     assert result.exit_code == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and warnings[0].startswith("csm: warning: compiling the frame step failed ("), warnings
