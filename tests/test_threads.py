@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from csm_cli import threads
 from csm_cli.cli import app
 from csm_cli.errors import CsmError
+from csm_cli.generation.engine import FrameEngine
+from csm_cli.generation.generator import StreamingGenerator
 from csm_cli.generation.prompt import Segment
 from csm_cli.loading.generator import LoadOptions
 from csm_cli.threads import physical_cores
@@ -123,6 +125,7 @@ def test_a_detached_stepper_is_stepped_no_more():
 def test_loading_encoding_and_generating_all_run_on_the_model_thread(transformers_dir, mimi_file, monkeypatch):
     """torch's OpenMP keeps a team of threads for each thread that computes; with more teams than CPUs every parallel
     region sleeps and wakes (a frame 15-20% slower on two cores), so no module of the model or Mimi runs elsewhere."""
+    from csm_cli.generation import generator as generation
     from csm_cli.loading import generator as loading
 
     loaded_on, ran_on = [], set()
@@ -133,16 +136,28 @@ def test_loading_encoding_and_generating_all_run_on_the_model_thread(transformer
         return load_model(*args, **kwargs)
 
     monkeypatch.setattr(loading, "load_model", recorded_load)
+    engines_made_on = []
+
+    class RecordedEngine(FrameEngine):
+        def __init__(self, *args, **kwargs) -> None:
+            engines_made_on.append(threading.current_thread().name)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "FrameEngine", RecordedEngine)
     hook = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda module, args: ran_on.add(threading.current_thread().name))
     try:
-        generator = loading.load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu",
-                                                       quantize="none"))
+        loaded = loading.load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu",
+                                                    quantize="none"))
+        beside = StreamingGenerator(loaded.model, loaded.tokenizer, loaded.codec, slots=2)  # as `csm bench` makes
         voice = Segment(1, "Hi.", audio=np.random.default_rng(0).uniform(-0.5, 0.5, 4800).astype(np.float32))
-        chunks = list(generator.stream("Hello.", context=[voice], max_seconds=0.3, seed=1, stop_at_end=False))
-        generator.close()
+        chunks = [list(generator.stream("Hello.", context=[voice], max_seconds=0.3, seed=1, stop_at_end=False))
+                  for generator in (loaded, beside)]
+        loaded.close()
+        beside.close()
     finally:
         hook.remove()
-    assert len(chunks) == 3
+    assert [len(stream) for stream in chunks] == [3, 3]
     assert loaded_on == ["csm-model"]
+    assert engines_made_on == ["csm-model", "csm-model"]
     assert ran_on == {"csm-model"}

@@ -53,6 +53,7 @@ class Settings:
 
 
 class StreamingGenerator:
+    @on_model_thread  # its engine's caches are allocated and zeroed there, its graphs captured, its step compiled
     def __init__(self, model: CSM, tokenizer: Tokenizer, codec: Codec, fast: bool = True, slots: int = 1,
                  captured: Callable[[], None] | None = None, compiled: bool = False,
                  voice_cache: VoiceRowsCache | None = None) -> None:
