@@ -103,22 +103,18 @@ class ModelThread:
             self._ready.notify()
         return result.result()
 
-    def attach(self, stepper: Stepper) -> None:
-        """Steps `stepper` from now on, whenever it is woken, until it is detached."""
+    def wake(self, stepper: Stepper) -> None:
+        """Something was given to `stepper`: step it (and from now on whenever it has work, until it is detached)."""
         with self._ready:
             if stepper not in self._steppers:
                 self._steppers.append(stepper)
             self._start()
+            self._woken = True
+            self._ready.notify()
 
     def detach(self, stepper: Stepper) -> None:
         """Steps `stepper` no more: once this returns, no step of it runs or will run."""
         self.call(lambda: self._steppers.remove(stepper) if stepper in self._steppers else None)
-
-    def wake(self) -> None:
-        """Something was given to a stepper: step them."""
-        with self._ready:
-            self._woken = True
-            self._ready.notify()
 
     def _start(self) -> None:
         if self._thread is None:

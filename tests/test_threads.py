@@ -110,8 +110,7 @@ def test_a_detached_stepper_is_stepped_no_more():
             return True  # always more to do
 
     busy = Busy()
-    threads.MODEL_THREAD.attach(busy)
-    threads.MODEL_THREAD.wake()
+    threads.MODEL_THREAD.wake(busy)
     deadline = time.monotonic() + 30
     while busy.steps < 3 and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -90,7 +90,7 @@ class Speech(Iterator[np.ndarray]):
 
 
 class Scheduler:
-    """Steps `engine` on the model thread, attached to it from the first stream on."""
+    """Steps `engine` on the model thread, which steps it from the first stream on."""
 
     def __init__(self, engine: FrameEngine) -> None:
         self.engine = engine
@@ -109,8 +109,7 @@ class Scheduler:
                 speech._ended = speech.cut = True
                 return speech
             self._waiting.append((speech, prompt))
-        MODEL_THREAD.attach(self)
-        MODEL_THREAD.wake()
+        MODEL_THREAD.wake(self)
         return speech
 
     def close_owned(self, owner: Owner) -> None:
@@ -138,7 +137,7 @@ class Scheduler:
             if len(waiting) == len(self._waiting):
                 self._closing.append(speech)
             self._waiting = deque(waiting)
-        MODEL_THREAD.wake()
+        MODEL_THREAD.wake(self)
 
     def step(self) -> bool:
         """From the model thread: streams closed leave the engine, those waiting join it as slots are free, and the
