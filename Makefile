@@ -42,10 +42,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 lint: install
 	$(VENV)/bin/ruff check csm_cli tests scripts bench
 
-# two workers: CI's two cores (the suite takes 7 minutes here instead of 10; each test's files, sound server and
-# caches are its own or its worker's)
+# two workers: CI's two cores (the suite takes 9 minutes here instead of 15; each test's files, sound server and
+# caches are its own or its worker's); the tests of one xdist_group run on one worker, in order
 test: lint
-	$(VENV)/bin/python -m pytest -n 2
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup
 
 # Where pip has a network: download the wheels `gpu-check` installs on a GPU machine.
 gpu-wheels:

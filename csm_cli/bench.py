@@ -41,7 +41,6 @@ from .generation.conversation import Conversation, Utterance
 from .generation.generator import Settings, StreamingGenerator
 from .generation.model import CSM, SHORTEST_PREFILL, KVCache
 from .generation.prompt import Segment, Tokenizer, audio_rows
-from .loading.cache import use_compiled_cache
 from .loading.config import CSM_1B
 from .loading.generator import LoadOptions, load_generator, resolve_device, resolve_precision
 from .loading.quantize import (
@@ -504,8 +503,6 @@ def run_bench(load: Callable[[], StreamingGenerator], weights: str, options: Ben
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    if options.compiled:
-        use_compiled_cache()
     figures, generator = bench_path(lambda: beside(loaded, options) if options.fast or options.compiled else loaded,
                                     options, progress)
     conversation = bench_conversation(generator, options) if options.conversation_lines else None

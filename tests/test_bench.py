@@ -238,8 +238,9 @@ def test_the_repository_of_random_weights_is_the_published_layout_with_the_defau
     assert len(list(VOICE_CODES.directory.iterdir())) == len(DEFAULT_VOICES)  # both voices spoke before
 
 
+@pytest.mark.xdist_group("compiled")  # after test_compiled.py, on its worker
 def test_bench_compile_reports_the_compile_apart_beside_eager(transformers_dir, mimi_file):
-    """The compiled step's code comes from the session's cache when test_compiled.py ran first (seconds)."""
+    """The compiled step's code comes from the session's cache, which test_compiled.py filled (seconds)."""
     result = runner.invoke(app, ["bench", "--compile", "--compare", "eager", "--frames", "2", "--json", "-q",
                                  *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 0, result.stderr

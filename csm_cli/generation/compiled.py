@@ -1,34 +1,72 @@
 """The frame engine's step compiled by `torch.compile` (inductor) on a CPU: `--compile`.
 
 The engine runs one step (`FrameEngine.frame_step`), eagerly, compiled or replayed as CUDA graphs. Compiled, the two
-model pieces it calls that hold almost all of its work run as inductor's code: the depth decoder's pass that gives a
-codebook's logits (`CSM.decoder_logits`, 31 calls a frame) and the backbone's step of the frame's row
-(`CSM.backbone_step`). Each is compiled apart, so that one compiled decoder pass serves codebooks 2..31 (the codebook
-is an integer of the graph, not a constant): the step unrolled whole is thousands of kernels, minutes to compile.
-Shapes are dynamic, so that the positions attended (those filled: one more every frame) and the rows of a bucket
-never compile again. Sampling, Mimi and the prefill stay eager.
+model pieces it calls that hold almost all of its work run as inductor's code: the depth decoder's pass of a codebook
+(`CSM.decoder_hidden`, 31 calls a frame; the codebook's head stays eager, so that one compiled pass serves them all)
+and the backbone's step of the frame's row (`CSM.backbone_step`), each compiled apart (the step unrolled whole is
+thousands of kernels, minutes to compile). Shapes are dynamic, so that the positions attended (those filled: one more
+every frame) and the rows of a bucket never compile again. Sampling, Mimi and the prefill stay eager.
 
-torch's caches (inductor's FX graphs and AOTAutograd's, in `TORCHINDUCTOR_CACHE_DIR`, which the loader points at
-csm's cache) keep the compiled code between runs, so that only the first run compiles in full. The compile happens
-when the engine is made, on a warm-up step of each bucket; if it fails (no C++ compiler, say) a warning says so and
-the step runs eagerly.
+The depth decoder reads three quarters of a frame's weights (115 MB of int8, 31 times), and torch's int8 product for
+a row (`_weight_int8pack_mm`) is bound by its arithmetic, not by memory, at the decoder's 1024 inputs. So in the int8
+mode the decoder is compiled frozen (`FROZEN`): its weights become constants of the code, which inductor's C++ GEMM
+template packs for its own vectorised product, twice as fast (other modes' weights would be packed by oneDNN, which
+torch's caches cannot keep). The packed weights are part of the compiled code and of what torch's
+caches keep, which torch does not key by the weights' values: so the caches (inductor's FX graphs and AOTAutograd's,
+in `TORCHINDUCTOR_CACHE_DIR`) are an entry of csm's cache per torch version and decoder weights (`weights_key`), and
+only a model's first run compiles in full. The compile happens when the engine is made, on a warm-up step of each
+bucket; if it fails (no C++ compiler, say) a warning says so and the step runs eagerly.
 """
 
+import hashlib
 import time
 import warnings
+from collections.abc import Callable
+from itertools import chain
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import CsmWarning, first_line
+from ..loading.cache import key_of, use_compiled_cache
+from ..loading.quantize import Quantization, quantization_of
 from .sampling import FEWEST_CANDIDATES
 
 if TYPE_CHECKING:
     from .engine import FrameEngine
+    from .model import CSM
 
 # The positions a warm-up step attends to: any count from 2 to the window runs the same code (0 and 1 would be
 # constants of the graph).
 WARMUP_ATTENDED = 2
+
+# inductor's settings for the depth decoder: its weights folded into the code (freezing) and its products chosen
+# among inductor's C++ GEMM template and torch's kernel by timing each (max_autotune), its tables not printed.
+FROZEN = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+          "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+
+
+def weights_key(model: "CSM") -> str:
+    """The key of `model`'s compiled code in csm's cache: torch's version and a hash of every tensor the frozen piece
+    folds in (the depth decoder's and its input projection's), read from memory (CSM-1B: 115 MB, tens of ms)."""
+    digest = hashlib.sha256()
+    modules = (("projection", model.projection), ("decoder", model.decoder))
+    for prefix, module in modules:
+        for name, tensor in chain(module.named_parameters(prefix), module.named_buffers(prefix)):
+            digest.update(f"{name} {tensor.dtype} {list(tensor.shape)}".encode())
+            digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().data)
+    return key_of({"torch": torch.__version__, "weights": digest.hexdigest()})
+
+
+def compiled_with(piece: Callable[..., torch.Tensor], settings: dict[str, object]) -> Callable[..., torch.Tensor]:
+    """`piece` compiled with inductor's `settings`, which apply to each of its compiles, whenever it happens."""
+    compiled = torch.compile(piece, dynamic=True)
+
+    def call(*args: object) -> torch.Tensor:
+        with torch._inductor.config.patch(settings):
+            return compiled(*args)
+
+    return call
 
 
 def compile_step(engine: "FrameEngine") -> float | None:
@@ -38,8 +76,9 @@ def compile_step(engine: "FrameEngine") -> float | None:
     from .engine import buckets
 
     model, eager = engine.model, engine.pieces
-    engine.pieces = (torch.compile(model.decoder_logits, dynamic=True),
-                     torch.compile(model.backbone_step, dynamic=True))
+    use_compiled_cache(weights_key(model))
+    frozen = FROZEN if quantization_of(model) is Quantization.INT8 else {}
+    engine.pieces = (compiled_with(model.decoder_hidden, frozen), torch.compile(model.backbone_step, dynamic=True))
     kept = engine.last_h.clone(), engine.codes.clone()
     started = time.perf_counter()
     try:

@@ -217,7 +217,7 @@ class FrameEngine:
         self.samples = torch.zeros(slots, SAMPLES_PER_FRAME, device=self.device)
         self.mimi = codec.decoder(slots)
         # the model pieces the step runs, eager or compiled: the depth decoder's pass of a codebook, the backbone's step
-        self.pieces: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = (model.decoder_logits,
+        self.pieces: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = (model.decoder_hidden,
                                                                                       model.backbone_step)
         self.compile_s: float | None = None
         if compiled:
@@ -402,11 +402,11 @@ class FrameEngine:
         their positions, attending to the first `attend` positions (all when None) -> `last_h`. Fixed shapes, no host
         synchronisation: a CUDA graph replays it."""
         caches, decoder_caches = self._bucket_caches[rows]
-        decoder_logits, backbone_step = self.pieces
+        decoder_hidden, backbone_step = self.pieces
         row = self.sampling
         sampler = FrameSampler(RowSampling(row.topk[:rows], row.temperature[:rows], row.seed_high[:rows],
                                            row.seed_low[:rows], row.frame[:rows]), count, self.counters)
-        codes = self.model.frame_codes(self.last_h[:rows], decoder_caches, sampler, decoder_logits)  # [rows, C]
+        codes = self.model.frame_codes(self.last_h[:rows], decoder_caches, sampler, decoder_hidden)  # [rows, C]
         self.codes[:rows].copy_(codes)
         tokens, mask = frame_row(codes)  # [rows, 1, C+1]
         self.last_h[:rows].copy_(backbone_step(tokens, mask, self.positions[:rows, None], caches, attend))

@@ -288,26 +288,25 @@ class CSM(nn.Module):
         attending to the first `attend` positions (all when None)."""
         return self.backbone(self.embed_rows(tokens, mask), input_pos, caches, attend)[:, -1]
 
-    def decoder_logits(self, h: torch.Tensor, positions: torch.Tensor, caches: list[KVCache],
-                       codebook: int) -> torch.Tensor:
-        """Backbone-space inputs [B, S, D] at decoder positions [S] -> logits [B, V] of `codebook` (1..C-1)."""
-        out = self.decoder(self.projection(h), positions, caches)[:, -1]
-        return out @ self.audio_head[codebook - 1]
+    def decoder_hidden(self, h: torch.Tensor, positions: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """Backbone-space inputs [B, S, D] at decoder positions [S] -> the depth decoder's last hidden state [B, Dd],
+        which a codebook's head (`audio_head`) turns into its logits."""
+        return self.decoder(self.projection(h), positions, caches)[:, -1]
 
     def frame_codes(self, last_h: torch.Tensor, decoder_caches: list[KVCache],
                     sample: Callable[[int, torch.Tensor], torch.Tensor],
-                    decoder_logits: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+                    decoder_hidden: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
         """The backbone's last hidden state [B, D] -> codebook 0 from its head, then codebooks 1..C-1 from the depth
         decoder (on caches of B rows) -> codes [B, C]; `sample(codebook, logits [B, V])` draws each codebook's
-        codes [B, 1]; `decoder_logits`: `self.decoder_logits` or a compiled form of it. Fixed shapes, no host
+        codes [B, 1]; `decoder_hidden`: `self.decoder_hidden` or a compiled form of it. Fixed shapes, no host
         synchronisation: a CUDA graph replays it."""
-        decoder_logits = decoder_logits or self.decoder_logits
+        decoder_hidden = decoder_hidden or self.decoder_hidden
         code = sample(0, self.codebook0_head(last_h))
         codes = [code]
         h = torch.stack((last_h, self.embed_codes(0, code)[:, 0]), dim=1)  # [B, 2, D]
         positions = self.decoder_positions[:2]
         for codebook in range(1, self.args.num_codebooks):
-            code = sample(codebook, decoder_logits(h, positions, decoder_caches, codebook))
+            code = sample(codebook, decoder_hidden(h, positions, decoder_caches) @ self.audio_head[codebook - 1])
             codes.append(code)
             h = self.embed_codes(codebook, code)
             positions = self.decoder_positions[codebook + 1: codebook + 2]

@@ -151,7 +151,7 @@ class CacheFolder:
             warnings.warn(f"cannot write the cached {self.title} to {self.directory} ({reason}): they are made again "
                           "at each start", CsmWarning, stacklevel=2)
             return None
-        self._evict(keep=path)
+        self.evict(keep=path)
         return path
 
     def entries(self) -> list[Entry]:
@@ -175,7 +175,8 @@ class CacheFolder:
             _remove(entry.path)
         return removed
 
-    def _evict(self, keep: Path) -> None:
+    def evict(self, keep: Path) -> None:
+        """Removes the least recently used entries beyond the bound, never `keep`."""
         if self.max_bytes is None:
             return
         entries = self.entries()
@@ -216,14 +217,19 @@ VOICE_CODES = CacheFolder("voice-codes", "voice codes", ".npy")  # 100 kB for 30
 # float32 (a CPU's), 33 MB in bfloat16; a model, mode and voice each, and no more than 1 GB of them.
 VOICE_ROWS = CacheFolder("voice-rows", "prefilled voice rows", ".pt", max_bytes=2**30)
 BENCH_MODELS = CacheFolder("bench-models", "bench models of random weights", "", max_bytes=0)  # the last one only
-# torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's), an entry per torch version: a few MB
-COMPILED = CacheFolder("compiled", "compiled frame steps", "")
+# torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's) of one model's weights each: the depth
+# decoder's compiled code holds its weights, packed (CSM-1B: 115 MB a graph, two to four graphs); three models'.
+COMPILED = CacheFolder("compiled", "compiled frame steps", "", max_bytes=2 * 2**30)
 FOLDERS = (INT8_WEIGHTS, VOICE_CODES, VOICE_ROWS, BENCH_MODELS, COMPILED)
 
 
-def use_compiled_cache() -> None:
-    """Points torch.compile's caches at this torch version's entry of `COMPILED` (torch keys what it holds itself),
-    before anything compiles: inductor reads TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes."""
-    import torch
-
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(COMPILED.path(f"torch-{torch.__version__}"))
+def use_compiled_cache(key: str) -> None:
+    """Points torch.compile's caches at `COMPILED`'s entry `key` before anything compiles (inductor reads
+    TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes), marks it used and removes the least recently used
+    others beyond the bound."""
+    entry = COMPILED.path(key)
+    with suppress(OSError):
+        entry.mkdir(parents=True, exist_ok=True)
+        os.utime(entry)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(entry)
+    COMPILED.evict(keep=entry)

@@ -12,7 +12,6 @@ from ..generation.codec import Codec
 from ..generation.generator import StreamingGenerator
 from ..progress import LoadProgress
 from ..threads import on_model_thread, use_cpu_threads
-from .cache import use_compiled_cache
 from .checkpoint import load_model
 from .config import DEFAULT_MODEL, DEFAULT_TOKENIZER
 from .quantize import Quantization, activation_dtype, resolve_quantization
@@ -95,8 +94,6 @@ def load_generator(options: LoadOptions = LoadOptions(), progress: LoadProgress 
         codec = Codec.load(files.codec, device)
         model = load_model(files.repository, device, dtype, shown, quantization)
         graphs = StreamingGenerator.graphs_to_capture(device, options.fast, options.slots)
-        if options.compile:
-            use_compiled_cache()
         with (shown.steps_task("capturing CUDA graphs", graphs) if graphs else nullcontext(None) as captured,
               shown.steps_task("compiling the frame step", 1) if options.compile else nullcontext()):
             return StreamingGenerator(model, tokenizer, codec, fast=options.fast, slots=options.slots,

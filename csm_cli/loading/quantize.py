@@ -1,7 +1,7 @@
 """Int8 weights for the CPU, with the kernels torch ships: the transformers' linear layers (backbone and depth
-decoder, 97% of the weights a frame reads) are quantized per output channel, symmetric; embeddings, norms, heads and
-the KV caches keep the model's dtype. At batch 1 a CPU frame is bound by reading weights, so fewer bytes per weight
-is most of the speed.
+decoder) and the projection between them, 97% of the weights a frame reads, are quantized per output channel,
+symmetric; embeddings, norms, heads and the KV caches keep the model's dtype. At batch 1 a CPU frame is bound by
+reading weights, so fewer bytes per weight is most of the speed.
 
 - `int8`: int8 weights, bfloat16 activations (`aten._weight_int8pack_mm`): a quarter of float32's bytes; the
   logits stay within cosine 0.99 of float32 (README, "Performance"). A product of many rows (a prompt's prefill) is
@@ -87,8 +87,9 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
         weight, scales = _int8_rows(linear.weight)
-        self.register_buffer("weight", weight)  # [N, K]
-        self.register_buffer("scales", scales.to(dtype))  # [N]
+        # parameters, not buffers: a compiled step folds a model's parameters into its code (`generation/compiled.py`)
+        self.weight = nn.Parameter(weight, requires_grad=False)  # [N, K]
+        self.scales = nn.Parameter(scales.to(dtype), requires_grad=False)  # [N]
         self.dequantized_rows = dequantized_rows()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,15 +135,18 @@ def quantization_of(model: nn.Module) -> Quantization:
 
 
 def quantize(model: nn.Module, mode: Quantization) -> None:
-    """Replaces, in place, the linear layers of `model`'s transformers (`backbone`, `decoder`) by `mode`'s."""
+    """Replaces, in place, the linear layers of `model`'s transformers (`backbone`, `decoder`) and the projection
+    between them by `mode`'s."""
     if mode is Quantization.NONE:
         return
+
+    def quantized(linear: nn.Linear) -> nn.Module:
+        return Int8Linear(linear, ACTIVATIONS[mode]) if mode is Quantization.INT8 else DynamicInt8Linear(linear)
+
     for transformer in (model.backbone, model.decoder):
         # parents only: a list holding the linear layers would keep their weights alive until the end
         for parent in [module for module in transformer.modules() if not isinstance(module, nn.Linear)]:
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    quantized = (Int8Linear(child, ACTIVATIONS[mode]) if mode is Quantization.INT8
-                                 else DynamicInt8Linear(child))
-                    setattr(parent, name, quantized)
-
+                    setattr(parent, name, quantized(child))
+    model.projection = quantized(model.projection)

@@ -2,6 +2,11 @@
 eager step's, `csm say --compile` speaking into a valid file with its code in csm's cache, and a failed compile a
 one-line warning with the step run eagerly."""
 
+import contextlib
+import copy
+import io
+from dataclasses import dataclass
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +15,7 @@ from typer.testing import CliRunner
 
 from csm_cli.cli import app
 from csm_cli.errors import CsmError
+from csm_cli.generation.compiled import weights_key
 from csm_cli.generation.engine import FrameEngine, Prompt
 from csm_cli.generation.generator import StreamingGenerator
 from csm_cli.generation.prompt import frame_row
@@ -20,11 +26,25 @@ from csm_cli.threads import MODEL_THREAD
 runner = CliRunner()
 
 
+# this file's compiles and test_bench's share the session's cache on one worker (`make test`: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("compiled")
+
+
+@dataclass
+class Compiled:
+    generator: StreamingGenerator
+    stderr: str  # what the compile wrote to sys.stderr
+
+
 @pytest.fixture(scope="module")
-def compiled(transformers_dir, mimi_file) -> StreamingGenerator:
-    """The tiny model in int8 with its step compiled (a cold compile in the session's cache: tens of seconds)."""
-    return load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu", quantize="int8",
-                                      compile=True))
+def compiled(transformers_dir, mimi_file) -> Compiled:
+    """The tiny model in int8 with its step compiled: a cold compile in the session's cache (a minute: the decoder's
+    products are autotuned), which this file's tests run first."""
+    written = io.StringIO()
+    with contextlib.redirect_stderr(written):  # sys.stderr of every thread: the model thread compiles
+        generator = load_generator(LoadOptions(str(transformers_dir), codec=mimi_file, device="cpu", quantize="int8",
+                                               compile=True))
+    return Compiled(generator, written.getvalue())
 
 
 class Recorder:
@@ -44,10 +64,12 @@ def test_the_compiled_step_gives_the_eager_logits_within_the_int8_modes_accuracy
     """The compiled pieces of the step against the eager ones on the same state: every codebook's logits (the depth
     decoder teacher-forced with the eager codes) and the backbone's hidden state after the frame, cosine >= 0.999 (the
     int8 mode itself is 0.997 from float32)."""
-    engine, model = compiled.engine, compiled.model
+    generator = compiled.generator
+    engine, model = generator.engine, generator.model
     assert engine.compile_s is not None and engine.compile_s > 0
-    eager = FrameEngine(model, compiled.codec, 1)
-    tokens, mask = compiled.prompt_rows("I am fine, thank you.", 0, [])
+    assert "autotune" not in compiled.stderr.lower(), compiled.stderr  # inductor prints its timings unless told
+    eager = FrameEngine(model, generator.codec, 1)
+    tokens, mask = generator.prompt_rows("I am fine, thank you.", 0, [])
     eager.join("a", Prompt(tokens, mask, 4, 1, 1.0, 1, False))
     with torch.inference_mode():
         eager.step()  # prefilled, and a first frame fed back
@@ -67,16 +89,31 @@ def test_the_compiled_step_gives_the_eager_logits_within_the_int8_modes_accuracy
 
 
 def test_say_compile_speaks_into_a_valid_file_with_its_code_cached(tmp_path, transformers_dir, mimi_file, compiled):
-    """In the session's cache, which the fixture's compile filled: csm cache lists the compiled code."""
+    """In the session's cache, which the fixture's compile filled: the compiled code is the entry of the model's
+    weights, which csm cache lists."""
     out = tmp_path / "speech.wav"
     result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed", "1",
                                  "--max-seconds", "0.5", *model_args(transformers_dir, mimi_file)])
     assert result.exit_code == 0, result.stderr
     assert "warning" not in result.stderr
     assert_valid_speech(out)
-    assert COMPILED.entries()
+    assert weights_key(compiled.generator.model) in [entry.path.name for entry in COMPILED.entries()]
     listed = runner.invoke(app, ["cache"])
     assert "compiled frame steps" in listed.stdout
+
+
+def test_the_compiled_codes_entry_is_the_decoders_weights(compiled):
+    """The frozen decoder's code holds its weights, which torch's caches do not key: the entry's key changes with any
+    of them and only with them, so that another model's code is never read."""
+    model = compiled.generator.model
+    key = weights_key(model)
+    changes = {"backbone": lambda m: m.backbone.layers[0].mlp.w2, "decoder": lambda m: m.decoder.layers[-1].mlp.w2,
+               "projection": lambda m: m.projection}
+    for part, layer in changes.items():
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            layer(other).scales[0] += 1
+        assert (weights_key(other) == key) == (part == "backbone"), part  # the backbone is not frozen
 
 
 def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(tmp_path, transformers_dir, mimi_file,
