@@ -1,21 +1,20 @@
 """The frame engine's step compiled by `torch.compile` (inductor) on a CPU: `--compile`.
 
-The engine runs one step (`FrameEngine.frame_step`), eagerly, compiled or replayed as CUDA graphs. Compiled, the two
-model pieces it calls that hold almost all of its work run as inductor's code: the depth decoder's pass of a codebook
-(`CSM.decoder_hidden`, 31 calls a frame; the codebook's head stays eager, so that one compiled pass serves them all)
-and the backbone's step of the frame's row (`CSM.backbone_step`), each compiled apart (the step unrolled whole is
-thousands of kernels, minutes to compile). Shapes are dynamic, so that the positions attended (those filled: one more
-every frame) and the rows of a bucket never compile again. Sampling, Mimi and the prefill stay eager.
+The engine runs one step (`FrameEngine.frame_step`), eagerly, compiled or replayed as CUDA graphs. Compiled, the
+depth decoder's pass of a codebook (`CSM.decoder_hidden`, 31 calls a frame, three quarters of the weights a frame
+reads: 115 MB of int8, 31 times) runs as inductor's code; the codebook's head stays eager, so that one compiled pass
+serves them all, and so does the frame's first pass (two positions: `compiled_decoder`), so that one graph serves a
+bucket. Shapes are dynamic, so that the rows of a bucket never compile again. The backbone's step, sampling, Mimi and
+the prefill stay eager: the backbone compiled was no faster (README, "Compiled frame step").
 
-The depth decoder reads three quarters of a frame's weights (115 MB of int8, 31 times), and torch's int8 product for
-a row (`_weight_int8pack_mm`) is bound by its arithmetic, not by memory, at the decoder's 1024 inputs. So in the int8
-mode the decoder is compiled frozen (`FROZEN`): its weights become constants of the code, which inductor's C++ GEMM
-template packs for its own vectorised product, twice as fast (other modes' weights would be packed by oneDNN, which
-torch's caches cannot keep). The packed weights are part of the compiled code and of what torch's
-caches keep, which torch does not key by the weights' values: so the caches (inductor's FX graphs and AOTAutograd's,
-in `TORCHINDUCTOR_CACHE_DIR`) are an entry of csm's cache per torch version and decoder weights (`weights_key`), and
-only a model's first run compiles in full. The compile happens when the engine is made, on a warm-up step of each
-bucket; if it fails (no C++ compiler, say) a warning says so and the step runs eagerly.
+torch's int8 product for a row (`_weight_int8pack_mm`) is bound by its arithmetic, not by memory, at the decoder's
+1024 inputs. So in the int8 mode the decoder is compiled frozen (`FROZEN`): its weights become constants of the code,
+which inductor's C++ GEMM template packs for its own vectorised product, twice as fast (other modes' weights would be
+packed by oneDNN, which torch's caches cannot keep). The packed weights are part of the compiled code and of what
+torch's caches keep, which torch does not key by the weights' values: so the caches (inductor's FX graphs and
+AOTAutograd's, in `TORCHINDUCTOR_CACHE_DIR`) are an entry of csm's cache per torch version and decoder weights
+(`weights_key`), and only a model's first run compiles in full. The compile happens when the engine is made, on a
+warm-up step of each bucket; if it fails (no C++ compiler, say) a warning says so and the step runs eagerly.
 """
 
 import hashlib
@@ -34,7 +33,7 @@ from .sampling import FEWEST_CANDIDATES
 
 if TYPE_CHECKING:
     from .engine import FrameEngine
-    from .model import CSM
+    from .model import CSM, KVCache
 
 # The positions a warm-up step attends to: any count from 2 to the window runs the same code (0 and 1 would be
 # constants of the graph).
@@ -58,27 +57,32 @@ def weights_key(model: "CSM") -> str:
     return key_of({"torch": torch.__version__, "weights": digest.hexdigest()})
 
 
-def compiled_with(piece: Callable[..., torch.Tensor], settings: dict[str, object]) -> Callable[..., torch.Tensor]:
-    """`piece` compiled with inductor's `settings`, which apply to each of its compiles, whenever it happens."""
-    compiled = torch.compile(piece, dynamic=True)
+def compiled_decoder(model: "CSM", settings: dict[str, object]) -> Callable[..., torch.Tensor]:
+    """`model.decoder_hidden` of one position a row compiled with inductor's `settings`, which apply to each of its
+    compiles, whenever it happens; the frame's first pass (two positions: the backbone's state and codebook 0's
+    embedding) runs eagerly, so that one graph serves a bucket's 30 others."""
+    compiled = torch.compile(model.decoder_hidden, dynamic=True)
 
-    def call(*args: object) -> torch.Tensor:
+    def decoder_hidden(h: torch.Tensor, positions: torch.Tensor, caches: list["KVCache"]) -> torch.Tensor:
+        if h.shape[1] > 1:
+            return model.decoder_hidden(h, positions, caches)
         with torch._inductor.config.patch(settings):
-            return compiled(*args)
+            return compiled(h, positions, caches)
 
-    return call
+    return decoder_hidden
 
 
 def compile_step(engine: "FrameEngine") -> float | None:
-    """Compiles the pieces of `engine`'s step and warms each bucket up (its rows write at the scratch position; the
-    hidden states and codes are kept) -> the seconds it took; None, with a warning, if compiling failed, the step
-    left eager."""
+    """Compiles the depth decoder's pass of `engine`'s step and warms each bucket up (its rows write at the scratch
+    position; the hidden states and codes are kept) -> the seconds it took; None, with a warning, if compiling
+    failed, the step left eager."""
     from .engine import buckets
 
-    model, eager = engine.model, engine.pieces
+    model, eager = engine.model, engine.decoder_hidden
     use_compiled_cache(weights_key(model))
-    frozen = FROZEN if quantization_of(model) is Quantization.INT8 else {}
-    engine.pieces = (compiled_with(model.decoder_hidden, frozen), torch.compile(model.backbone_step, dynamic=True))
+    # autotuning calls tensor.storage(), whose deprecation would be the user's to read
+    warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning, r"torch\._inductor")
+    engine.decoder_hidden = compiled_decoder(model, FROZEN if quantization_of(model) is Quantization.INT8 else {})
     kept = engine.last_h.clone(), engine.codes.clone()
     started = time.perf_counter()
     try:
@@ -88,7 +92,7 @@ def compile_step(engine: "FrameEngine") -> float | None:
     except Exception as e:  # inductor's failures have no common type: a missing compiler, a lowering, ...
         warnings.warn(f"compiling the frame step failed ({first_line(e)}): it runs eagerly", CsmWarning,
                       stacklevel=3)
-        engine.pieces = eager
+        engine.decoder_hidden = eager
         return None
     finally:
         engine.last_h.copy_(kept[0])

@@ -20,7 +20,7 @@ the backbone, so the weights are read once per step, not once per stream.
   backbone at each row's own position. A slot that samples nothing writes its row at the scratch position past the
   window, which nothing reads. Every per-row value is a device tensor the host writes before the step, so the step
   is a function of tensors with fixed shapes: on CUDA it replays as a CUDA graph per bucket (`graphs`); on a CPU its
-  model pieces may run compiled by torch.compile (`compiled`).
+  depth decoder's passes may run compiled by torch.compile (`compiled`).
 - Mimi decodes the frames of the slots sampling, each on its row of Mimi's streaming state (`MimiDecoder`).
 - Ends: a stream has at most its frame budget (`ending.frame_budget`); with `stop_at_end` it ends at the model's
   all-zero frame or after a stretch of silence (`ending.SilenceRule`). On CUDA the host reads a step's frames only
@@ -170,7 +170,7 @@ class FrameEngine:
                  voice_cache: VoiceRowsCache | None = None) -> None:
         """Caches for `slots` streams of `model`, Mimi's decode of them by `codec`. `graphed`: replay each step as
         CUDA graphs (captured here, calling `captured` after each; see `graphs.FrameGraphs.count`). `compiled`: on a
-        CPU, run the step's model pieces compiled by torch.compile (compiled here: `compiled.compile_step`; its
+        CPU, run the depth decoder's passes compiled by torch.compile (compiled here: `compiled.compile_step`; its
         seconds in `compile_s`, None when it failed and the step runs eagerly). `prefill_rows`:
         the chunk of a prompt prefilled in a step while other streams sample (a power of two from 64; by default
         `PREFILL_ROWS` for the device). `lookahead`: the steps queued before the host reads a step's frames (by
@@ -216,9 +216,8 @@ class FrameEngine:
         self.codes = torch.zeros(slots, args.num_codebooks, **zeros)  # the last step's
         self.samples = torch.zeros(slots, SAMPLES_PER_FRAME, device=self.device)
         self.mimi = codec.decoder(slots)
-        # the model pieces the step runs, eager or compiled: the depth decoder's pass of a codebook, the backbone's step
-        self.pieces: tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = (model.decoder_hidden,
-                                                                                      model.backbone_step)
+        # the depth decoder's pass of a codebook, eager or compiled (31 a frame: most of a step's work)
+        self.decoder_hidden: Callable[..., torch.Tensor] = model.decoder_hidden
         self.compile_s: float | None = None
         if compiled:
             assert not on_cuda, "on CUDA the step replays as CUDA graphs"
@@ -402,14 +401,13 @@ class FrameEngine:
         their positions, attending to the first `attend` positions (all when None) -> `last_h`. Fixed shapes, no host
         synchronisation: a CUDA graph replays it."""
         caches, decoder_caches = self._bucket_caches[rows]
-        decoder_hidden, backbone_step = self.pieces
         row = self.sampling
         sampler = FrameSampler(RowSampling(row.topk[:rows], row.temperature[:rows], row.seed_high[:rows],
                                            row.seed_low[:rows], row.frame[:rows]), count, self.counters)
-        codes = self.model.frame_codes(self.last_h[:rows], decoder_caches, sampler, decoder_hidden)  # [rows, C]
+        codes = self.model.frame_codes(self.last_h[:rows], decoder_caches, sampler, self.decoder_hidden)  # [rows, C]
         self.codes[:rows].copy_(codes)
         tokens, mask = frame_row(codes)  # [rows, 1, C+1]
-        self.last_h[:rows].copy_(backbone_step(tokens, mask, self.positions[:rows, None], caches, attend))
+        self.last_h[:rows].copy_(self.model.backbone_step(tokens, mask, self.positions[:rows, None], caches, attend))
 
     def decode_step(self) -> None:
         """Mimi's decode of the rows advancing, from `codes` into `samples`; inside `mimi.bound()`."""
