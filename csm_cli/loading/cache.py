@@ -10,12 +10,14 @@ removes its least recently used entries beyond it. An entry that cannot be read 
 again; a cache that cannot be written costs the work again at the next start, with a warning.
 """
 
+import atexit
 import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from contextlib import suppress
@@ -147,12 +149,15 @@ class CacheFolder:
             finally:
                 _remove(temporary)
         except (OSError, RuntimeError) as e:  # torch.save's failures (a full disk) are RuntimeErrors
-            reason = getattr(e, "strerror", None) or first_line(e)
-            warnings.warn(f"cannot write the cached {self.title} to {self.directory} ({reason}): they are made again "
-                          "at each start", CsmWarning, stacklevel=2)
+            self.warn_unwritable(e)
             return None
         self.evict(keep=path)
         return path
+
+    def warn_unwritable(self, error: Exception) -> None:
+        reason = getattr(error, "strerror", None) or first_line(error)
+        warnings.warn(f"cannot write the cached {self.title} to {self.directory} ({reason}): they are made again at "
+                      "each start", CsmWarning, stacklevel=3)
 
     def entries(self) -> list[Entry]:
         """The entries, the least recently used first (temporary files of writers that died are removed)."""
@@ -226,10 +231,14 @@ FOLDERS = (INT8_WEIGHTS, VOICE_CODES, VOICE_ROWS, BENCH_MODELS, COMPILED)
 def use_compiled_cache(key: str) -> None:
     """Points torch.compile's caches at `COMPILED`'s entry `key` before anything compiles (inductor reads
     TORCHINDUCTOR_CACHE_DIR whenever it looks up or writes), marks it used and removes the least recently used
-    others beyond the bound."""
+    others beyond the bound; where the cache cannot be written, at a temporary folder, with a warning."""
     entry = COMPILED.path(key)
-    with suppress(OSError):
+    try:
         entry.mkdir(parents=True, exist_ok=True)
         os.utime(entry)
+    except OSError as e:  # inductor needs a folder to build its code in: one of this process's, removed at exit
+        COMPILED.warn_unwritable(e)
+        entry = Path(tempfile.mkdtemp(prefix="csm-compiled-"))
+        atexit.register(shutil.rmtree, entry, ignore_errors=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(entry)
     COMPILED.evict(keep=entry)

@@ -137,6 +137,24 @@ def test_without_a_compiler_the_step_runs_eagerly_after_one_warning(tmp_path, tr
     assert_valid_speech(out)
 
 
+def test_where_the_cache_cannot_be_written_the_step_compiles_after_one_warning(tmp_path, transformers_dir, mimi_file,
+                                                                             monkeypatch):
+    """csm's cache is a file, not a folder: inductor builds the step's code in a folder of the process's, removed at
+    exit, and says nothing more."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    (tmp_path / "csm").write_text("not a folder")
+    out = tmp_path / "speech.wav"
+    result = runner.invoke(app, ["say", "Hello there.", "--compile", "--out", str(out), "--no-play", "--seed", "1",
+                                 "--max-seconds", "0.5", "--quantize", "none",
+                                 *model_args(transformers_dir, mimi_file)])
+    assert result.exit_code == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert any(line.startswith("csm: warning: cannot write the cached compiled frame steps to ") for line in warned)
+    assert not [line for line in warned if "compiling" in line], warned
+    assert_valid_speech(out)
+
+
 def test_compile_on_cuda_is_refused_before_loading():
     with pytest.raises(CsmError, match="--compile compiles the frame step on a CPU; on CUDA it replays as CUDA graphs"):
         StreamingGenerator.check_compiled(torch.device("cuda"), True)
