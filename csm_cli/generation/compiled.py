@@ -47,7 +47,7 @@ FROZEN = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": 
 
 def weights_key(model: "CSM") -> str:
     """The key of `model`'s compiled code in csm's cache: torch's version and a hash of every tensor the frozen piece
-    folds in (the depth decoder's and its input projection's), read from memory (CSM-1B: 115 MB, tens of ms)."""
+    folds in (the depth decoder's and its input projection's), read from memory (CSM-1B: 115 MB, about 0.1 s)."""
     digest = hashlib.sha256()
     modules = (("projection", model.projection), ("decoder", model.decoder))
     for prefix, module in modules:

@@ -223,7 +223,8 @@ VOICE_CODES = CacheFolder("voice-codes", "voice codes", ".npy")  # 100 kB for 30
 VOICE_ROWS = CacheFolder("voice-rows", "prefilled voice rows", ".pt", max_bytes=2**30)
 BENCH_MODELS = CacheFolder("bench-models", "bench models of random weights", "", max_bytes=0)  # the last one only
 # torch.compile's caches (inductor's FX graphs and kernels, AOTAutograd's) of one model's weights each: the depth
-# decoder's compiled code holds its weights, packed (CSM-1B: 115 MB a graph, two to four graphs); three models'.
+# decoder's compiled code holds its weights, packed (CSM-1B: 115 MB a graph, one for a lone stream and one more for
+# several); some eight models'.
 COMPILED = CacheFolder("compiled", "compiled frame steps", "", max_bytes=2 * 2**30)
 FOLDERS = (INT8_WEIGHTS, VOICE_CODES, VOICE_ROWS, BENCH_MODELS, COMPILED)
 
